@@ -1,0 +1,491 @@
+"""The native extension (`flexidit_trt._C`) with checked conveniences: arena, fused sampler step, Philox noise.
+
+`_C` itself takes raw addresses (ints) and a CUDA stream handle, so the runtime drives it without torch
+(the ``*_ptr`` functions below). The array functions accept numpy arrays (CPU) and torch tensors or any
+object with ``__cuda_array_interface__`` (CUDA), check dtype, shape and contiguity, and call the same
+kernels. numpy has no bfloat16: a ``uint16`` array (or an ``ml_dtypes.bfloat16`` one) holds bf16 bits.
+
+The step implements :class:`~flexidit_trt.diffusion.coeffs.StepCoeffs` exactly, with guidance in front::
+
+    pred   = baseline + scale * (cond - baseline)   first ``guided_channels`` prediction channels
+           = cond                                    other prediction channels, or without a baseline
+    mean   = c_x * x + c_pred * pred
+    std    = exp(0.5 * (frac * log_var_max + (1 - frac) * log_var_min)),  frac = (v + 1) / 2
+           = sigma                                   (without learned variance)
+    x_prev = mean + std * noise                      (only when add_noise)
+
+with v the variance half of ``cond`` (channels C..2C). fp32 math inside, whatever the model's dtype.
+
+Noise is either an fp32 buffer shaped like ``x`` or :class:`PhiloxNoise`: counter-based Philox4x32-10
+normals that are a pure function of (seed, step, flat element index), bit-identical on CPU and GPU
+(counter layout in csrc/step_math.h).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flexidit_trt import _C
+from flexidit_trt.diffusion.coeffs import StepCoeffs
+
+ARENA_ALIGN = 256
+"""Alignment of every arena allocation, and the default alignment of its blocks."""
+
+CudaError = _C.CudaError
+"""A CUDA runtime call failed (subclass of RuntimeError); the message carries the CUDA error string."""
+ArenaFullError = _C.ArenaFullError
+"""An arena block did not fit (subclass of MemoryError)."""
+
+Array = Any
+"""numpy array (CPU), torch tensor (CPU or CUDA) or an object with ``__cuda_array_interface__``."""
+
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def has_cuda() -> bool:
+    """True when the extension was built with the CUDA kernels (says nothing about a device)."""
+    return bool(_C.has_cuda())
+
+
+def cuda_device_count() -> int:
+    """CUDA devices visible; 0 in a CPU-only build or without a driver."""
+    return int(_C.cuda_device_count())
+
+
+def cuda_mem_get_info(device: int = 0) -> tuple[int, int]:
+    """(free, total) bytes of a CUDA device."""
+    free, total = _C.cuda_mem_get_info(device)
+    return int(free), int(total)
+
+
+def stream_handle(stream: object) -> int:
+    """A CUDA stream as an int: None or 0 (the default stream), an int, a torch stream (``.cuda_stream``)
+    or anything ``int()`` accepts (cuda-python's ``cudaStream_t`` / ``CUstream``)."""
+    if stream is None:
+        return 0
+    if isinstance(stream, int):
+        return stream
+    if hasattr(stream, "cuda_stream"):
+        return int(stream.cuda_stream)
+    return int(stream)  # type: ignore[call-overload]
+
+
+def stream_synchronize(stream: object = 0) -> None:
+    """Block the host until ``stream`` has finished (for tests and the end of a run, never per step)."""
+    _C.cuda_stream_synchronize(stream_handle(stream))
+
+
+def memcpy(dst: int, src: int, nbytes: int, stream: object = 0) -> None:
+    """Copy ``nbytes`` between any two addresses (host or device), ordered on ``stream``; the host side
+    must stay valid until the stream reaches the copy (pageable device-to-host copies return when done)."""
+    if nbytes < 0:
+        raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+    _C.cuda_memcpy(dst, src, nbytes, stream_handle(stream))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Arena
+# ----------------------------------------------------------------------------------------------------
+
+
+def open_arena_bytes() -> int:
+    """Capacity summed over the arenas open in this process, host and device (0 once all are freed)."""
+    return int(_C.open_arena_bytes())
+
+
+def _parse_device(device: str) -> tuple[str, int]:
+    """'cpu' -> ('cpu', -1); 'cuda' / 'cuda:N' -> ('cuda:N', N)."""
+    if device == "cpu":
+        return "cpu", -1
+    if device == "cuda":
+        return "cuda:0", 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return device, int(device[5:])
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _check_align(align: int) -> None:
+    if align <= 0 or align & (align - 1):
+        raise ValueError(f"align must be a positive power of two, got {align}")
+
+
+class Arena:
+    """One 256-byte-aligned allocation (``cudaMalloc`` on a device, aligned host memory on ``'cpu'``) from
+    which a run's buffers are carved: the engines' shared activation block, latents, model outputs, noise.
+
+    Blocks are handed out in order and released together (:meth:`reset`) or with the allocation
+    (:meth:`close`, the end of a ``with`` block, or garbage collection).
+    """
+
+    def __init__(self, nbytes: int, device: str = "cuda") -> None:
+        if not isinstance(nbytes, int) or nbytes <= 0:
+            raise ValueError(f"Arena size must be a positive int, got {nbytes!r}")
+        self.device, index = _parse_device(device)
+        self._arena = _C.Arena(nbytes, index)
+
+    @property
+    def ptr(self) -> int:
+        """Base address (0 once closed)."""
+        return int(self._arena.ptr)
+
+    @property
+    def capacity(self) -> int:
+        return int(self._arena.capacity)
+
+    @property
+    def used(self) -> int:
+        """Bytes from the base to the end of the last block, alignment padding included."""
+        return int(self._arena.used)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._arena.closed)
+
+    def block(self, nbytes: int, align: int = ARENA_ALIGN) -> int:
+        """Address of a new block of ``nbytes`` aligned to ``align``; :class:`ArenaFullError` if it does
+        not fit, RuntimeError once closed."""
+        if nbytes < 0:
+            raise ValueError(f"block size must be >= 0, got {nbytes}")
+        _check_align(align)
+        return int(self._arena.block(nbytes, align))
+
+    def host_array(self, shape: Sequence[int], dtype: Any, align: int = ARENA_ALIGN) -> np.ndarray:
+        """A new block as a numpy array (CPU arenas only). The view is valid until :meth:`reset` or
+        :meth:`close`; it does not keep the memory alive."""
+        if self.device != "cpu":
+            raise ValueError(f"host_array needs a 'cpu' arena, this one is on {self.device}")
+        dt = np.dtype(dtype)
+        count = math.prod(shape)
+        ptr = self.block(count * dt.itemsize, align)
+        buf = (ctypes.c_char * (count * dt.itemsize)).from_address(ptr)
+        return np.frombuffer(buf, dtype=dt, count=count).reshape(tuple(shape))
+
+    def reset(self) -> None:
+        """Release every block at once; the allocation stays."""
+        self._arena.reset()
+
+    def close(self) -> None:
+        """Free the allocation. Idempotent."""
+        self._arena.close()
+
+    def __enter__(self) -> Arena:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.used}/{self.capacity} bytes used"
+        return f"Arena({self.device}, {state})"
+
+
+def _round_up(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def arena_size(engine_bytes: Sequence[int], buffer_bytes: Sequence[int], align: int = ARENA_ALIGN) -> int:
+    """Bytes for an arena holding one activation block shared by all engines (the largest need, not the
+    sum) plus the per-run buffers, each carved with ``Arena.block(n, align)`` in any order."""
+    _check_align(align)
+    sizes = [*engine_bytes, *buffer_bytes]
+    if any(n < 0 for n in sizes):
+        raise ValueError(f"sizes must be >= 0, got {sizes}")
+    total = _round_up(max(engine_bytes, default=0), align) + sum(_round_up(n, align) for n in buffer_bytes)
+    if align > ARENA_ALIGN:  # the base is only promised 256-byte alignment
+        total += align - ARENA_ALIGN
+    return max(total, align)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Buffers: numpy arrays, torch tensors, __cuda_array_interface__ objects
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Buffer:
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: str
+    device: str  # "cpu" or "cuda"
+    contiguous: bool
+    writable: bool
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * {"float32": 4, "float16": 2, "bfloat16": 2}.get(self.dtype, 1)
+
+
+_TYPESTR = {"<f4": "float32", "<f2": "float16", "<u2": "bfloat16"}
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def _describe(obj: Array, name: str) -> _Buffer:
+    if isinstance(obj, np.ndarray):
+        dtype = "bfloat16" if obj.dtype in (np.uint16,) or obj.dtype.name == "bfloat16" else obj.dtype.name
+        return _Buffer(
+            ptr=int(obj.__array_interface__["data"][0]),
+            shape=tuple(obj.shape),
+            dtype=dtype,
+            device="cpu",
+            contiguous=bool(obj.flags.c_contiguous),
+            writable=bool(obj.flags.writeable),
+        )
+    if hasattr(obj, "data_ptr") and hasattr(obj, "is_contiguous") and hasattr(obj, "device"):  # torch
+        dtype = str(obj.dtype).removeprefix("torch.")
+        device = obj.device.type
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"{name}: tensors on {obj.device} are not supported (cpu or cuda)")
+        return _Buffer(
+            ptr=int(obj.data_ptr()),
+            shape=tuple(obj.shape),
+            dtype="bfloat16" if dtype == "uint16" else dtype,
+            device=device,
+            contiguous=bool(obj.is_contiguous()),
+            writable=True,
+        )
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if cai is not None:
+        shape = tuple(int(n) for n in cai["shape"])
+        typestr = cai["typestr"]
+        dtype = _TYPESTR.get(typestr, typestr)
+        itemsize = int(typestr[2:]) if typestr[2:].isdigit() else 0
+        strides = cai.get("strides")
+        contiguous = strides is None or tuple(strides) == _c_strides(shape, itemsize) or math.prod(shape) <= 1
+        ptr, readonly = cai["data"]
+        return _Buffer(int(ptr), shape, dtype, "cuda", contiguous, not readonly)
+    raise TypeError(
+        f"{name}: expected a numpy array, a torch tensor or an object with __cuda_array_interface__, "
+        f"got {type(obj).__name__}"
+    )
+
+
+def _check(
+    buf: _Buffer,
+    name: str,
+    *,
+    dtypes: Sequence[str],
+    shape: tuple[int, ...] | None = None,
+    ndim: int | None = None,
+    writable: bool = False,
+) -> None:
+    if buf.dtype not in dtypes:
+        raise TypeError(f"{name}: dtype must be {' or '.join(dtypes)}, got {buf.dtype}")
+    if ndim is not None and len(buf.shape) != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {buf.shape}")
+    if shape is not None and buf.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {buf.shape}")
+    if not buf.contiguous:
+        raise ValueError(f"{name}: must be C-contiguous")
+    if writable and not buf.writable:
+        raise ValueError(f"{name}: must be writable")
+
+
+def _one_device(bufs: dict[str, _Buffer]) -> str:
+    devices = {buf.device for buf in bufs.values()}
+    if len(devices) != 1:
+        where = ", ".join(f"{name} on {buf.device}" for name, buf in bufs.items())
+        raise ValueError(f"all buffers must be on one device: {where}")
+    return devices.pop()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Philox noise
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhiloxNoise:
+    """In-kernel noise: the standard normals of (seed, step), element e of x taking normal number e."""
+
+    seed: int
+    step: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+        if not 0 <= self.step < 2**32:
+            raise ValueError(f"step must be in [0, 2**32), got {self.step}")
+
+
+def philox4x32_10(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int, int, int]:
+    """One raw Philox4x32-10 block (4 counter words, 2 key words, each 32-bit)."""
+    if len(counter) != 4 or len(key) != 2:
+        raise ValueError("philox4x32_10 takes 4 counter words and 2 key words")
+    r = _C.philox4x32_10(list(counter), list(key))
+    return int(r[0]), int(r[1]), int(r[2]), int(r[3])
+
+
+def philox_normal_ptr(device: str, out: int, n: int, seed: int, step: int, stream: object = 0) -> None:
+    """Fill ``n`` fp32 at address ``out`` with normals 0..n-1 of (seed, step) on ``device``."""
+    noise = PhiloxNoise(seed, step)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    kind, _ = _parse_device(device)
+    if kind == "cpu":
+        _C.philox_normal_cpu(noise.seed, noise.step, n, out)
+    else:
+        _C.philox_normal_cuda(noise.seed, noise.step, n, out, stream_handle(stream))
+
+
+def philox_normal(out: Array, seed: int, step: int, stream: object = 0) -> None:
+    """Fill a contiguous fp32 array (any shape; numpy, torch or CUDA array) with the normals of
+    (seed, step) in flat order: the noise a fused step with ``PhiloxNoise(seed, step)`` adds."""
+    buf = _describe(out, "out")
+    _check(buf, "out", dtypes=("float32",), writable=True)
+    philox_normal_ptr(buf.device, buf.ptr, math.prod(buf.shape), seed, step, stream)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fused sampler step
+# ----------------------------------------------------------------------------------------------------
+
+
+def fused_step_ptr(
+    device: str,
+    x: int,
+    cond: int,
+    out: int,
+    shape: Sequence[int],
+    out_channels: int,
+    dtype: str,
+    coeffs: StepCoeffs,
+    *,
+    baseline: int = 0,
+    guidance_scale: float = 1.0,
+    guided_channels: int | None = None,
+    noise: int | PhiloxNoise | None = None,
+    stream: object = 0,
+) -> None:
+    """One sampler step on raw addresses: x, out (may equal x) and a noise buffer are fp32 of ``shape``
+    = (B, C, H, W); cond and baseline (0 = no guidance) are (B, out_channels, H, W) in ``dtype``.
+    ``noise`` is a buffer address or :class:`PhiloxNoise`; it is needed only when ``coeffs.add_noise``."""
+    batch, channels, height, width = (int(n) for n in shape)
+    if dtype not in MODEL_DTYPES:
+        raise TypeError(f"model output dtype must be one of {MODEL_DTYPES}, got {dtype!r}")
+    if out_channels not in (channels, 2 * channels):
+        raise ValueError(f"out_channels must be C or 2C for C={channels}, got {out_channels}")
+    if coeffs.learned_variance and out_channels != 2 * channels:
+        raise ValueError(f"learned variance needs out_channels = 2C = {2 * channels}, got {out_channels}")
+    if guided_channels is None:
+        guided_channels = channels
+    if not 0 <= guided_channels <= channels:
+        raise ValueError(f"guided_channels must be in [0, {channels}], got {guided_channels}")
+    noise_ptr, seed, step = 0, 0, 0
+    if coeffs.add_noise:
+        if isinstance(noise, PhiloxNoise):
+            seed, step = noise.seed, noise.step
+        elif isinstance(noise, int) and not isinstance(noise, bool) and noise != 0:
+            noise_ptr = noise
+        else:
+            raise ValueError(
+                f"coeffs.add_noise needs noise: a buffer address or PhiloxNoise(seed, step), got {noise!r}"
+            )
+    kind, _ = _parse_device(device)
+    args = dict(
+        x=x,
+        cond=cond,
+        out=out,
+        batch=batch,
+        channels=channels,
+        hw=height * width,
+        out_channels=out_channels,
+        dtype=dtype,
+        c_x=coeffs.c_x,
+        c_pred=coeffs.c_pred,
+        baseline=baseline,
+        guidance_scale=guidance_scale,
+        guided_channels=guided_channels,
+        learned_variance=coeffs.learned_variance,
+        log_var_max=coeffs.log_var_max,
+        log_var_min=coeffs.log_var_min,
+        sigma=coeffs.sigma,
+        add_noise=coeffs.add_noise,
+        noise=noise_ptr,
+        seed=seed,
+        step=step,
+    )
+    if kind == "cpu":
+        _C.step_cpu(**args)
+    else:
+        _C.step_cuda(**args, stream=stream_handle(stream))
+
+
+def fused_step(
+    x: Array,
+    cond: Array,
+    coeffs: StepCoeffs,
+    out: Array,
+    *,
+    baseline: Array | None = None,
+    guidance_scale: float = 1.0,
+    guided_channels: int | None = None,
+    noise: Array | PhiloxNoise | None = None,
+    stream: object = 0,
+) -> None:
+    """One sampler step on arrays: ``out`` (fp32, shaped like ``x``; may be ``x`` itself) receives x_prev.
+
+    ``x`` is fp32 [B, C, H, W]; ``cond`` the conditional model output [B, C or 2C, H, W] (fp32, fp16 or
+    bf16); ``baseline`` the same shape and dtype (the unconditional half for classifier-free guidance, or
+    a weak model's output for weak-to-strong guidance; None: no guidance); the first ``guided_channels``
+    (default all C) prediction channels are guided. ``noise`` is an fp32 array shaped like ``x`` or
+    :class:`PhiloxNoise`. All buffers on one device; CUDA kernels run on ``stream``.
+    """
+    bufs = {"x": _describe(x, "x"), "cond": _describe(cond, "cond"), "out": _describe(out, "out")}
+    _check(bufs["x"], "x", dtypes=("float32",), ndim=4)
+    shape = bufs["x"].shape
+    batch, channels, height, width = shape
+    _check(bufs["out"], "out", dtypes=("float32",), shape=shape, writable=True)
+    _check(bufs["cond"], "cond", dtypes=MODEL_DTYPES, ndim=4)
+    cond_shape = bufs["cond"].shape
+    if (
+        cond_shape[0] != batch
+        or cond_shape[2:] != (height, width)
+        or cond_shape[1] not in (channels, 2 * channels)
+    ):
+        raise ValueError(
+            f"cond: expected shape ({batch}, {channels} or {2 * channels}, {height}, {width}), got {cond_shape}"
+        )
+    if baseline is not None:
+        bufs["baseline"] = _describe(baseline, "baseline")
+        _check(bufs["baseline"], "baseline", dtypes=(bufs["cond"].dtype,), shape=cond_shape)
+    noise_arg: int | PhiloxNoise | None = noise if isinstance(noise, PhiloxNoise) else None
+    if noise is not None and not isinstance(noise, PhiloxNoise):
+        bufs["noise"] = _describe(noise, "noise")
+        _check(bufs["noise"], "noise", dtypes=("float32",), shape=shape)
+        noise_arg = bufs["noise"].ptr
+    device = _one_device(bufs)
+    x_buf, out_buf = bufs["x"], bufs["out"]
+    if x_buf.ptr != out_buf.ptr and _overlap(x_buf, out_buf):
+        raise ValueError("out overlaps x without being x: pass x itself for an in-place step")
+    fused_step_ptr(
+        device,
+        x_buf.ptr,
+        bufs["cond"].ptr,
+        out_buf.ptr,
+        shape,
+        cond_shape[1],
+        bufs["cond"].dtype,
+        coeffs,
+        baseline=bufs["baseline"].ptr if baseline is not None else 0,
+        guidance_scale=guidance_scale,
+        guided_channels=guided_channels,
+        noise=noise_arg,
+        stream=stream,
+    )
+
+
+def _overlap(a: _Buffer, b: _Buffer) -> bool:
+    return a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes
