@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -60,6 +61,88 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     click.echo(f"{'patch':>5} {'tokens':>7} {'GMACs':>8} {'vs base':>8}")
     for p in facts.patches:
         click.echo(f"{p.patch_size:>5} {p.tokens:>7} {p.gmacs:>8.2f} {p.relative_cost:>8.3f}")
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="dit_s, dit_b, dit_l, dit_xl  [default: dit_xl, or the checkpoint's]",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="official DiT .pt, diffusers folder or flexible .safetensors  [default: seeded random weights]",
+)
+@click.option(
+    "--patch-sizes", callback=_parse_sizes, default="2,4", show_default=True, help="one graph and engine each"
+)
+@click.option(
+    "--batch-sizes",
+    callback=_parse_sizes,
+    default="1,2,4,8,16",
+    show_default=True,
+    help="image batches the engines serve (with --cfg also twice each)",
+)
+@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+@click.option(
+    "--fp32-residual", is_flag=True, help="keep embedders, adaLN modulation, gates and the residual in fp32"
+)
+@click.option("--image-size", type=int, default=None, help="pixels  [default: 256, or the checkpoint's]")
+@click.option(
+    "--opset",
+    type=int,
+    default=17,
+    show_default=True,
+    help="ONNX opset, 17 up to what torch and the TensorRT table allow",
+)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True)
+@click.option(
+    "--require-trt", is_flag=True, help="fail instead of skipping when TensorRT engines cannot be built"
+)
+@click.option(
+    "--opt-level",
+    type=click.IntRange(0, 5),
+    default=3,
+    show_default=True,
+    help="TensorRT builder optimization level",
+)
+@click.option(
+    "--profiles",
+    "profile_mode",
+    type=click.Choice(["ranges", "exact"]),
+    default="ranges",
+    show_default=True,
+    help="adjacent batch ranges (opt = max), or one static profile per batch",
+)
+@click.option(
+    "--cfg/--no-cfg",
+    "guidance",
+    default=True,
+    show_default=True,
+    help="also cover twice each batch (guided passes)",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="[default: in the engine folder]",
+)
+@click.option("--force", is_flag=True, help="rebuild every graph and engine")
+@click.option("--revalidate", is_flag=True, help="rerun the ONNX Runtime comparison on reused graphs")
+def build(model_name: str | None, **options) -> None:
+    """Export one ONNX graph per patch size (validated), then build one TensorRT engine per patch size."""
+    from .artifacts import BuildError
+    from .build import build_artifacts, report_lines
+
+    try:
+        report = build_artifacts(model_name, **options)
+    except BuildError as err:
+        raise click.ClickException(str(err)) from None
+    for line in report_lines(report):
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def test_info_bad_inputs():
     assert unknown.exit_code == 2 and "unknown model config 'dit_q'" in unknown.output
     odd = runner.invoke(main, ["info", "--model", "dit_s", "--image-size", "250"])
     assert odd.exit_code == 2 and "not a multiple of 8" in odd.output
-    indivisible = runner.invoke(main, ["info", "--model", "dit_s", "--image-size", "264", "--patch-sizes", "2,4"])
+    indivisible = runner.invoke(
+        main, ["info", "--model", "dit_s", "--image-size", "264", "--patch-sizes", "2,4"]
+    )
     assert indivisible.exit_code == 2 and "not divisible by patch size 4" in indivisible.output
     bad_list = runner.invoke(main, ["info", "--patch-sizes", "2,x"])
     assert bad_list.exit_code == 2 and "positive integers" in bad_list.output

@@ -1,0 +1,247 @@
+"""Artifact plumbing shared by export/ and engines/: atomic writes, content hashes, manifests, locks.
+
+Every file under the artifact roots is written to a temporary name in its own folder and moved into
+place with os.replace, so an interrupt leaves the old file or the new one, never half of either. A
+manifest is written last: it is the commit point, and a file whose hash does not match its manifest
+entry counts as absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+EXPORT_KIND = "flexidit-trt/onnx-export"
+EXPORT_SCHEMA = 1
+_CHUNK = 1 << 22
+
+
+class BuildError(Exception):
+    """A build cannot go on for a reason the user can fix; the message says which and how."""
+
+
+class ManifestError(BuildError):
+    """A manifest that is missing, unreadable or of another kind or schema (the message names the field)."""
+
+
+# -- atomic writes -------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    The temporary file lives in the same folder, so os.replace is a rename on one file system.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
+        yield tmp_path
+        _fsync(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    return write_bytes_atomic(path, text.encode())
+
+
+@contextlib.contextmanager
+def staging_dir(parent: str | os.PathLike) -> Iterator[Path]:
+    """A private temporary folder inside `parent` (same file system), removed on exit."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".staging-"))
+    try:
+        yield tmp
+    finally:
+        _rmtree(tmp)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    # Data reaches the disk before the rename makes it visible: a crash cannot expose an empty file.
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` if needed and prove it is writable, or raise BuildError saying why."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason = "permission denied" if err.errno != errno.EROFS else "read-only file system"
+        raise BuildError(f"cannot write to {path}: {reason}") from None
+    return path
+
+
+# -- hashing -------------------------------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_path(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of a folder's files (relative names and contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(path)).encode() + b"\0" + sha256_file(file).encode())
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-able object in canonical form (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sha256_state_dict(state: Mapping[str, Any]) -> str:
+    """Hash of a torch state dict by name, dtype, shape and bytes (order-independent)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        h.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}\0".encode())
+        if tensor.numel():
+            # A byte view (no copy) works for every dtype, bfloat16 included (numpy has none).
+            h.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+# -- manifests -----------------------------------------------------------------------------------------------
+def settings_changed(entry: Mapping[str, Any] | None, settings: Mapping[str, Any], force: bool) -> str | None:
+    """Why an artifact must be rebuilt judging by its manifest entry's settings alone, or None if they match."""
+    if force:
+        return "--force"
+    if entry is None:
+        return "new"
+    old = entry.get("settings", {})
+    changed = [k for k in settings if old.get(k) != settings[k]]
+    if changed:
+        return "changed " + ", ".join(f"{k} {old.get(k)}->{settings[k]}" for k in changed)
+    return None
+
+
+def read_manifest(path: str | os.PathLike, kind: str, schema: int) -> dict | None:
+    """The manifest at `path`, or None if there is none; refuses another kind or schema by name."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"cannot read manifest {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {path} is not a JSON object")
+    for field, want in (("kind", kind), ("schema", schema)):
+        if data.get(field) != want:
+            raise ManifestError(
+                f"manifest {path}: field {field!r} is {data.get(field)!r}, expected {want!r} "
+                "(written by another version? remove the folder to rebuild)"
+            )
+    return data
+
+
+def export_dir(workdir: str | os.PathLike, model_name: str) -> Path:
+    """`<workdir>/export/<model>`: the ONNX graphs and their manifest (export/README.md)."""
+    return Path(workdir) / "export" / model_name
+
+
+def load_export_manifest(workdir: str | os.PathLike, model_name: str) -> dict:
+    """The export manifest of `model_name` under `workdir`; ManifestError if absent or foreign."""
+    path = export_dir(workdir, model_name) / MANIFEST_NAME
+    data = read_manifest(path, EXPORT_KIND, EXPORT_SCHEMA)
+    if data is None:
+        raise ManifestError(f"no export manifest at {path}: run `flexidit-trt build` first")
+    return data
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Exclusive lock on an artifact folder, so two builds never interleave their writes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, builds must not overlap
+            yield
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BuildError(f"another build is writing to {folder} (lock file {folder / '.lock'})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def remove_orphans(
+    folder: str | os.PathLike, keep: set[str] | None = None, pattern: str | None = None
+) -> list[str]:
+    """Remove what interrupted writes left in `folder` (call it holding the folder's lock): staging
+    folders, temporary files, and files matching `pattern` whose names are not in `keep`."""
+    folder = Path(folder)
+    removed = []
+    for path in folder.glob(".staging-*"):
+        _rmtree(path)
+        removed.append(path.name)
+    for path in folder.glob(".*.tmp"):
+        remove_quietly(path)
+        removed.append(path.name)
+    if pattern is not None:
+        for path in folder.glob(pattern):
+            if path.name not in (keep or set()):
+                remove_quietly(path)
+                removed.append(path.name)
+    return removed
+
+
+def remove_quietly(*paths: str | os.PathLike | None) -> None:
+    for p in paths:
+        if p is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)

@@ -1,0 +1,187 @@
+"""`flexidit-trt build` as a library call: export and validate one ONNX graph per patch size, then
+build one TensorRT engine per patch size where TensorRT is present.
+
+    report = build_artifacts("dit_xl", patch_sizes=(2, 4), batch_sizes=(1, 2, 4, 8, 16), precision="fp16")
+    report.graphs     # GraphRecord per patch size (path, manifest entry, rebuilt or reused)
+    report.engines    # EngineBuildResult (records, or `skipped` with the reason)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .artifacts import BuildError, ensure_writable_dir
+from .engines.build import EngineBuildResult, PlanBuilder, build_engines
+from .engines.trt import TrtStatus, build_plan
+
+if TYPE_CHECKING:
+    from .export.graphs import GraphRecord
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class BuildReport:
+    model: str
+    weights: str  # where the weights came from, in words
+    workdir: Path
+    graphs: list[GraphRecord]
+    engines: EngineBuildResult
+
+
+class _Progress:
+    """A tqdm bar over the build's steps (one per graph, one per engine) whose text is the current stage."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            unit="step",
+            file=sys.stderr,
+            disable=not enabled if enabled is not None else None,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self._current: str | None = None
+
+    def __call__(self, message: str) -> None:
+        step = message.split(":", 1)[0]
+        if self._current is not None and step != self._current and step.startswith("p"):
+            self.bar.update(1)
+        if step.startswith("p"):
+            self._current = step
+        self.bar.set_description_str(message[:100])
+
+    def finish_phase(self) -> None:
+        if self._current is not None:
+            self.bar.update(1)
+        self._current = None
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def build_artifacts(
+    model: str | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    patch_sizes: tuple[int, ...] = (2, 4),
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+    precision: str = "fp16",
+    fp32_residual: bool = False,
+    image_size: int | None = None,
+    opset: int = 17,
+    workdir: str | os.PathLike = ".",
+    require_trt: bool = False,
+    guidance: bool = True,
+    profile_mode: str = "ranges",
+    opt_level: int = 3,
+    timing_cache: str | os.PathLike | None = None,
+    force: bool = False,
+    revalidate: bool = False,
+    seed: int = 0,
+    overrides: dict | None = None,
+    progress: bool | None = None,
+    trt: TrtStatus | None = None,
+    plan_builder: PlanBuilder = build_plan,
+) -> BuildReport:
+    """Export (and validate) the graphs, then build the engines; reuse whatever is current.
+
+    model: a config name (dit_s/b/l/xl); None with a checkpoint takes the checkpoint's. checkpoint:
+    anything load_checkpoint reads; None means seeded random weights. overrides: config fields for
+    random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
+    the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
+    Raises BuildError with a one-line reason for anything the caller can fix.
+    """
+    from .export.graphs import export_graphs
+    from .export.onnx_export import check_opset, precision_dtype
+    from .export.source import ModelSource
+
+    if not patch_sizes or any(int(p) <= 0 for p in patch_sizes):
+        raise BuildError(f"patch sizes must be positive integers, got {list(patch_sizes)}")
+    if not batch_sizes or any(int(b) <= 0 for b in batch_sizes):
+        raise BuildError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    precision_dtype(precision)
+    check_opset(opset)
+    patch_sizes = tuple(sorted({int(p) for p in patch_sizes}))
+    source = ModelSource(
+        model,
+        patch_sizes,
+        checkpoint=None if checkpoint is None else Path(checkpoint),
+        image_size=image_size,
+        seed=seed,
+        overrides=dict(overrides or {}),
+    )
+    workdir = ensure_writable_dir(workdir)  # before any weights are read: fail in a second, not a minute
+    if require_trt:
+        from .engines.trt import trt_status
+
+        trt = trt or trt_status()
+        if not trt.available:  # before the export, which can take minutes
+            raise BuildError(f"--require-trt: cannot build TensorRT engines: {trt.reason}")
+    bar = _Progress(total=2 * len(patch_sizes), enabled=progress)
+    try:
+        graphs = export_graphs(
+            source,
+            workdir,
+            precision=precision,
+            fp32_residual=fp32_residual,
+            opset=opset,
+            force=force,
+            revalidate=revalidate,
+            progress=bar,
+        )
+        bar.finish_phase()
+        engines = build_engines(
+            workdir,
+            source.name,
+            patch_sizes,
+            tuple(int(b) for b in batch_sizes),
+            guidance=guidance,
+            profile_mode=profile_mode,
+            opt_level=opt_level,
+            timing_cache=timing_cache,
+            force=force,
+            require_trt=require_trt,
+            progress=bar,
+            status=trt,
+            builder=plan_builder,
+        )
+        bar.finish_phase()
+    finally:
+        bar.close()
+    return BuildReport(source.name, source.label(), workdir, graphs, engines)
+
+
+def report_lines(report: BuildReport) -> list[str]:
+    """What `flexidit-trt build` prints: one line per graph and engine, or the line saying why not."""
+    lines = [f"{report.model}: weights from {report.weights}"]
+    for g in report.graphs:
+        e, v = g.entry, g.validation
+        errors = (
+            f"ORT vs PyTorch max abs {v['max_abs_error']:.2e}, rel {v['max_rel_error']:.2e} "
+            f"(tol {v['tolerance_rel']:g}; {v['route']}; {v['provider']})"
+        )
+        verb = f"exported in {e['export_seconds']:.1f} s" if g.rebuilt else "reused"
+        lines.append(
+            f"p{g.patch_size}  {g.path}  {e['precision']}{'+fp32-residual' if e['fp32_residual'] else ''}  "
+            f"{e['tokens']} tokens  {e['bytes'] / 1e6:.1f} MB  {verb} ({g.reason})  {errors}"
+        )
+    eng = report.engines
+    if eng.skipped:
+        lines.append(
+            f"engines: skipped ({eng.skipped}); the ONNX graphs are ready, pass --require-trt to make this an error"
+        )
+    for r in eng.records:
+        e = r.entry
+        verb = f"built in {e['build_seconds']:.1f} s" if r.rebuilt else "reused"
+        lines.append(
+            f"p{r.patch_size}  {r.path}  {len(e['profiles'])} profiles (batch 1-{e['max_batch']})  "
+            f"activations <= {e['max_device_memory_bytes'] / 1e6:.1f} MB  {verb} ({r.reason})"
+        )
+    return lines

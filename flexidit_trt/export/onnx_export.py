@@ -1,0 +1,331 @@
+"""One ONNX graph per patch size: `model.static(p)` (LoRA folded) traced with the TorchScript exporter.
+
+Graph signature, the same at every precision so the runtime can switch engines mid-trajectory with no
+conversions (the sampler's latents and its fused step are fp32 whatever the engine's precision):
+
+    x   float32 [batch, C, H, W]    latents
+    t   float32 [batch]             timesteps (the sinusoidal embedding needs fp32 range)
+    y   int64   [batch]             class labels; num_classes is the null class
+    out float32 [batch, 2C, H, W]   noise prediction, then the variance values
+
+`batch` is the only dynamic axis (a guided pass runs the conditional and unconditional halves
+together, so it is twice the image batch). The precision lives inside the graph — TensorRT 11 builds
+strongly typed networks only — as the weights' dtype plus Casts at the ends; with `fp32_residual` the
+embedders, adaLN modulation, gates and the residual stream stay fp32 and only attention and MLP run in
+fp16/bf16 (the fix NVIDIA used for fp16 overflow in DiT blocks).
+
+Why the TorchScript exporter: the torch.export-based one needs onnxscript, which neither our CPU
+machines nor the GPU machine have; the TorchScript one traces this static network exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper
+
+from ..artifacts import BuildError, remove_quietly, staging_dir
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_OPSET = 17  # LayerNormalization is a single node from 17; every TensorRT 10.x parser reads 17
+MIN_OPSET = 17
+EXPORTER_VERSION = 1  # bump when the graph layout changes: cached graphs of another version re-export
+TRACE_BATCH = 2
+# protobuf cannot serialise a message of 2 GiB or more; leave room for the graph beside the weights.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
+INPUT_NAMES = ("x", "t", "y")
+OUTPUT_NAME = "out"
+BATCH_AXIS = "batch"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy name: float32, int64, ...
+    shape: tuple[int | str, ...]  # "batch" marks the dynamic axis
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class ExportedGraph:
+    """What export_onnx wrote: the graph file, its external-data file (if any) and its signature."""
+
+    path: Path
+    data_path: Path | None
+    patch_size: int
+    tokens: int
+    precision: str
+    fp32_residual: bool
+    opset: int
+    ir_version: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    seconds: float
+    rewrites: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path] + ([self.data_path] if self.data_path else [])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def io_dict(self) -> dict:
+        return {"inputs": [s.to_dict() for s in self.inputs], "outputs": [s.to_dict() for s in self.outputs]}
+
+
+class GraphModule(nn.Module):
+    """The exported signature around a static network: whatever its precision, the prediction leaves fp32."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.config = net.config
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t, y).float()
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise BuildError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def check_opset(opset: int) -> int:
+    from .ops import load_op_table
+
+    table = load_op_table()
+    hi = min(table.opset_max, _exporter_max_opset())
+    if not MIN_OPSET <= opset <= hi:
+        raise BuildError(
+            f"opset {opset} is not supported: need {MIN_OPSET} (single-node LayerNormalization) to {hi} "
+            f"(the lower of the torch exporter's maximum and the {table.describe()})"
+        )
+    return opset
+
+
+def _exporter_max_opset() -> int:
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+
+        return int(ONNX_MAX_OPSET)
+    except ImportError:  # moved in some torch version: trust the table's range
+        return 99
+
+
+def graph_module(
+    model: nn.Module,
+    patch_size: int,
+    precision: str = "fp32",
+    fp32_residual: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> GraphModule:
+    """`model.static(p)` at `precision`, wrapped in the exported signature (the module export_onnx traces)."""
+    dtype = precision_dtype(precision)
+    try:
+        static = model.static(patch_size, dtype, fp32_residual=fp32_residual and precision != "fp32")
+    except ValueError as err:
+        raise BuildError(str(err)) from None
+    if dtype == torch.bfloat16 and opset < 22:
+        # ONNX admits bf16 Conv only from opset 22; the patch embedding is one tiny conv, so it stays fp32
+        # (PatchEmbed casts its input to its weight's dtype, and the residual cast follows it).
+        static.x_embedder.float()
+    return GraphModule(static).eval()
+
+
+def example_inputs(
+    config, batch: int = TRACE_BATCH, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded inputs of the graph signature: N(0,1) latents, timesteps in [0, 1000), labels incl. null."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, config.in_channels, config.input_size, config.input_size, generator=gen)
+    t = torch.rand(batch, generator=gen) * 1000.0
+    y = torch.randint(0, config.num_embeddings, (batch,), generator=gen, dtype=torch.int64)
+    return x, t, y
+
+
+def export_onnx(
+    model: nn.Module,
+    patch_size: int,
+    path: str | os.PathLike,
+    *,
+    precision: str = "fp32",
+    fp32_residual: bool = False,
+    opset: int = DEFAULT_OPSET,
+    external_data: bool | None = None,
+    module: GraphModule | None = None,
+    check: Callable[[Path, GraphModule], None] | None = None,
+) -> ExportedGraph:
+    """Export `model` (a FlexiDiT) at `patch_size` to `path`, atomically.
+
+    external_data: None writes the weights to a side file only when the graph would pass protobuf's
+    2 GiB limit; True/False force it. module: a prepared `graph_module(...)` to trace (saves building
+    it twice when the caller already has it). check: called with the staged graph before it is moved
+    into place; raise from it to abandon the graph (validation uses this, so a graph that fails it
+    never lands at `path`).
+
+    The graph goes to a staging folder beside `path`; the external-data file gets a fresh name per
+    export (`p2.<token>.onnx.data`) and lands first, then the .onnx replaces the old one in a single
+    rename, then data files of earlier exports of this graph are removed. An interrupt leaves the old
+    graph intact (plus, at worst, an orphan data file that the next export removes).
+    """
+    path = Path(path)
+    check_opset(opset)
+    module = module or graph_module(model, patch_size, precision, fp32_residual, opset)
+    config = module.config
+    start = time.perf_counter()
+    with staging_dir(path.parent) as stage:
+        staged, data_name, rewrites, ir_version = _export_to(stage, path.stem, module, opset, external_data)
+        seconds = time.perf_counter() - start  # the export alone; validation reports its own time
+        if check is not None:
+            check(staged, module)
+        if data_name is not None:
+            _fsync_replace(stage / data_name, path.parent / data_name)
+        _fsync_replace(staged, path)
+    _remove_stale_data(path, keep=data_name)
+    spatial = (config.input_size, config.input_size)
+    return ExportedGraph(
+        path=path,
+        data_path=path.parent / data_name if data_name else None,
+        patch_size=patch_size,
+        tokens=config.tokens(patch_size),
+        precision=precision,
+        fp32_residual=bool(fp32_residual and precision != "fp32"),
+        opset=opset,
+        ir_version=ir_version,
+        inputs=[
+            TensorSpec("x", "float32", (BATCH_AXIS, config.in_channels, *spatial)),
+            TensorSpec("t", "float32", (BATCH_AXIS,)),
+            TensorSpec("y", "int64", (BATCH_AXIS,)),
+        ],
+        outputs=[TensorSpec(OUTPUT_NAME, "float32", (BATCH_AXIS, config.out_channels, *spatial))],
+        seconds=seconds,
+        rewrites=rewrites,
+    )
+
+
+def _export_to(
+    stage: Path, stem: str, module: GraphModule, opset: int, external_data: bool | None
+) -> tuple[Path, str | None, dict[str, int], int]:
+    raw_dir = stage / "raw"
+    raw_dir.mkdir()
+    raw = raw_dir / "model.onnx"
+    args = example_inputs(module.config)
+    dynamic = {name: {0: BATCH_AXIS} for name in (*INPUT_NAMES, OUTPUT_NAME)}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about Python-side shape checks (constant per graph: the sequence length is
+        # fixed per engine) and about the TorchScript exporter's deprecation (see the module docstring).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        # A path, not a buffer: graphs over 2 GiB need a folder for the exporter's external data.
+        torch.onnx.export(
+            module,
+            args,
+            str(raw),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(raw))  # pulls in any external data the exporter wrote
+    rewrites = {"einsum_to_transpose": rewrite_permutation_einsums(proto.graph)}
+    config = module.config
+    proto.graph.name = f"{config.name}_p{config.patch_size}"
+    helper.set_model_props(
+        proto,
+        {
+            "flexidit_trt.patch_size": str(config.patch_size),
+            "flexidit_trt.tokens": str(config.tokens(config.patch_size)),
+            "flexidit_trt.config": config.to_json(),
+        },
+    )
+    weight_bytes = sum(_tensor_nbytes(t) for t in proto.graph.initializer)
+    use_external = weight_bytes >= EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    staged = stage / f"{stem}.onnx"
+    data_name = None
+    if use_external:
+        data_name = f"{stem}.{uuid.uuid4().hex[:12]}.onnx.data"
+        onnx.save_model(
+            proto,
+            str(staged),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(proto, str(staged))
+    ir_version = proto.ir_version
+    del proto
+    import shutil
+
+    shutil.rmtree(raw_dir)
+    return staged, data_name, rewrites, ir_version
+
+
+def rewrite_permutation_einsums(graph: onnx.GraphProto) -> int:
+    """Replace single-input Einsums that only permute axes (unpatchify's nhwpqc->nchpwq) by Transposes.
+
+    TensorRT's Einsum layer is a general contraction; a Transpose is a plain shuffle it fuses freely, and
+    ONNX's Einsum admits no bf16 before opset 22. Returns the number of nodes rewritten.
+    """
+    count = 0
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.input) != 1:
+            continue
+        eq = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "equation")
+        eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
+        lhs, arrow, rhs = eq.partition("->")
+        if not arrow or "." in eq or len(set(lhs)) != len(lhs) or sorted(lhs) != sorted(rhs):
+            continue
+        perm = [lhs.index(c) for c in rhs]
+        graph.node[i].CopyFrom(
+            helper.make_node(
+                "Transpose", list(node.input), list(node.output), name=node.name or None, perm=perm
+            )
+        )
+        count += 1
+    return count
+
+
+def _tensor_nbytes(t: TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n * _elem_size(t.data_type)
+
+
+def _elem_size(elem_type: int) -> int:
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+    except (KeyError, TypeError):
+        return 4
+
+
+def _fsync_replace(src: Path, dst: Path) -> None:
+    with open(src, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(src, dst)
+
+
+def _remove_stale_data(path: Path, keep: str | None) -> None:
+    # Data files of earlier exports of this graph (each export names its own): no graph refers to them.
+    for old in path.parent.glob(f"{path.stem}.*.onnx.data"):
+        if old.name != keep:
+            remove_quietly(old)

@@ -1,0 +1,107 @@
+"""`flexidit-trt build` from the command line: output lines, the skip line, reuse, and bad inputs as
+one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from flexidit_trt.cli import main
+from flexidit_trt.engines import trt_status
+from flexidit_trt.model import FlexiDiT, save_checkpoint
+
+TRT_HERE = trt_status().available
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = FlexiDiT.from_config("dit_s", init="random", input_size=8, depth=2, lora_rank=2, seed=5)
+    path = tmp_path_factory.mktemp("cli") / "tiny.safetensors"
+    save_checkpoint(model, path)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["build", *map(str, args)])
+
+
+def assert_clean_error(result, code: int, message: str):
+    assert result.exit_code == code, result.output
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.skipif(TRT_HERE, reason="TensorRT is installed here: the skip line does not apply")
+def test_build_exports_validates_and_skips_engines(tmp_path, checkpoint):
+    result = invoke("--checkpoint", checkpoint, "--workdir", tmp_path, "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"dit_s: weights from checkpoint {checkpoint}"
+    assert lines[1].startswith(f"p2  {tmp_path / 'export/dit_s/p2.onnx'}  fp32  16 tokens")
+    assert "exported in" in lines[1] and "(new)" in lines[1] and "ORT vs PyTorch max abs" in lines[1]
+    assert lines[2].startswith("p4  ")
+    assert lines[3] == (
+        "engines: skipped (the tensorrt Python package is not installed); the ONNX graphs are ready, "
+        "pass --require-trt to make this an error"
+    )
+    assert len(lines) == 4
+    again = invoke("--checkpoint", checkpoint, "--workdir", tmp_path, "--precision", "fp32")
+    assert again.exit_code == 0 and again.output.count("reused (same checkpoint)") == 2
+
+
+@pytest.mark.skipif(TRT_HERE, reason="TensorRT is installed here")
+def test_require_trt_is_an_error(tmp_path, checkpoint):
+    result = invoke("--checkpoint", checkpoint, "--workdir", tmp_path, "--require-trt")
+    assert_clean_error(result, 1, "Error: --require-trt: cannot build TensorRT engines: the tensorrt")
+    assert not (tmp_path / "export").exists()
+
+
+def test_random_weights_are_announced(tmp_path):
+    # dit_s at 64 px keeps this fast; the full-size default is dit_xl at 256 px.
+    result = invoke(
+        "--model",
+        "dit_s",
+        "--image-size",
+        "64",
+        "--patch-sizes",
+        "4",
+        "--workdir",
+        tmp_path,
+        "--precision",
+        "bf16",
+        "--fp32-residual",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        "dit_s: weights from seeded random weights (seed 0; no --checkpoint given)"
+    )
+    entry = json.loads((tmp_path / "export/dit_s/manifest.json").read_text())["graphs"]["4"]
+    assert (entry["precision"], entry["fp32_residual"], entry["config"]["depth"]) == ("bf16", True, 12)
+
+
+@pytest.mark.parametrize("sizes", ["1,0", "a,2", "", "-4"])
+def test_bad_batch_sizes(tmp_path, sizes):
+    result = invoke("--model", "dit_s", "--batch-sizes", sizes, "--workdir", tmp_path)
+    assert_clean_error(result, 2, "expected comma-separated positive integers")
+    assert not (tmp_path / "export").exists()
+
+
+def test_unknown_model(tmp_path):
+    assert_clean_error(invoke("--model", "dit_q", "--workdir", tmp_path), 1, "unknown model config 'dit_q'")
+
+
+def test_missing_patch_size_in_checkpoint(tmp_path, checkpoint):
+    result = invoke("--checkpoint", checkpoint, "--patch-sizes", "2,8", "--workdir", tmp_path)
+    assert_clean_error(result, 1, "has patch sizes [2, 4]; 8 requested")
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_missing_checkpoint_and_unwritable_workdir(tmp_path):
+    assert_clean_error(invoke("--checkpoint", tmp_path / "nope.pt"), 2, "does not exist")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = invoke("--model", "dit_s", "--image-size", "64", "--workdir", blocker / "sub")
+    assert_clean_error(result, 1, f"cannot write to {blocker / 'sub'}")

@@ -1,0 +1,50 @@
+"""benchmarks/export_xl.py on a tiny config, so the GPU machine's run is known to work before it starts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_xl.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("export_xl", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_run_writes_table_and_json(tmp_path, capsys):
+    script = load_script()
+    code = script.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--model",
+            "dit_s",
+            "--depth",
+            "2",
+            "--image-size",
+            "64",
+            "--tmp",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "export_xl.json").read_text())
+    rows = result["rows"]
+    assert [(r["precision"], r["fp32_residual"]) for r in rows] == [
+        ("fp16", False),
+        ("fp16", True),
+        ("bf16", False),
+        ("bf16", True),
+    ]
+    assert all(r["passed"] and r["graph_bytes"] > 0 and r["export_seconds"] > 0 for r in rows)
+    assert rows[2]["route"].startswith("bf16 emulated") and rows[0]["route"] == "native fp16"
+    assert result["config"]["depth"] == 2 and result["environment"]["onnxruntime"]
+    table = (tmp_path / "export_xl.md").read_text()
+    assert table.count("\n| 2 |") == 4 and "| ort rel |" in table
+    assert "| patch |" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export_xl.json", "export_xl.md"]  # graphs deleted
