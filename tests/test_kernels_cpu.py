@@ -325,3 +325,12 @@ def test_cuda_entry_points_raise_clear_errors_without_a_device():
     x = np.zeros((1, 4, 2, 2), np.float32)
     with pytest.raises(expected, match="CUDA"):
         kernels.fused_step_ptr("cuda", 256, 256, 256, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+
+
+def test_cuda_kernels_compiled_wherever_nvcc_exists():
+    """The package build compiles the CUDA kernels when nvcc is on PATH (CI has nvcc 13.0, no GPU)."""
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on PATH: a CPU-only module is the expected build here")
+    assert _C.has_cuda(), "nvcc is on PATH but flexidit_trt._C was built without its CUDA kernels"
