@@ -223,7 +223,6 @@ def _entry(source, model, graph: ExportedGraph, settings, weights_sha, static_co
         "opset": graph.opset,
         "ir_version": graph.ir_version,
         **graph.io_dict(),
-        "rewrites": graph.rewrites,
         "macs": int(model.macs(graph.patch_size)),
         "versions": versions(),
         "export_seconds": round(graph.seconds, 3),

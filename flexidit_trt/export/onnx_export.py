@@ -25,7 +25,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -72,7 +72,6 @@ class ExportedGraph:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     seconds: float
-    rewrites: dict[str, int] = field(default_factory=dict)
 
     @property
     def files(self) -> list[Path]:
@@ -188,7 +187,7 @@ def export_onnx(
     config = module.config
     start = time.perf_counter()
     with staging_dir(path.parent) as stage:
-        staged, data_name, rewrites, ir_version = _export_to(stage, path.stem, module, opset, external_data)
+        staged, data_name, ir_version = _export_to(stage, path.stem, module, opset, external_data)
         seconds = time.perf_counter() - start  # the export alone; validation reports its own time
         if check is not None:
             check(staged, module)
@@ -213,7 +212,6 @@ def export_onnx(
         ],
         outputs=[TensorSpec(OUTPUT_NAME, "float32", (BATCH_AXIS, config.out_channels, *spatial))],
         seconds=seconds,
-        rewrites=rewrites,
     )
 
 
@@ -244,7 +242,6 @@ def _export_to(
             do_constant_folding=True,
         )
     proto = onnx.load(str(raw))  # pulls in any external data the exporter wrote
-    rewrites = {"einsum_to_transpose": rewrite_permutation_einsums(proto.graph)}
     config = module.config
     proto.graph.name = f"{config.name}_p{config.patch_size}"
     helper.set_model_props(
@@ -276,32 +273,7 @@ def _export_to(
     import shutil
 
     shutil.rmtree(raw_dir)
-    return staged, data_name, rewrites, ir_version
-
-
-def rewrite_permutation_einsums(graph: onnx.GraphProto) -> int:
-    """Replace single-input Einsums that only permute axes (unpatchify's nhwpqc->nchpwq) by Transposes.
-
-    TensorRT's Einsum layer is a general contraction; a Transpose is a plain shuffle it fuses freely, and
-    ONNX's Einsum admits no bf16 before opset 22. Returns the number of nodes rewritten.
-    """
-    count = 0
-    for i, node in enumerate(graph.node):
-        if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.input) != 1:
-            continue
-        eq = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "equation")
-        eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
-        lhs, arrow, rhs = eq.partition("->")
-        if not arrow or "." in eq or len(set(lhs)) != len(lhs) or sorted(lhs) != sorted(rhs):
-            continue
-        perm = [lhs.index(c) for c in rhs]
-        graph.node[i].CopyFrom(
-            helper.make_node(
-                "Transpose", list(node.input), list(node.output), name=node.name or None, perm=perm
-            )
-        )
-        count += 1
-    return count
+    return staged, data_name, ir_version
 
 
 def _tensor_nbytes(t: TensorProto) -> int:

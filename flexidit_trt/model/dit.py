@@ -409,11 +409,13 @@ def is_base_key(key: str) -> bool:
 
 
 def unpatchify(x: torch.Tensor, p: int, channels: int) -> torch.Tensor:
-    """[N, T, p·p·C] tokens → [N, C, H, W] (the reference's nhwpqc → nchpwq)."""
+    """[N, T, p·p·C] tokens → [N, C, H, W] (the reference's einsum nhwpqc → nchpwq).
+
+    Written as a permute so the exported graph holds a plain Transpose (TensorRT shuffles it freely;
+    ONNX's Einsum has no bf16 before opset 22)."""
     n, tokens, _ = x.shape
     h = w = int(round(math.sqrt(tokens)))
-    x = x.reshape(n, h, w, p, p, channels)
-    x = torch.einsum("nhwpqc->nchpwq", x)
+    x = x.reshape(n, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(n, channels, h * p, w * p)
 
 
