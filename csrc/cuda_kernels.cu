@@ -1,9 +1,11 @@
 // CUDA versions of the kernels and the few runtime calls the extension needs. Every call is checked and a
 // failure becomes flexidit::CudaError (a Python exception) carrying the CUDA error name and string.
-// Kernels are launched on the caller's stream on the current device and never synchronise the host.
+// Kernels are launched on the caller's stream on the caller's device (made current for the launch and
+// restored after it) and never synchronise the host.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <string>
 
 #include "kernels.h"
 
@@ -24,19 +26,34 @@ int blocks_for(int64_t groups) {
   return static_cast<int>(std::min<int64_t>((groups + kThreads - 1) / kThreads, kMaxBlocks));
 }
 
-// Makes `device` current for the scope and restores the previous device after it.
+// Makes `device` current for the scope and restores the previous device after it. A device that does
+// not exist is a CudaError naming it and the number of visible devices.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
+    if (device == previous_) return;
+    const cudaError_t err = cudaSetDevice(device);
+    if (err == cudaErrorInvalidDevice) {
+      cudaGetLastError();
+      int count = 0;
+      if (cudaGetDeviceCount(&count) != cudaSuccess) cudaGetLastError();
+      throw CudaError("cudaSetDevice(" + std::to_string(device) + ") failed: " + cudaGetErrorName(err) + ": " +
+                      cudaGetErrorString(err) + " (CUDA device " + std::to_string(device) +
+                      " requested, " + std::to_string(count) + " visible)");
+    }
+    check(err, "cudaSetDevice");
+    changed_ = true;
   }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
+  ~DeviceGuard() {
+    if (changed_) cudaSetDevice(previous_);
+  }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 
  private:
   int previous_ = 0;
+  bool changed_ = false;
 };
 
 template <int DT>
@@ -96,7 +113,15 @@ void cuda_free(void* ptr, int device) noexcept {
   cudaGetLastError();
 }
 
-void cuda_step(const StepParams& p, int dtype, uintptr_t stream) {
+int cuda_pointer_device(uintptr_t ptr) {
+  if (ptr == 0) return -1;
+  cudaPointerAttributes attr{};
+  check(cudaPointerGetAttributes(&attr, reinterpret_cast<const void*>(ptr)), "cudaPointerGetAttributes");
+  return attr.type == cudaMemoryTypeUnregistered ? -1 : attr.device;
+}
+
+void cuda_step(const StepParams& p, int dtype, int device, uintptr_t stream) {
+  DeviceGuard guard(device);  // first, so that a bad device fails even for an empty step
   const int64_t groups = p.groups();
   if (groups == 0) return;
   const auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -116,7 +141,8 @@ void cuda_step(const StepParams& p, int dtype, uintptr_t stream) {
   check(cudaGetLastError(), "step kernel launch");
 }
 
-void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, uintptr_t stream) {
+void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, int device, uintptr_t stream) {
+  DeviceGuard guard(device);
   const int64_t groups = (n + 3) / 4;
   if (groups == 0) return;
   philox_normal_kernel<<<blocks_for(groups), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(

@@ -14,8 +14,9 @@ int cuda_device_count() { return 0; }
 std::pair<size_t, size_t> cuda_mem_get_info(int) { no_cuda(); }
 void* cuda_malloc(size_t, int) { no_cuda(); }
 void cuda_free(void*, int) noexcept {}
-void cuda_step(const StepParams&, int, uintptr_t) { no_cuda(); }
-void cuda_philox_normal(uint64_t, uint32_t, int64_t, float*, uintptr_t) { no_cuda(); }
+int cuda_pointer_device(uintptr_t) { no_cuda(); }
+void cuda_step(const StepParams&, int, int, uintptr_t) { no_cuda(); }
+void cuda_philox_normal(uint64_t, uint32_t, int64_t, float*, int, uintptr_t) { no_cuda(); }
 void cuda_stream_synchronize(uintptr_t) { no_cuda(); }
 void cuda_memcpy(uintptr_t, uintptr_t, size_t, uintptr_t) { no_cuda(); }
 

@@ -33,8 +33,13 @@ int cuda_device_count();
 std::pair<size_t, size_t> cuda_mem_get_info(int device);  // (free, total) bytes
 void* cuda_malloc(size_t nbytes, int device);
 void cuda_free(void* ptr, int device) noexcept;  // errors ignored (used from destructors)
-void cuda_step(const StepParams& p, int dtype, uintptr_t stream);
-void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, uintptr_t stream);
+// Device ordinal of the memory at ptr (device, managed or registered host memory); -1 for null or
+// ordinary (unregistered) host memory.
+int cuda_pointer_device(uintptr_t ptr);
+// The launchers make `device` current for the launch (restoring the previous one after it); `stream`
+// must belong to that device (0: its legacy default stream).
+void cuda_step(const StepParams& p, int dtype, int device, uintptr_t stream);
+void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, int device, uintptr_t stream);
 void cuda_stream_synchronize(uintptr_t stream);
 void cuda_memcpy(uintptr_t dst, uintptr_t src, size_t nbytes, uintptr_t stream);  // cudaMemcpyDefault
 

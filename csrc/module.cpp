@@ -1,8 +1,8 @@
 // flexidit_trt._C: the arena, the fused sampler step and Philox noise (CPU and CUDA).
 //
-// Every function takes raw addresses (Python ints) and, for CUDA, a stream handle (int, 0 = the legacy
-// default stream), so the runtime can drive it without torch; flexidit_trt/kernels.py adds the checked
-// conveniences over arrays and tensors.
+// Every function takes raw addresses (Python ints) and, for CUDA, a device ordinal and a stream handle
+// (int, 0 = the device's legacy default stream), so the runtime can drive it without torch;
+// flexidit_trt/kernels.py adds the checked conveniences over arrays and tensors.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -86,6 +86,10 @@ const char* kStepDoc =
     "csrc/step_math.h). Addresses are ints; baseline=0: no guidance; guided_channels=-1: all C; "
     "add_noise with noise=0: Philox noise from (seed, step). out may equal x.";
 
+const char* kStepCudaDoc =
+    "step_cpu on buffers of CUDA device `device`, launched there on stream (a stream of that device; 0: "
+    "its legacy default stream). The device is made current for the launch and restored after it.";
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -104,6 +108,9 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(),
         "cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, stream): any direction, ordered on stream. "
         "Host memory must stay valid until the stream reaches the copy.");
+  m.def("cuda_pointer_device", &cuda_pointer_device, py::arg("ptr"),
+        "CUDA device ordinal of the memory at address ptr (cudaPointerGetAttributes); -1 for null or "
+        "unregistered host memory.");
   m.def(
       "philox4x32_10",
       [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
@@ -122,13 +129,15 @@ PYBIND11_MODULE(_C, m) {
       "Fill n fp32 at host address out with the standard normals of (seed, step), elements 0..n-1.");
   m.def(
       "philox_normal_cuda",
-      [](uint64_t seed, uint32_t step, int64_t n, uintptr_t out, uintptr_t stream) {
+      [](uint64_t seed, uint32_t step, int64_t n, uintptr_t out, uintptr_t stream, int device) {
         if (n < 0) throw std::invalid_argument("n must be >= 0");
         if (n > 0 && out == 0) throw std::invalid_argument("out must be non-null");
-        cuda_philox_normal(seed, step, n, as_ptr<float>(out), stream);
+        cuda_philox_normal(seed, step, n, as_ptr<float>(out), device, stream);
       },
       py::arg("seed"), py::arg("step"), py::arg("n"), py::arg("out"), py::arg("stream") = 0,
-      py::call_guard<py::gil_scoped_release>(), "philox_normal_cpu on a device buffer, launched on stream.");
+      py::arg("device") = 0, py::call_guard<py::gil_scoped_release>(),
+      "philox_normal_cpu on a buffer of CUDA device `device`, launched there on stream (a stream of that "
+      "device; 0: its legacy default stream).");
 
   m.def(
       "step_cpu",
@@ -151,16 +160,16 @@ PYBIND11_MODULE(_C, m) {
          int64_t out_channels, const std::string& dtype, double c_x, double c_pred, uintptr_t baseline,
          double guidance_scale, int64_t guided_channels, bool learned_variance, double log_var_max,
          double log_var_min, double sigma, bool add_noise, uintptr_t noise, uint64_t seed, uint32_t step,
-         uintptr_t stream) {
+         uintptr_t stream, int device) {
         const int code = dtype_code(dtype);
         const StepParams p =
             make_params(x, cond, out, batch, channels, hw, out_channels, c_x, c_pred, baseline, guidance_scale,
                         guided_channels, learned_variance, log_var_max, log_var_min, sigma, add_noise, noise, seed,
                         step);
         py::gil_scoped_release release;
-        cuda_step(p, code, stream);
+        cuda_step(p, code, device, stream);
       },
-      FX_STEP_ARGS, py::arg("stream") = 0, kStepDoc);
+      FX_STEP_ARGS, py::arg("stream") = 0, py::arg("device") = 0, kStepCudaDoc);
 
   m.def("open_arena_bytes", &open_arena_bytes,
         "Capacity summed over the arenas open in this process (0 once all are closed or destroyed).");

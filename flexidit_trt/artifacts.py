@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,27 @@ class ManifestError(BuildError):
     """A manifest that is missing, unreadable or of another kind or schema (the message names the field)."""
 
 
+@dataclass(frozen=True)
+class Step:
+    """A build's progress event: the patch size whose graph or engine it concerns (None: none in
+    particular), the stage ("resolve", "prepare", "export", "validate", "reuse", "build") and a line
+    for people. Consumers decide what counts as a step from the fields, never from the text."""
+
+    patch_size: int | None
+    stage: str
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail if self.patch_size is None else f"p{self.patch_size}: {self.detail}"
+
+
+Progress = Callable[[Step], None]
+
+
+def no_progress(_step: Step) -> None:
+    pass
+
+
 # -- atomic writes -------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -45,10 +68,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual mode
         yield tmp_path
-        _fsync(tmp_path)
-        os.replace(tmp_path, path)
+        # mkstemp makes 0600; artifacts get the usual mode (set after writing: a writer may recreate the file)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        fsync_replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -83,16 +106,30 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read once at import: Linux reports it in /proc; elsewhere os.umask is the only
+    way to read it, which sets it for an instant, harmless before any other thread creates files."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def _fsync(path: Path) -> None:
-    # Data reaches the disk before the rename makes it visible: a crash cannot expose an empty file.
-    with open(path, "rb") as f:
+_UMASK = _read_umask()
+
+
+def fsync_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Flush `src` to disk, then rename it to `dst` (same file system): a crash cannot expose a file
+    whose data has not reached the disk, and readers see the old file or the new one, never half."""
+    with open(src, "rb") as f:
         os.fsync(f.fileno())
+    os.replace(src, dst)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
@@ -151,6 +188,16 @@ def sha256_state_dict(state: Mapping[str, Any]) -> str:
 
 
 # -- manifests -----------------------------------------------------------------------------------------------
+def utc_now() -> str:
+    """The manifests' timestamp format (UTC, seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_manifest(kind: str, schema: int, model_name: str, section: str, **fields: Any) -> dict:
+    """An empty manifest of `kind`/`schema` for `model_name`, its entries under `section`."""
+    return {"kind": kind, "schema": schema, "model": model_name, **fields, section: {}, "updated": utc_now()}
+
+
 def settings_changed(entry: Mapping[str, Any] | None, settings: Mapping[str, Any], force: bool) -> str | None:
     """Why an artifact must be rebuilt judging by its manifest entry's settings alone, or None if they match."""
     if force:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifacts import BuildError, ensure_writable_dir
-from .engines.build import EngineBuildResult, PlanBuilder, build_engines
+from .artifacts import BuildError, Step, ensure_writable_dir
+from .engines.build import EngineBuildResult, PlanBuilder, build_engines, engine_profiles, resolve_trt
 from .engines.trt import TrtStatus, build_plan
 
 if TYPE_CHECKING:
@@ -34,7 +34,10 @@ class BuildReport:
 
 
 class _Progress:
-    """A tqdm bar over the build's steps (one per graph, one per engine) whose text is the current stage."""
+    """A tqdm bar over the build's steps (one per graph, one per engine) whose text is the current stage.
+
+    A step is one patch size within a phase (export, then engines): it ends when an event names another
+    patch size or the phase ends; events naming no patch size only change the text."""
 
     def __init__(self, total: int, enabled: bool | None):
         from tqdm.auto import tqdm
@@ -47,15 +50,14 @@ class _Progress:
             leave=False,
             dynamic_ncols=True,
         )
-        self._current: str | None = None
+        self._current: int | None = None
 
-    def __call__(self, message: str) -> None:
-        step = message.split(":", 1)[0]
-        if self._current is not None and step != self._current and step.startswith("p"):
-            self.bar.update(1)
-        if step.startswith("p"):
-            self._current = step
-        self.bar.set_description_str(message[:100])
+    def __call__(self, step: Step) -> None:
+        if step.patch_size is not None:
+            if self._current is not None and step.patch_size != self._current:
+                self.bar.update(1)
+            self._current = step.patch_size
+        self.bar.set_description_str(str(step)[:100])
 
     def finish_phase(self) -> None:
         if self._current is not None:
@@ -99,15 +101,16 @@ def build_artifacts(
     Raises BuildError with a one-line reason for anything the caller can fix.
     """
     from .export.graphs import export_graphs
-    from .export.onnx_export import check_opset, precision_dtype
+    from .export.onnx_export import export_options
     from .export.source import ModelSource
 
+    # Every option is checked here, before anything is read or written (the layers below check theirs
+    # with the same functions at their own entries).
     if not patch_sizes or any(int(p) <= 0 for p in patch_sizes):
         raise BuildError(f"patch sizes must be positive integers, got {list(patch_sizes)}")
-    if not batch_sizes or any(int(b) <= 0 for b in batch_sizes):
-        raise BuildError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    precision_dtype(precision)
-    check_opset(opset)
+    batch_sizes = tuple(int(b) for b in batch_sizes)
+    engine_profiles(batch_sizes, guidance=guidance, profile_mode=profile_mode, opt_level=opt_level)
+    precision, fp32_residual, opset = export_options(precision, fp32_residual, opset)
     patch_sizes = tuple(sorted({int(p) for p in patch_sizes}))
     source = ModelSource(
         model,
@@ -118,12 +121,8 @@ def build_artifacts(
         overrides=dict(overrides or {}),
     )
     workdir = ensure_writable_dir(workdir)  # before any weights are read: fail in a second, not a minute
-    if require_trt:
-        from .engines.trt import trt_status
-
-        trt = trt or trt_status()
-        if not trt.available:  # before the export, which can take minutes
-            raise BuildError(f"--require-trt: cannot build TensorRT engines: {trt.reason}")
+    if require_trt:  # before the export, which can take minutes
+        trt = resolve_trt(trt, require_trt)
     bar = _Progress(total=2 * len(patch_sizes), enabled=progress)
     try:
         graphs = export_graphs(
@@ -141,7 +140,7 @@ def build_artifacts(
             workdir,
             source.name,
             patch_sizes,
-            tuple(int(b) for b in batch_sizes),
+            batch_sizes,
             guidance=guidance,
             profile_mode=profile_mode,
             opt_level=opt_level,

@@ -37,13 +37,16 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json: bool) -> None:
     """Parameters, tokens and GMACs per patch size (computed from the config)."""
+    from .export.source import VAE_FACTOR
     from .info import model_info
     from .model.config import get_config
 
-    if image_size % 8:
-        raise click.BadParameter(f"image size {image_size} is not a multiple of 8 (the VAE's factor)")
+    if image_size % VAE_FACTOR:
+        raise click.BadParameter(
+            f"image size {image_size} is not a multiple of {VAE_FACTOR} (the VAE's factor)"
+        )
     try:
-        config = get_config(model_name, input_size=image_size // 8, patch_sizes=patch_sizes)
+        config = get_config(model_name, input_size=image_size // VAE_FACTOR, patch_sizes=patch_sizes)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     facts = model_info(config)

@@ -32,15 +32,16 @@ class ModelInfo:
 
 
 def model_info(config: DiTConfig) -> ModelInfo:
-    """Counts parameters on a shape-only model (no memory for weights beyond an empty allocation)."""
+    """Counts parameters on a meta-device model: shapes only, no memory for the weights."""
+    import torch
+
     from .model.dit import FlexiDiT
 
-    model = FlexiDiT.from_config(config, init="empty")
-    base = forward_macs(config, config.patch_size)
-    patches = tuple(
-        PatchInfo(p, config.tokens(p), forward_macs(config, p) / 1e9, forward_macs(config, p) / base)
-        for p in config.patch_sizes
-    )
+    with torch.device("meta"):
+        model = FlexiDiT(config, initialize=False)
+    macs = {p: forward_macs(config, p) for p in config.patch_sizes}
+    base = macs[config.patch_size]
+    patches = tuple(PatchInfo(p, config.tokens(p), macs[p] / 1e9, macs[p] / base) for p in config.patch_sizes)
     return ModelInfo(
         name=config.name,
         depth=config.depth,

@@ -2,8 +2,15 @@
 
 `_C` itself takes raw addresses (ints) and a CUDA stream handle, so the runtime drives it without torch
 (the ``*_ptr`` functions below). The array functions accept numpy arrays (CPU) and torch tensors or any
-object with ``__cuda_array_interface__`` (CUDA), check dtype, shape and contiguity, and call the same
-kernels. numpy has no bfloat16: a ``uint16`` array (or an ``ml_dtypes.bfloat16`` one) holds bf16 bits.
+object with ``__cuda_array_interface__`` (CUDA), check dtype, shape, contiguity and that all buffers
+are on one device (CUDA device index included), and call the same kernels on that device. numpy has no
+bfloat16: a ``uint16`` array (or an ``ml_dtypes.bfloat16`` one) holds bf16 bits.
+
+Devices and streams: ``'cuda'`` is ``'cuda:0'``; the CUDA kernels run on the named device (made current
+for the launch, the caller's current device restored after it) and on the given stream, which must
+belong to that device. The ``*_ptr`` functions default to stream 0 (the device's legacy default
+stream). The array functions default, for torch CUDA tensors, to torch's current stream on their device
+(``torch.cuda.current_stream(device)``, which ``with torch.cuda.stream(s)`` sets), and to 0 otherwise.
 
 The step implements :class:`~flexidit_trt.diffusion.coeffs.StepCoeffs` exactly, with guidance in front::
 
@@ -101,6 +108,8 @@ def open_arena_bytes() -> int:
 
 def _parse_device(device: str) -> tuple[str, int]:
     """'cpu' -> ('cpu', -1); 'cuda' / 'cuda:N' -> ('cuda:N', N)."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device == "cpu":
         return "cpu", -1
     if device == "cuda":
@@ -212,9 +221,10 @@ class _Buffer:
     ptr: int
     shape: tuple[int, ...]
     dtype: str
-    device: str  # "cpu" or "cuda"
+    device: str  # "cpu", "cuda:N", or "cuda" for an empty CUDA array whose device is unknown
     contiguous: bool
     writable: bool
+    torch: bool = False  # a torch tensor (its default stream is torch's current stream)
 
     @property
     def nbytes(self) -> int:
@@ -248,6 +258,8 @@ def _describe(obj: Array, name: str) -> _Buffer:
         device = obj.device.type
         if device not in ("cpu", "cuda"):
             raise ValueError(f"{name}: tensors on {obj.device} are not supported (cpu or cuda)")
+        if device == "cuda":  # torch always names the index of a tensor's device
+            device = f"cuda:{obj.device.index if obj.device.index is not None else 0}"
         return _Buffer(
             ptr=int(obj.data_ptr()),
             shape=tuple(obj.shape),
@@ -255,6 +267,7 @@ def _describe(obj: Array, name: str) -> _Buffer:
             device=device,
             contiguous=bool(obj.is_contiguous()),
             writable=True,
+            torch=True,
         )
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is not None:
@@ -265,11 +278,22 @@ def _describe(obj: Array, name: str) -> _Buffer:
         strides = cai.get("strides")
         contiguous = strides is None or tuple(strides) == _c_strides(shape, itemsize) or math.prod(shape) <= 1
         ptr, readonly = cai["data"]
-        return _Buffer(int(ptr), shape, dtype, "cuda", contiguous, not readonly)
+        return _Buffer(int(ptr), shape, dtype, _cai_device(int(ptr), name), contiguous, not readonly)
     raise TypeError(
         f"{name}: expected a numpy array, a torch tensor or an object with __cuda_array_interface__, "
         f"got {type(obj).__name__}"
     )
+
+
+def _cai_device(ptr: int, name: str) -> str:
+    """The device of a ``__cuda_array_interface__`` buffer, which the interface does not name: asked of
+    the CUDA runtime (``cudaPointerGetAttributes``). An empty array may have no address: ``'cuda'``."""
+    if ptr == 0:
+        return "cuda"
+    index = int(_C.cuda_pointer_device(ptr))
+    if index < 0:
+        raise ValueError(f"{name}: __cuda_array_interface__ address {ptr:#x} is not CUDA memory")
+    return f"cuda:{index}"
 
 
 def _check(
@@ -294,11 +318,37 @@ def _check(
 
 
 def _one_device(bufs: dict[str, _Buffer]) -> str:
+    """The one device ('cpu' or 'cuda:N') all buffers are on; ValueError naming each buffer's device
+    otherwise (cuda:0 and cuda:1 are two devices)."""
     devices = {buf.device for buf in bufs.values()}
+    if "cuda" in devices and any(d.startswith("cuda:") for d in devices):
+        devices.discard("cuda")  # an empty array of unknown CUDA device goes with the others
     if len(devices) != 1:
         where = ", ".join(f"{name} on {buf.device}" for name, buf in bufs.items())
         raise ValueError(f"all buffers must be on one device: {where}")
     return devices.pop()
+
+
+def _array_stream(stream: object, bufs: dict[str, _Buffer], device: str) -> object:
+    """The stream for the array functions: ``stream`` when given (checked against the buffers' device
+    when it names one, as torch streams do); otherwise torch's current stream on that device when any
+    buffer is a torch CUDA tensor, else 0."""
+    if not device.startswith("cuda"):
+        return 0 if stream is None else stream
+    _, index = _parse_device(device)
+    if stream is None:
+        if any(buf.torch for buf in bufs.values()):
+            import torch  # a torch tensor was passed: torch is imported already
+
+            return int(torch.cuda.current_stream(index).cuda_stream)
+        return 0
+    stream_device = getattr(stream, "device", None)  # a torch.cuda.Stream names its device
+    stream_index = (
+        getattr(stream_device, "index", None) if getattr(stream_device, "type", None) == "cuda" else None
+    )
+    if stream_index is not None and int(stream_index) != index:
+        raise ValueError(f"stream is on cuda:{stream_index}, the buffers on {device}")
+    return stream
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -329,22 +379,27 @@ def philox4x32_10(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int,
 
 
 def philox_normal_ptr(device: str, out: int, n: int, seed: int, step: int, stream: object = 0) -> None:
-    """Fill ``n`` fp32 at address ``out`` with normals 0..n-1 of (seed, step) on ``device``."""
+    """Fill ``n`` fp32 at address ``out`` with normals 0..n-1 of (seed, step) on ``device`` ('cpu',
+    'cuda' = 'cuda:0', 'cuda:N'); CUDA: launched on that device, on ``stream`` (one of that device)."""
     noise = PhiloxNoise(seed, step)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    kind, _ = _parse_device(device)
+    kind, index = _parse_device(device)
     if kind == "cpu":
         _C.philox_normal_cpu(noise.seed, noise.step, n, out)
     else:
-        _C.philox_normal_cuda(noise.seed, noise.step, n, out, stream_handle(stream))
+        _C.philox_normal_cuda(noise.seed, noise.step, n, out, stream=stream_handle(stream), device=index)
 
 
-def philox_normal(out: Array, seed: int, step: int, stream: object = 0) -> None:
+def philox_normal(out: Array, seed: int, step: int, stream: object = None) -> None:
     """Fill a contiguous fp32 array (any shape; numpy, torch or CUDA array) with the normals of
-    (seed, step) in flat order: the noise a fused step with ``PhiloxNoise(seed, step)`` adds."""
+    (seed, step) in flat order: the noise a fused step with ``PhiloxNoise(seed, step)`` adds. CUDA: on
+    the array's device, on ``stream`` (None: torch's current stream for a torch tensor, else 0)."""
     buf = _describe(out, "out")
     _check(buf, "out", dtypes=("float32",), writable=True)
+    if buf.device == "cuda":  # empty, of unknown device: nothing to fill
+        return
+    stream = _array_stream(stream, {"out": buf}, buf.device)
     philox_normal_ptr(buf.device, buf.ptr, math.prod(buf.shape), seed, step, stream)
 
 
@@ -371,7 +426,9 @@ def fused_step_ptr(
 ) -> None:
     """One sampler step on raw addresses: x, out (may equal x) and a noise buffer are fp32 of ``shape``
     = (B, C, H, W); cond and baseline (0 = no guidance) are (B, out_channels, H, W) in ``dtype``.
-    ``noise`` is a buffer address or :class:`PhiloxNoise`; it is needed only when ``coeffs.add_noise``."""
+    ``noise`` is a buffer address or :class:`PhiloxNoise`; it is needed only when ``coeffs.add_noise``.
+    ``device``: 'cpu', 'cuda' (= 'cuda:0') or 'cuda:N', the device holding every buffer; CUDA: launched
+    there on ``stream`` (a stream of that device; 0: its legacy default stream)."""
     batch, channels, height, width = (int(n) for n in shape)
     if dtype not in MODEL_DTYPES:
         raise TypeError(f"model output dtype must be one of {MODEL_DTYPES}, got {dtype!r}")
@@ -393,7 +450,7 @@ def fused_step_ptr(
             raise ValueError(
                 f"coeffs.add_noise needs noise: a buffer address or PhiloxNoise(seed, step), got {noise!r}"
             )
-    kind, _ = _parse_device(device)
+    kind, index = _parse_device(device)
     args = dict(
         x=x,
         cond=cond,
@@ -420,7 +477,7 @@ def fused_step_ptr(
     if kind == "cpu":
         _C.step_cpu(**args)
     else:
-        _C.step_cuda(**args, stream=stream_handle(stream))
+        _C.step_cuda(**args, stream=stream_handle(stream), device=index)
 
 
 def fused_step(
@@ -433,7 +490,7 @@ def fused_step(
     guidance_scale: float = 1.0,
     guided_channels: int | None = None,
     noise: Array | PhiloxNoise | None = None,
-    stream: object = 0,
+    stream: object = None,
 ) -> None:
     """One sampler step on arrays: ``out`` (fp32, shaped like ``x``; may be ``x`` itself) receives x_prev.
 
@@ -441,7 +498,9 @@ def fused_step(
     bf16); ``baseline`` the same shape and dtype (the unconditional half for classifier-free guidance, or
     a weak model's output for weak-to-strong guidance; None: no guidance); the first ``guided_channels``
     (default all C) prediction channels are guided. ``noise`` is an fp32 array shaped like ``x`` or
-    :class:`PhiloxNoise`. All buffers on one device; CUDA kernels run on ``stream``.
+    :class:`PhiloxNoise`. All buffers on one device (one CUDA device: cuda:0 and cuda:1 do not mix); CUDA
+    kernels run on that device, on ``stream`` (None: torch's current stream on that device when the
+    buffers include torch CUDA tensors, else 0, the legacy default stream).
     """
     bufs = {"x": _describe(x, "x"), "cond": _describe(cond, "cond"), "out": _describe(out, "out")}
     _check(bufs["x"], "x", dtypes=("float32",), ndim=4)
@@ -467,6 +526,7 @@ def fused_step(
         _check(bufs["noise"], "noise", dtypes=("float32",), shape=shape)
         noise_arg = bufs["noise"].ptr
     device = _one_device(bufs)
+    stream = _array_stream(stream, bufs, device)
     x_buf, out_buf = bufs["x"], bufs["out"]
     if x_buf.ptr != out_buf.ptr and _overlap(x_buf, out_buf):
         raise ValueError("out overlaps x without being x: pass x itself for an in-place step")

@@ -11,7 +11,7 @@ import torch
 
 from flexidit_trt.artifacts import BuildError
 from flexidit_trt.export import TOLERANCES, ValidationError, export_onnx, graph_module, validate_onnx
-from flexidit_trt.export.onnx_export import example_inputs
+from flexidit_trt.export.onnx_export import example_inputs, export_options
 from flexidit_trt.model import FlexiDiT
 
 
@@ -145,3 +145,31 @@ def test_bad_arguments(model, tmp_path):
     with pytest.raises(BuildError, match="patch size 8 is not one of"):
         export_onnx(model, 8, tmp_path / "p8.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_bf16_emulation_copy_is_removed_when_interrupted(model, tmp_path, monkeypatch):
+    """The emulated copy is written inside the try: an interrupt while writing it or running it leaves
+    nothing beside the graph."""
+    import flexidit_trt.export.validate as validate
+
+    graph = export_onnx(model, 2, tmp_path / "p2.onnx", precision="bf16")
+    real = validate.write_bf16_emulation
+
+    def interrupted(inferred, dest):
+        assert dest == validate.bf16_emulation_path(graph.path)
+        real(inferred, dest)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validate, "write_bf16_emulation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        validate_onnx(graph.path, graph_module(model, 2, "bf16"), precision="bf16", batches=(1,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p2.onnx"]
+
+
+def test_export_options_normalise_the_fp32_residual(model, tmp_path):
+    assert export_options("fp32", True, 17) == ("fp32", False, 17)
+    assert export_options("bf16", 1, None) == ("bf16", True, None)
+    with pytest.raises(BuildError, match="unknown precision 'fp8'"):
+        export_options("fp8")
+    graph = export_onnx(model, 4, tmp_path / "p4.onnx", precision="fp32", fp32_residual=True)
+    assert graph.fp32_residual is False

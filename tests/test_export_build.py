@@ -10,7 +10,8 @@ import torch
 from flexidit_trt.artifacts import BuildError, sha256_file
 from flexidit_trt.build import build_artifacts
 from flexidit_trt.engines import TrtStatus
-from flexidit_trt.model import FlexiDiT, save_checkpoint
+from flexidit_trt.export.source import ModelSource
+from flexidit_trt.model import FlexiDiT, load_checkpoint, save_checkpoint
 
 NO_TRT = TrtStatus(False, "TensorRT not under test here")  # engines are tested in test_engines*.py
 TINY = {"depth": 2}
@@ -84,20 +85,105 @@ def test_random_weights_rebuild_nothing_and_patch_set_adds_only_new(tmp_path):
     assert sorted(manifest(tmp_path)["graphs"]) == ["2", "4"]
 
 
-def test_changed_checkpoint_or_precision_rebuilds(tmp_path, flexible_checkpoint):
+def test_random_weights_rerun_builds_no_model(tmp_path, monkeypatch):
+    """Seeded random weights are fixed by config and seed: a no-op rerun neither builds the model nor
+    prepares a static one (for the default dit_xl that took ~36 s); another seed or config re-exports."""
+    kw = dict(model="dit_s", overrides=TINY, image_size=64, patch_sizes=(2, 4), precision="fp16")
+    build(tmp_path, **kw)
+    before, m1 = state(tmp_path), manifest(tmp_path)
+    import flexidit_trt.export.graphs as graphs
+
+    calls = []
+    real_from_config, real_graph_module = FlexiDiT.from_config, graphs.graph_module
+    monkeypatch.setattr(
+        FlexiDiT, "from_config", lambda *a, **k: calls.append("model") or real_from_config(*a, **k)
+    )
+    monkeypatch.setattr(
+        graphs, "graph_module", lambda *a, **k: calls.append("static") or real_graph_module(*a, **k)
+    )
+    report = build(tmp_path, **kw)
+    assert [(g.rebuilt, g.reason) for g in report.graphs] == [(False, "same weights")] * 2
+    assert calls == [] and state(tmp_path) == before and manifest(tmp_path)["graphs"] == m1["graphs"]
+    report = build(tmp_path, **{**kw, "patch_sizes": (4,)}, seed=1)
+    assert [(g.rebuilt, g.reason) for g in report.graphs] == [(True, "weights changed")]
+    assert calls[0] == "model" and manifest(tmp_path)["graphs"]["4"]["checkpoint"]["seed"] == 1
+
+
+def test_model_names_are_canonical(tmp_path, flexible_checkpoint):
+    report = build(tmp_path, model="DiT-S/2", overrides=TINY, image_size=64, patch_sizes=(2,))
+    assert report.model == "dit_s" and (tmp_path / "export/dit_s/p2.onnx").exists()
+    assert not (tmp_path / "export/DiT-S").exists() and manifest(tmp_path)["model"] == "dit_s"
+    assert ModelSource("DiT-S/2", (2,), checkpoint=flexible_checkpoint).name == "dit_s"
+    # A checkpoint's config is compared by the canonical name too.
+    report = build(tmp_path / "ckpt", checkpoint=flexible_checkpoint, model="DiT-S/2")
+    assert report.model == "dit_s" and [g.rebuilt for g in report.graphs] == [True, True]
+    assert (tmp_path / "ckpt/export/dit_s/manifest.json").exists()
+    report = build(tmp_path / "ckpt", checkpoint=flexible_checkpoint, model="dit-s")
+    assert [g.reason for g in report.graphs] == ["same checkpoint"] * 2
+    with pytest.raises(BuildError, match="unknown model config 'DiT-Q/2'"):
+        build(tmp_path / "ckpt", checkpoint=flexible_checkpoint, model="DiT-Q/2")
+
+
+def test_rerun_without_model_does_not_load_a_flexible_checkpoint(tmp_path, flexible_checkpoint, monkeypatch):
+    """The CLI's default (no --model): the config comes from the .safetensors metadata, so a no-op
+    rerun reads no weights; the patch sizes and image size are still checked before anything is written."""
+    build(tmp_path, checkpoint=flexible_checkpoint)
+    before = state(tmp_path)
+    loads = []
+    real_load = ModelSource.load
+    monkeypatch.setattr(ModelSource, "load", lambda self: loads.append(self) or real_load(self))
+    report = build(tmp_path, checkpoint=flexible_checkpoint)
+    assert report.model == "dit_s" and loads == [] and state(tmp_path) == before
+    assert [(g.rebuilt, g.reason) for g in report.graphs] == [(False, "same checkpoint")] * 2
+    with pytest.raises(BuildError, match=r"has patch sizes \[2, 4\]; 8 requested"):
+        build(tmp_path / "other", checkpoint=flexible_checkpoint, patch_sizes=(8,))
+    with pytest.raises(BuildError, match="for 64 px images"):
+        build(tmp_path / "other", checkpoint=flexible_checkpoint, image_size=128)
+    assert loads == [] and not (tmp_path / "other/export/dit_s").exists()
+
+
+def test_other_checkpoint_layouts_are_loaded_to_read_their_config(tmp_path):
+    """Only our flexible .safetensors carries its config in the header; an official .pt (base weights,
+    shapes only) is loaded to infer it."""
+    from flexidit_trt.export.source import peek_checkpoint_config
+
+    model = FlexiDiT.from_config("dit_s", init="random", input_size=8, depth=2, patch_sizes=(2,), seed=4)
+    official = tmp_path / "official.pt"
+    torch.save({k: v for k, v in model.state_dict().items()}, official)
+    base_only = tmp_path / "base.safetensors"
+    save_checkpoint(model, base_only)  # no weak sizes: load_checkpoint derives them, so it must load
+    assert peek_checkpoint_config(official) is None and peek_checkpoint_config(base_only) is None
+    source = ModelSource(None, (2, 4), checkpoint=official)
+    source.resolve()
+    assert source.name == "custom" and source.image_size == 64 and source._model is not None  # depth 2
+
+
+def test_changed_checkpoint_or_precision_rebuilds(tmp_path, flexible_checkpoint, monkeypatch):
     build(tmp_path, checkpoint=flexible_checkpoint)
     first = state(tmp_path)
-    # Same weights in another file: the content hash of the static weights still matches.
-    same = tmp_path / "copy.safetensors"
-    same.write_bytes(flexible_checkpoint.read_bytes() + b"")
+    # Same weights in another file with other bytes (different metadata): the file hash differs, so the
+    # weights are loaded, and the content hash of the static weights still matches.
+    same = tmp_path / "resaved.safetensors"
+    save_checkpoint(load_checkpoint(flexible_checkpoint), same, metadata={"note": "x"})
+    assert sha256_file(same) != sha256_file(flexible_checkpoint)
     report = build(tmp_path, checkpoint=same)
     assert all(not g.rebuilt for g in report.graphs) and state(tmp_path) == first
+    assert [g.reason for g in report.graphs] == ["same weights"] * 2
+    assert manifest(tmp_path)["graphs"]["2"]["checkpoint"]["sha256"] == sha256_file(same)
     # Changed weights: both graphs re-export and the manifest records the new checkpoint.
     model = FlexiDiT.from_config("dit_s", init="random", input_size=8, depth=2, lora_rank=4, seed=2)
     changed = tmp_path / "changed.safetensors"
     save_checkpoint(model, changed)
+    import flexidit_trt.export.graphs as graphs
+
+    hashed = []
+    real_intact = graphs._files_intact
+    monkeypatch.setattr(
+        graphs, "_files_intact", lambda folder, e: hashed.append(e["file"]) or real_intact(folder, e)
+    )
     report = build(tmp_path, checkpoint=changed)
     assert [(g.rebuilt, g.reason) for g in report.graphs] == [(True, "weights changed")] * 2
+    assert hashed == ["p2.onnx", "p4.onnx"]  # the old graph's files are hashed once each, not twice
     assert manifest(tmp_path)["graphs"]["2"]["checkpoint"]["sha256"] == sha256_file(changed)
     # Changed precision: rebuilt, and the reason names it.
     report = build(tmp_path, checkpoint=changed, precision="bf16", patch_sizes=(4,))
@@ -181,3 +267,85 @@ def test_interrupt_during_export_keeps_the_previous_graph(tmp_path, flexible_che
         "manifest.json",
         "p2.onnx",
     ]
+
+
+def test_reused_graphs_are_rechecked_only_when_the_operator_table_changed(
+    tmp_path, flexible_checkpoint, monkeypatch
+):
+    from flexidit_trt.export import load_op_table
+
+    build(tmp_path, checkpoint=flexible_checkpoint)
+    table = load_op_table().version
+    assert {g["ops_table"] for g in manifest(tmp_path)["graphs"].values()} == {table}
+    import flexidit_trt.export.graphs as graphs
+
+    checked = []
+    real = graphs.validate_onnx
+    monkeypatch.setattr(
+        graphs,
+        "validate_onnx",
+        lambda path, module, **kw: checked.append(path.name) or real(path, module, **kw),
+    )
+    build(tmp_path, checkpoint=flexible_checkpoint)
+    assert checked == []  # same bytes, same table: no checker, shape inference or operator check
+    # Entries checked against another table, or before the table was recorded, are checked once more.
+    m = manifest(tmp_path)
+    m["graphs"]["4"]["ops_table"] = "10.14/0123456789abcdef"
+    del m["graphs"]["2"]["ops_table"]
+    (tmp_path / "export/dit_s/manifest.json").write_text(json.dumps(m))
+    report = build(tmp_path, checkpoint=flexible_checkpoint)
+    assert checked == ["p2.onnx", "p4.onnx"] and [g.rebuilt for g in report.graphs] == [False, False]
+    assert {g["ops_table"] for g in manifest(tmp_path)["graphs"].values()} == {table}
+    assert manifest(tmp_path)["graphs"]["2"]["validation"]["ops"]["problems"] == []
+    build(tmp_path, checkpoint=flexible_checkpoint)
+    assert len(checked) == 2
+
+
+def test_revalidating_a_bf16_graph_leaves_nothing_behind(tmp_path, flexible_checkpoint):
+    build(tmp_path, checkpoint=flexible_checkpoint, precision="bf16", patch_sizes=(2,))
+    report = build(
+        tmp_path, checkpoint=flexible_checkpoint, precision="bf16", patch_sizes=(2,), revalidate=True
+    )
+    assert not report.graphs[0].rebuilt and report.graphs[0].validation["route"].startswith("bf16 emulated")
+    assert sorted(p.name for p in (tmp_path / "export/dit_s").iterdir()) == [
+        ".lock",
+        "manifest.json",
+        "p2.onnx",
+    ]
+
+
+def test_fp32_residual_is_normalised_for_fp32_graphs(tmp_path, flexible_checkpoint):
+    report = build(
+        tmp_path, checkpoint=flexible_checkpoint, precision="fp32", fp32_residual=True, patch_sizes=(4,)
+    )
+    entry = report.graphs[0].entry
+    assert (entry["settings"]["fp32_residual"], entry["fp32_residual"]) == (False, False)
+    again = build(tmp_path, checkpoint=flexible_checkpoint, precision="fp32", patch_sizes=(4,))
+    assert again.graphs[0].reason == "same checkpoint"  # the flag changes nothing in an fp32 graph
+
+
+def test_export_reports_structured_progress(tmp_path, flexible_checkpoint):
+    from flexidit_trt.artifacts import Step
+    from flexidit_trt.export import export_graphs
+
+    events: list[Step] = []
+    source = ModelSource(None, (2, 4), checkpoint=flexible_checkpoint)
+    export_graphs(source, tmp_path, precision="fp32", progress=events.append)
+    assert all(isinstance(e, Step) for e in events)
+    assert [(e.patch_size, e.stage) for e in events] == [
+        (None, "resolve"),
+        (2, "prepare"),
+        (2, "export"),
+        (2, "validate"),
+        (4, "prepare"),
+        (4, "export"),
+        (4, "validate"),
+    ]
+    events.clear()
+    export_graphs(
+        ModelSource(None, (2, 4), checkpoint=flexible_checkpoint),
+        tmp_path,
+        precision="fp32",
+        progress=events.append,
+    )
+    assert [(e.patch_size, e.stage) for e in events] == [(None, "resolve"), (2, "reuse"), (4, "reuse")]

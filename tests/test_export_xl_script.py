@@ -16,7 +16,18 @@ def load_script():
     return module
 
 
-def test_tiny_run_writes_table_and_json(tmp_path, capsys):
+def test_tiny_run_writes_table_and_json(tmp_path, capsys, monkeypatch):
+    import flexidit_trt.export as export
+
+    built = []
+    real_graph_module = export.graph_module
+    monkeypatch.setattr(
+        export,
+        "graph_module",
+        lambda model, p, prec="fp32", *a, **k: (
+            built.append(prec) or real_graph_module(model, p, prec, *a, **k)
+        ),
+    )
     script = load_script()
     code = script.main(
         [
@@ -33,6 +44,7 @@ def test_tiny_run_writes_table_and_json(tmp_path, capsys):
         ]
     )
     assert code == 0
+    assert built == ["fp32", "fp16", "fp16", "bf16", "bf16"]  # the fp32 reference once, then one per row
     result = json.loads((tmp_path / "export_xl.json").read_text())
     rows = result["rows"]
     assert [(r["precision"], r["fp32_residual"]) for r in rows] == [

@@ -7,8 +7,11 @@ element-wise, |got - ref| <= 1e-6 * max(1, |ref|), against a pure-numpy Philox4x
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from kernel_helpers import DDIM, DDPM, FakeCudaArray, from_bf16, make_inputs, rel_err, to_bf16
 
 from flexidit_trt import _C, kernels
 from flexidit_trt.diffusion.coeffs import StepCoeffs
@@ -16,13 +19,6 @@ from flexidit_trt.kernels import PhiloxNoise, fused_step, philox_normal
 
 STEP_RTOL = 1e-6
 PHILOX_TOL = 1e-6
-
-# A DDPM step with learned-range variance and a DDIM (eta > 0) step with a fixed sigma, in the
-# magnitudes a 250-step linear-beta schedule produces.
-DDPM = StepCoeffs(
-    c_x=1.0123, c_pred=-0.1567, learned_variance=True, log_var_max=-3.912, log_var_min=-4.605, add_noise=True
-)
-DDIM = StepCoeffs(c_x=0.9871, c_pred=0.2213, sigma=0.1432, add_noise=True)
 
 
 # ---- references ---------------------------------------------------------------------------------------
@@ -86,33 +82,6 @@ def reference_step(x, cond, coeffs, baseline=None, scale=1.0, guided=None, noise
     else:
         std = coeffs.sigma
     return mean + std * noise.astype(np.float64)
-
-
-def to_bf16(a: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), round to nearest even."""
-    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    return ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
-
-
-def from_bf16(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(got.astype(np.float64) - ref) / np.linalg.norm(ref))
-
-
-def make_inputs(shape, learned: bool, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    batch, channels, height, width = shape
-    out_channels = 2 * channels if learned else channels
-    x = rng.standard_normal(shape, dtype=np.float32)
-    cond = rng.standard_normal((batch, out_channels, height, width), dtype=np.float32)
-    if learned:  # the variance interpolation value lives in about [-1, 1]
-        cond[:, channels:] = np.tanh(cond[:, channels:])
-    baseline = (cond + 0.3 * rng.standard_normal(cond.shape, dtype=np.float32)).astype(np.float32)
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    return x, cond, baseline, noise
 
 
 # ---- fused step ---------------------------------------------------------------------------------------
@@ -325,6 +294,151 @@ def test_cuda_entry_points_raise_clear_errors_without_a_device():
     x = np.zeros((1, 4, 2, 2), np.float32)
     with pytest.raises(expected, match="CUDA"):
         kernels.fused_step_ptr("cuda", 256, 256, 256, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+    with pytest.raises(expected, match="CUDA"):
+        kernels.fused_step_ptr("cuda:1", 256, 256, 256, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+    with pytest.raises(expected, match="CUDA"):
+        kernels.philox_normal_ptr("cuda:1", 256, 4, 0, 0)
+
+
+# ---- CUDA device and stream: what the wrappers hand to _C (its CUDA functions replaced by recorders) ----
+
+
+class _CudaCalls(list):
+    def __init__(self) -> None:
+        super().__init__()
+        self.devices: dict[int, int] = {}
+
+
+@pytest.fixture
+def cuda_calls(monkeypatch):
+    """Replaces _C.step_cuda and _C.philox_normal_cuda by recorders (nothing runs) and returns the list of
+    (name, kwargs) calls; _C.cuda_pointer_device answers from the dict ``calls.devices`` (address ->
+    device ordinal), for the fake __cuda_array_interface__ buffers."""
+
+    calls = _CudaCalls()
+
+    def step_cuda(**kwargs):
+        calls.append(("step", kwargs))
+
+    def philox_normal_cuda(seed, step, n, out, stream=0, device=0):
+        calls.append(("philox", dict(seed=seed, step=step, n=n, out=out, stream=stream, device=device)))
+
+    monkeypatch.setattr(_C, "step_cuda", step_cuda)
+    monkeypatch.setattr(_C, "philox_normal_cuda", philox_normal_cuda)
+    monkeypatch.setattr(_C, "cuda_pointer_device", lambda ptr: calls.devices.get(ptr, -1))
+    return calls
+
+
+def test_ptr_functions_pass_device_index_and_stream(cuda_calls):
+    shape = (1, 4, 2, 2)
+    kernels.fused_step_ptr(
+        "cuda:3", 256, 512, 768, shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0), stream=77
+    )
+    kernels.fused_step_ptr("cuda", 256, 512, 768, shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+    kernels.philox_normal_ptr("cuda:2", 1024, 8, 1, 2, stream=SimpleNamespace(cuda_stream=99))
+    kernels.philox_normal_ptr("cuda", 1024, 8, 1, 2)
+    assert [(name, kw["device"], kw["stream"]) for name, kw in cuda_calls] == [
+        ("step", 3, 77),
+        ("step", 0, 0),
+        ("philox", 2, 99),
+        ("philox", 0, 0),
+    ]
+    assert cuda_calls[0][1]["x"] == 256 and cuda_calls[2][1]["out"] == 1024
+    for bad in ("cuda:", "cuda:-1", "gpu:0", "cuda1"):
+        with pytest.raises(ValueError, match="device must be"):
+            kernels.philox_normal_ptr(bad, 1024, 8, 1, 2)
+    assert len(cuda_calls) == 4
+
+
+def test_cuda_array_interface_buffers_carry_their_device(cuda_calls):
+    shape = (1, 4, 2, 2)
+    cuda_calls.devices.update({4096: 1, 8192: 1, 12288: 1, 16384: 0})
+    x, cond, out = FakeCudaArray(4096, shape), FakeCudaArray(8192, shape), FakeCudaArray(12288, shape)
+    kernels.fused_step(x, cond, DDIM, out, noise=PhiloxNoise(0, 0))
+    kernels.fused_step(x, cond, DDIM, out, noise=PhiloxNoise(0, 0), stream=5)
+    kernels.philox_normal(out, 1, 2)
+    assert [(name, kw["device"], kw["stream"]) for name, kw in cuda_calls] == [
+        ("step", 1, 0),
+        ("step", 1, 5),
+        ("philox", 1, 0),
+    ]
+    # cuda:0 and cuda:1 are two devices
+    with pytest.raises(ValueError, match=r"one device: x on cuda:1, cond on cuda:0, out on cuda:1"):
+        kernels.fused_step(x, FakeCudaArray(16384, shape), DDIM, out, noise=PhiloxNoise(0, 0))
+    with pytest.raises(ValueError, match="one device"):
+        kernels.fused_step(x, cond, DDIM, out, noise=FakeCudaArray(16384, shape))
+    with pytest.raises(ValueError, match="x: __cuda_array_interface__ address 0x5000 is not CUDA memory"):
+        kernels.fused_step(FakeCudaArray(0x5000, shape), cond, DDIM, out, noise=PhiloxNoise(0, 0))
+    assert len(cuda_calls) == 3
+    # an empty array may have no address (no device to ask): it goes with the others' device
+    empty = (0, 4, 2, 2)
+    cuda_calls.devices.update({20480: 1})
+    kernels.fused_step(
+        FakeCudaArray(0, empty),
+        FakeCudaArray(20480, empty),
+        DDIM,
+        FakeCudaArray(0, empty),
+        noise=PhiloxNoise(0, 0),
+    )
+    assert cuda_calls[-1][1]["device"] == 1
+    kernels.philox_normal(FakeCudaArray(0, (0,)), 1, 2)  # nothing to fill, no device to run on
+    assert len(cuda_calls) == 4
+
+
+class FakeTorchCudaTensor:
+    """Duck-types the torch tensor attributes kernels._describe reads, on a CUDA device this machine may
+    not have (nothing runs: _C's CUDA functions are recorders)."""
+
+    def __init__(self, torch, ptr: int, shape: tuple[int, ...], index: int, dtype=None) -> None:
+        self._ptr, self.shape, self.device = ptr, shape, torch.device("cuda", index)
+        self.dtype = torch.float32 if dtype is None else dtype
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+    def is_contiguous(self) -> bool:
+        return True
+
+
+def test_torch_cuda_tensors_default_to_torchs_current_stream_on_their_device(cuda_calls, monkeypatch):
+    torch = pytest.importorskip("torch")
+    asked = []
+
+    def current_stream(device=None):
+        asked.append(device)
+        return SimpleNamespace(cuda_stream=0xBEEF0 + int(device))
+
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    shape = (1, 4, 2, 2)
+    x, cond = (FakeTorchCudaTensor(torch, p, shape, 1) for p in (4096, 8192))
+    kernels.fused_step(x, cond, DDIM, x, noise=PhiloxNoise(0, 0))
+    kernels.philox_normal(x, 1, 2)
+    assert asked == [1, 1]
+    assert [(name, kw["device"], kw["stream"]) for name, kw in cuda_calls] == [
+        ("step", 1, 0xBEEF1),
+        ("philox", 1, 0xBEEF1),
+    ]
+    # an explicit stream wins, 0 included (torch is not asked)
+    kernels.fused_step(x, cond, DDIM, x, noise=PhiloxNoise(0, 0), stream=0)
+    kernels.philox_normal(x, 1, 2, stream=SimpleNamespace(cuda_stream=42, device=torch.device("cuda", 1)))
+    assert asked == [1, 1]
+    assert [(kw["device"], kw["stream"]) for _, kw in cuda_calls[2:]] == [(1, 0), (1, 42)]
+    # a torch stream of another device, and tensors of two devices, are refused before any launch
+    with pytest.raises(ValueError, match="stream is on cuda:0, the buffers on cuda:1"):
+        kernels.fused_step(
+            x,
+            cond,
+            DDIM,
+            x,
+            noise=PhiloxNoise(0, 0),
+            stream=SimpleNamespace(cuda_stream=7, device=torch.device("cuda", 0)),
+        )
+    with pytest.raises(ValueError, match=r"one device: x on cuda:1, cond on cuda:0"):
+        kernels.fused_step(x, FakeTorchCudaTensor(torch, 8192, shape, 0), DDIM, x, noise=PhiloxNoise(0, 0))
+    # CPU tensors never ask torch for a stream
+    xc = torch.zeros(shape)
+    kernels.fused_step(xc, torch.zeros(shape), DDIM, xc, noise=PhiloxNoise(0, 0))
+    assert asked == [1, 1] and len(cuda_calls) == 4
 
 
 def test_cuda_kernels_compiled_wherever_nvcc_exists():

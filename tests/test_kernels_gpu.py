@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernel_helpers import DDIM, DDPM, as_model_dtype, make_inputs, rel_err
 
-from flexidit_trt import kernels
+from flexidit_trt import _C, kernels
 from flexidit_trt.diffusion.coeffs import StepCoeffs
 from flexidit_trt.kernels import (
     Arena,
@@ -28,30 +29,9 @@ pytestmark = [
 ]
 
 TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
-DDPM = StepCoeffs(
-    c_x=1.0123, c_pred=-0.1567, learned_variance=True, log_var_max=-3.912, log_var_min=-4.605, add_noise=True
-)
-DDIM = StepCoeffs(c_x=0.9871, c_pred=0.2213, sigma=0.1432, add_noise=True)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-
-
-def to_bf16(a: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), round to nearest even."""
-    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    return ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
-
-
-def as_model_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
-    return {"float32": lambda: a, "float16": lambda: a.astype(np.float16), "bfloat16": lambda: to_bf16(a)}[
-        dtype
-    ]()
-
-
-def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
-    got, ref = got.astype(np.float64), ref.astype(np.float64)
-    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
 
 
 def upload(arena: Arena, a: np.ndarray, stream: object = 0) -> int:
@@ -67,19 +47,6 @@ def download(ptr: int, shape: tuple[int, ...], dtype: type = np.float32, stream:
     kernels.memcpy(out.ctypes.data, ptr, out.nbytes, stream)
     kernels.stream_synchronize(stream)
     return out
-
-
-def make_inputs(shape, learned: bool, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    batch, channels, height, width = shape
-    out_channels = 2 * channels if learned else channels
-    x = rng.standard_normal(shape, dtype=np.float32)
-    cond = rng.standard_normal((batch, out_channels, height, width), dtype=np.float32)
-    if learned:
-        cond[:, channels:] = np.tanh(cond[:, channels:])
-    baseline = (cond + 0.3 * rng.standard_normal(cond.shape, dtype=np.float32)).astype(np.float32)
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    return x, cond, baseline, noise
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +202,144 @@ def test_non_default_stream(arena, provider):
         destroy()
 
 
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    return torch
+
+
+def test_torch_tensors_default_to_torchs_current_stream(monkeypatch):
+    """Without a stream, torch CUDA tensors are worked on torch's current stream (the one ``with
+    torch.cuda.stream(s)`` sets), not the legacy default stream, which does not wait for ``s``."""
+    torch = _torch_cuda()
+    seen = []
+    real_step, real_philox = _C.step_cuda, _C.philox_normal_cuda
+
+    def step_cuda(**kwargs):
+        seen.append(("step", kwargs["device"], kwargs["stream"]))
+        real_step(**kwargs)
+
+    def philox_normal_cuda(*args, **kwargs):
+        seen.append(("philox", kwargs["device"], kwargs["stream"]))
+        real_philox(*args, **kwargs)
+
+    monkeypatch.setattr(_C, "step_cuda", step_cuda)
+    monkeypatch.setattr(_C, "philox_normal_cuda", philox_normal_cuda)
+    shape = (2, 4, 16, 16)
+    x, cond, baseline, _ = make_inputs(shape, learned=True, seed=5)
+    cpu = np.empty(shape, np.float32)
+    fused_step(x, cond, DDPM, cpu, baseline=baseline, guidance_scale=3.0, noise=PhiloxNoise(8, 9))
+    cpu_noise = np.empty(shape, np.float32)
+    kernels.philox_normal(cpu_noise, 8, 9)
+
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):  # uploads, kernels and downloads all queued on `stream`
+        xg, cond_g, base_g = (torch.from_numpy(a).cuda() for a in (x, cond, baseline))
+        fused_step(xg, cond_g, DDPM, xg, baseline=base_g, guidance_scale=3.0, noise=PhiloxNoise(8, 9))
+        noise_g = torch.empty(shape, device="cuda")
+        kernels.philox_normal(noise_g, 8, 9)
+        got, got_noise = xg.cpu().numpy(), noise_g.cpu().numpy()
+    device = torch.cuda.current_device()
+    assert seen == [("step", device, stream.cuda_stream), ("philox", device, stream.cuda_stream)]
+    assert rel_err(got, cpu) <= TOL["float32"]
+    np.testing.assert_array_equal(got_noise.view(np.uint32), cpu_noise.view(np.uint32))
+
+
+# ---- devices: kernels run on the buffers' device, whatever device is current -----------------------------
+
+
+def test_missing_device_raises_clear_error(arena):
+    n = kernels.cuda_device_count()
+    missing, msg = f"cuda:{n}", rf"cudaErrorInvalidDevice.*\(CUDA device {n} requested, {n} visible\)"
+    with pytest.raises(kernels.CudaError, match=msg):
+        Arena(1024, missing)
+    d_x = upload(arena, np.zeros(16, np.float32))  # real addresses on cuda:0; the device check comes first
+    with pytest.raises(kernels.CudaError, match=msg):
+        philox_normal_ptr(missing, d_x, 16, 0, 0)
+    with pytest.raises(kernels.CudaError, match=msg):
+        fused_step_ptr(missing, d_x, d_x, d_x, (1, 4, 2, 2), 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+    with pytest.raises(kernels.CudaError, match=msg):  # even with nothing to do
+        fused_step_ptr(missing, 0, 0, 0, (0, 4, 2, 2), 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+    # no sticky error, and the devices that exist still work
+    d_out = upload(arena, np.full(16, np.nan, np.float32))
+    philox_normal_ptr("cuda:0", d_out, 16, 1, 1)
+    ref = np.empty(16, np.float32)
+    philox_normal_ptr("cpu", ref.ctypes.data, 16, 1, 1)
+    np.testing.assert_array_equal(download(d_out, (16,)).view(np.uint32), ref.view(np.uint32))
+
+
+def test_cuda_pointer_device(arena):
+    assert _C.cuda_pointer_device(arena.block(256)) == 0
+    assert _C.cuda_pointer_device(np.zeros(4, np.float32).ctypes.data) == -1  # pageable host memory
+    assert _C.cuda_pointer_device(0) == -1
+
+
+two_devices = pytest.mark.skipif(kernels.cuda_device_count() < 2, reason="needs two CUDA devices")
+
+
+@two_devices
+def test_second_device_arena_with_device_zero_current():
+    """An Arena('cuda:1') block stepped with fused_step_ptr('cuda:1', ...) while cuda:0 is current."""
+    torch = _torch_cuda()
+    shape = (2, 4, 16, 16)
+    x, cond, baseline, _ = make_inputs(shape, learned=True, seed=6)
+    cond16, base16 = as_model_dtype(cond, "bfloat16"), as_model_dtype(baseline, "bfloat16")
+    philox = PhiloxNoise(11, 12)
+    cpu = np.empty(shape, np.float32)
+    fused_step(x, cond16, DDPM, cpu, baseline=base16, guidance_scale=4.0, noise=philox)
+    n = 4099
+    cpu_noise = np.empty(n, np.float32)
+    philox_normal_ptr("cpu", cpu_noise.ctypes.data, n, 3, 4)
+
+    with torch.cuda.device(0), Arena(64 << 20, "cuda:1") as arena1:
+        assert _C.cuda_pointer_device(arena1.ptr) == 1
+        s1 = torch.cuda.Stream(device=1)  # stream 0 would be cuda:0's here: copies would not wait
+        d_x, d_cond, d_base = (upload(arena1, a, s1) for a in (x, cond16, base16))
+        d_out = upload(arena1, np.full(shape, np.nan, np.float32), s1)
+        fused_step_ptr(
+            "cuda:1",
+            d_x,
+            d_cond,
+            d_out,
+            shape,
+            8,
+            "bfloat16",
+            DDPM,
+            baseline=d_base,
+            guidance_scale=4.0,
+            noise=philox,
+            stream=s1,
+        )
+        d_noise = upload(arena1, np.full(n, np.nan, np.float32), s1)
+        philox_normal_ptr("cuda:1", d_noise, n, 3, 4, stream=s1)
+        gpu, gpu_noise = download(d_out, shape, stream=s1), download(d_noise, (n,), stream=s1)
+        assert torch.cuda.current_device() == 0  # the launches restored the current device
+    assert np.isfinite(gpu).all()
+    assert rel_err(gpu, cpu) <= TOL["bfloat16"]
+    np.testing.assert_array_equal(gpu_noise.view(np.uint32), cpu_noise.view(np.uint32))
+
+
+@two_devices
+def test_torch_tensors_on_second_device():
+    torch = _torch_cuda()
+    shape = (2, 4, 16, 16)
+    x, cond, baseline, _ = make_inputs(shape, learned=True, seed=7)
+    cpu = np.empty(shape, np.float32)
+    fused_step(x, cond, DDPM, cpu, baseline=baseline, guidance_scale=2.0, noise=PhiloxNoise(1, 2))
+    with torch.cuda.device(0):
+        xg, cond_g, base_g = (torch.from_numpy(a).to("cuda:1") for a in (x, cond, baseline))
+        # no stream: torch's current stream on cuda:1, which the uploads and the download use too
+        fused_step(xg, cond_g, DDPM, xg, baseline=base_g, guidance_scale=2.0, noise=PhiloxNoise(1, 2))
+        assert torch.cuda.current_device() == 0
+        got = xg.cpu().numpy()
+        assert rel_err(got, cpu) <= TOL["float32"]
+        with pytest.raises(ValueError, match=r"one device: x on cuda:1, cond on cuda:0"):
+            fused_step(xg, cond_g.to("cuda:0"), DDPM, xg, noise=PhiloxNoise(1, 2))
+        with pytest.raises(ValueError, match="stream is on cuda:0, the buffers on cuda:1"):
+            fused_step(xg, cond_g, DDPM, xg, noise=PhiloxNoise(1, 2), stream=torch.cuda.Stream(device=0))
+
+
 # ---- array conveniences: torch tensors and __cuda_array_interface__ --------------------------------------
 
 
@@ -269,7 +374,7 @@ def test_fused_step_on_torch_cuda_tensors():
 
     out = torch.full(shape, float("nan"), device="cuda")
     torch.cuda.synchronize()
-    kernels.philox_normal(out, 5, 6)  # default stream, as torch's
+    kernels.philox_normal(out, 5, 6)  # no stream: torch's current one (here its default stream)
     ref = np.empty(shape, np.float32)
     kernels.philox_normal(ref, 5, 6)
     np.testing.assert_array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32))
@@ -288,6 +393,7 @@ def test_fused_step_on_cuda_array_interface():
     # only copies: no cupy kernel (and so no NVRTC) is needed
     x_d, cond_d, base_d, noise_d = (cp.asarray(a) for a in (x, cond16, base16, noise))
     out = cp.asarray(np.full(shape, np.nan, np.float32))
+    assert kernels._describe(x_d, "x").device == f"cuda:{cp.cuda.Device().id}"  # asked of the runtime
     cp.cuda.Device().synchronize()
     fused_step(x_d, cond_d, DDIM, out, baseline=base_d, guidance_scale=2.0, noise=noise_d)
     cp.cuda.Device().synchronize()

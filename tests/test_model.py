@@ -155,6 +155,11 @@ def test_static_with_folded_lora_equals_adapter_path(patch):
     assert static.config.patch_sizes == (patch,) and static.config.lora_rank == 0
     assert not any(".lora." in k or k.startswith("weak.") for k in static.state_dict())
     assert rel_err(folded, flexible) <= RTOL
+    # The static model owns its weights: changing the flexible model afterwards leaves it alone.
+    before = static.blocks[0].mlp.fc2.bias.clone()
+    with torch.no_grad():
+        model.blocks[0].mlp.fc2.bias.add_(1.0)
+    assert torch.equal(static.blocks[0].mlp.fc2.bias, before)
     if patch != 2:  # the adapters really act at weak sizes: without them the output differs
         plain = FlexiDiT.from_config("dit_s", init="random", depth=2, input_size=16, patch_sizes=(2, 4, 8))
         plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".lora." not in k})
@@ -174,6 +179,9 @@ def test_mixed_precision_static_keeps_residual_fp32():
     static = model.static(2, dtype=torch.bfloat16, fp32_residual=True)
     assert static.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     assert static.blocks[0].adaLN_modulation[1].weight.dtype == torch.float32
+    # What stays fp32 keeps its exact fp32 values (not values rounded through bf16 and back).
+    for name in ("blocks.0.adaLN_modulation.1.weight", "x_embedder.proj.weight", "final_layer.linear.weight"):
+        assert torch.equal(static.state_dict()[name], model.state_dict()[name]), name
     x, t, y = inputs()
     with torch.no_grad():
         out = static(x, t, y)
@@ -190,6 +198,7 @@ def test_flexible_checkpoint_round_trip(tmp_path):
     _with_active_adapters(model, seed=3).eval()
     path = save_checkpoint(model, tmp_path / "flexi.safetensors")
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write leaves no temporary behind
+    assert path.stat().st_mode & 0o044  # readable by others as usual, not mkstemp's 0600
     loaded = load_checkpoint(path).eval()
     assert loaded.config == model.config
     x, t, y = inputs()

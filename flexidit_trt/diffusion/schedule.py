@@ -141,6 +141,9 @@ def q_sample(x0: Any, t: Any, noise: Any) -> Any:
 
         table = torch.as_tensor(ac, dtype=torch.float64, device=x0.device)
         idx = torch.as_tensor(t, device=x0.device)
+        # Negative indices would wrap silently; checking a GPU tensor would stall on a host sync.
+        if idx.device.type == "cpu" and (idx.min() < 0 or idx.max() >= len(ac)):
+            raise ValueError(f"timesteps must be in 0..{len(ac) - 1}")
         a = table[idx].to(x0.dtype)
         a = a.reshape(-1, *([1] * (x0.ndim - 1))) if a.ndim else a
         return a.sqrt() * x0 + (1.0 - a).sqrt() * noise

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
 from ..artifacts import (
     MANIFEST_NAME,
     BuildError,
+    Progress,
+    Step,
     ensure_writable_dir,
     export_dir,
     folder_lock,
     load_export_manifest,
+    new_manifest,
+    no_progress,
     read_manifest,
     remove_orphans,
     settings_changed,
     sha256_file,
+    utc_now,
     write_bytes_atomic,
     write_json_atomic,
 )
-from .profiles import PROFILE_MODES, BatchProfile, batch_profiles
+from .profiles import BatchProfile, batch_profiles
 from .trt import GpuInfo, PlanBuild, TrtStatus, build_plan, trt_status
 
 ENGINE_KIND = "flexidit-trt/tensorrt-engines"
@@ -67,6 +71,29 @@ def engine_dir(workdir: str | Path, model_name: str, gpu: GpuInfo, trt_version: 
     return Path(workdir) / "engines" / model_name / engine_folder_name(gpu, trt_version)
 
 
+def engine_profiles(
+    batch_sizes: tuple[int, ...], *, guidance: bool = True, profile_mode: str = "ranges", opt_level: int = 3
+) -> list[BatchProfile]:
+    """The optimization profiles for `batch_sizes`, after checking the engine options (batch sizes,
+    profile mode, optimization level); BuildError saying which is wrong. build_artifacts calls it before
+    the export, so a bad option fails in a second rather than after minutes of exporting."""
+    if not 0 <= opt_level <= 5:
+        raise BuildError(f"builder optimization level must be 0-5, got {opt_level}")
+    try:
+        return batch_profiles(batch_sizes, guidance=guidance, mode=profile_mode)
+    except ValueError as err:
+        raise BuildError(str(err)) from None
+
+
+def resolve_trt(status: TrtStatus | None, require_trt: bool) -> TrtStatus:
+    """The TensorRT probe result (probed now unless given); BuildError when `require_trt` and engines
+    cannot be built."""
+    status = status or trt_status()
+    if require_trt and not status.available:
+        raise BuildError(f"--require-trt: cannot build TensorRT engines: {status.reason}")
+    return status
+
+
 def build_engines(
     workdir: str | Path,
     model_name: str,
@@ -79,7 +106,7 @@ def build_engines(
     timing_cache: str | Path | None = None,
     force: bool = False,
     require_trt: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     status: TrtStatus | None = None,
     builder: PlanBuilder = build_plan,
 ) -> EngineBuildResult:
@@ -89,21 +116,12 @@ def build_engines(
     BuildError when `require_trt`. `status` and `builder` default to the real TensorRT probe and build;
     they are parameters so the bookkeeping around TensorRT can be tested where TensorRT is absent.
     """
-    if profile_mode not in PROFILE_MODES:
-        raise BuildError(f"profile mode must be one of {', '.join(PROFILE_MODES)}, got {profile_mode!r}")
-    if not 0 <= opt_level <= 5:
-        raise BuildError(f"builder optimization level must be 0-5, got {opt_level}")
-    try:
-        profiles = batch_profiles(batch_sizes, guidance=guidance, mode=profile_mode)
-    except ValueError as err:
-        raise BuildError(str(err)) from None
-    status = status or trt_status()
+    profiles = engine_profiles(batch_sizes, guidance=guidance, profile_mode=profile_mode, opt_level=opt_level)
+    status = resolve_trt(status, require_trt)
     if not status.available:
-        if require_trt:
-            raise BuildError(f"--require-trt: cannot build TensorRT engines: {status.reason}")
         return EngineBuildResult(None, skipped=status.reason, status=status)
 
-    say = progress or (lambda _msg: None)
+    say = progress or no_progress
     graphs = load_export_manifest(workdir, model_name)["graphs"]
     missing = [p for p in patch_sizes if str(p) not in graphs]
     if missing:
@@ -112,8 +130,13 @@ def build_engines(
     cache_path = Path(timing_cache) if timing_cache else folder / TIMING_CACHE_NAME
     result = EngineBuildResult(folder, status=status)
     with folder_lock(folder):
-        manifest = read_manifest(folder / MANIFEST_NAME, ENGINE_KIND, ENGINE_SCHEMA) or _new_manifest(
-            model_name, status
+        manifest = read_manifest(folder / MANIFEST_NAME, ENGINE_KIND, ENGINE_SCHEMA) or new_manifest(
+            ENGINE_KIND,
+            ENGINE_SCHEMA,
+            model_name,
+            "engines",
+            gpu={"name": status.gpu.name, "compute_capability": status.gpu.compute_capability},
+            tensorrt=status.version,
         )
         remove_orphans(folder)  # temporary files of an interrupted build
         for p in patch_sizes:
@@ -130,7 +153,7 @@ def build_engines(
             plan_path = folder / f"p{p}.plan"
             entry = manifest["engines"].get(str(p))
             if not force and entry and entry.get("settings") == settings and _plan_intact(plan_path, entry):
-                say(f"p{p}: reusing {plan_path.name}")
+                say(Step(p, "reuse", f"reusing {plan_path.name}"))
                 if entry["checkpoint"] != graph["checkpoint"]:
                     # Same graph bytes from another checkpoint file with the same weights: record the new one.
                     entry = manifest["engines"][str(p)] = {**entry, "checkpoint": graph["checkpoint"]}
@@ -141,7 +164,11 @@ def build_engines(
                 continue
             reason = _why(entry, settings, force)
             say(
-                f"p{p}: building {plan_path.name} with TensorRT {status.version} ({len(profiles)} profiles; {reason})"
+                Step(
+                    p,
+                    "build",
+                    f"building {plan_path.name} with TensorRT {status.version} ({len(profiles)} profiles; {reason})",
+                )
             )
             onnx_path = export_dir(workdir, model_name) / graph["file"]
             try:
@@ -165,7 +192,7 @@ def build_engines(
                 write_json_atomic(folder / layers_name, built.layers)
             entry = _entry(p, graph, settings, profiles, built, plan_path, cache_path, layers_name, status)
             manifest["engines"][str(p)] = entry
-            manifest["updated"] = _now()
+            manifest["updated"] = utc_now()
             write_json_atomic(folder / MANIFEST_NAME, manifest)  # the commit point for this plan
             result.records.append(EngineRecord(p, plan_path, entry, rebuilt=True, reason=reason))
     return result
@@ -214,7 +241,7 @@ def _entry(
             "polygraphy": built.polygraphy_version,
         },
         "build_seconds": round(built.seconds, 3),
-        "created": _now(),
+        "created": utc_now(),
     }
 
 
@@ -224,19 +251,3 @@ def _plan_intact(path: Path, entry: dict) -> bool:
 
 def _why(entry, settings, force) -> str:
     return settings_changed(entry, settings, force) or "plan missing or modified"
-
-
-def _new_manifest(model_name: str, status: TrtStatus) -> dict:
-    return {
-        "kind": ENGINE_KIND,
-        "schema": ENGINE_SCHEMA,
-        "model": model_name,
-        "gpu": {"name": status.gpu.name, "compute_capability": status.gpu.compute_capability},
-        "tensorrt": status.version,
-        "engines": {},
-        "updated": _now(),
-    }
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -2,16 +2,20 @@
 
 A graph is reused when its manifest entry has the same export settings (precision, fp32 residual,
 opset, exporter and torch/onnx versions), its files still hash to the recorded values, and the same
-weights: the same checkpoint file (checked without loading it) or, failing that, the same weights
-after loading (the hash of the static model's state, so a checkpoint re-saved, or one whose other
-patch sizes changed, still reuses this one). Anything else re-exports that patch size only.
+weights: the same checkpoint file or the same seeded random weights (same seed and config; the settings
+pin torch), both checked without building the model, or, failing that, the same weights after loading
+(the hash of the static model's state, so a checkpoint re-saved, or one whose other patch sizes
+changed, still reuses this one). Anything else re-exports that patch size only.
+
+A reused graph is checked again (ONNX checker, strict shape inference, TensorRT operator table) only
+when the operator table changed since it was last checked (`ops_table` in its entry): its bytes are
+the ones checked (they hash to `files`) and the onnx version is part of the settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import onnx
@@ -22,28 +26,25 @@ from ..artifacts import (
     EXPORT_KIND,
     EXPORT_SCHEMA,
     MANIFEST_NAME,
+    Progress,
+    Step,
     ensure_writable_dir,
     export_dir,
     folder_lock,
+    new_manifest,
+    no_progress,
     read_manifest,
     remove_orphans,
     settings_changed,
     sha256_file,
     sha256_state_dict,
+    utc_now,
     write_json_atomic,
 )
-from .onnx_export import (
-    EXPORTER_VERSION,
-    ExportedGraph,
-    check_opset,
-    export_onnx,
-    graph_module,
-    precision_dtype,
-)
-from .source import ModelSource
+from .onnx_export import EXPORTER_VERSION, ExportedGraph, export_onnx, export_options, graph_module
+from .ops import load_op_table
+from .source import VAE_FACTOR, ModelSource
 from .validate import DEFAULT_BATCHES, ValidationReport, validate_onnx
-
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -62,11 +63,12 @@ class GraphRecord:
 
 
 def export_settings(patch_size: int, precision: str, fp32_residual: bool, opset: int) -> dict:
-    """Everything besides the weights that changes a graph's bytes (the reuse key)."""
+    """Everything besides the weights that changes a graph's bytes (the reuse key); `fp32_residual` as
+    normalised by export_options."""
     return {
         "patch_size": patch_size,
         "precision": precision,
-        "fp32_residual": bool(fp32_residual and precision != "fp32"),
+        "fp32_residual": fp32_residual,
         "opset": opset,
         "exporter": EXPORTER_VERSION,
         "torch": torch.__version__,
@@ -90,20 +92,20 @@ def export_graphs(
 
     Each graph is validated on its staged copy before it replaces the old one, and the manifest entry is
     written after the graph: an interrupted or failed build leaves every earlier graph and entry intact.
-    Reused graphs get the structural checks again (checker, shape inference, operator table); the ONNX
-    Runtime comparison recorded when they were exported stands unless `revalidate`.
+    Reused graphs get the structural checks again (checker, shape inference, operator table) when the
+    operator table changed since their last check; the ONNX Runtime comparison recorded when they were
+    exported stands unless `revalidate`.
     """
-    precision_dtype(precision)
-    check_opset(opset)
-    say = progress or (lambda _msg: None)
-    if source.name is None:  # a checkpoint without --model: its config names the folder
-        say("loading the checkpoint to read its config")
-        source.load()
+    precision, fp32_residual, opset = export_options(precision, fp32_residual, opset)
+    say = progress or no_progress
+    if source.config is None:  # a checkpoint: its config names the folder (read cheaply where possible)
+        say(Step(None, "resolve", f"reading the config of {source.checkpoint}"))
+        source.resolve()
     folder = ensure_writable_dir(export_dir(workdir, source.name))
     records = []
     with folder_lock(folder):
-        manifest = read_manifest(folder / MANIFEST_NAME, EXPORT_KIND, EXPORT_SCHEMA) or _new_manifest(
-            source.name
+        manifest = read_manifest(folder / MANIFEST_NAME, EXPORT_KIND, EXPORT_SCHEMA) or new_manifest(
+            EXPORT_KIND, EXPORT_SCHEMA, source.name, "graphs"
         )
         # Leftovers of an interrupted build; a data file no entry names belongs to no committed graph.
         referenced = {name for entry in manifest["graphs"].values() for name in entry.get("files", {})}
@@ -114,7 +116,7 @@ def export_graphs(
                 source, folder, manifest, settings, force, revalidate, validation_batches, say
             )
             manifest["graphs"][str(p)] = record.entry
-            manifest["updated"] = _now()
+            manifest["updated"] = utc_now()
             write_json_atomic(folder / MANIFEST_NAME, manifest)  # the commit point for this graph
             records.append(record)
     return records
@@ -124,36 +126,31 @@ def _one_graph(source, folder, manifest, settings, force, revalidate, batches, s
     p = settings["patch_size"]
     path = folder / f"p{p}.onnx"
     entry = manifest["graphs"].get(str(p))
-    usable = (
-        (not force)
-        and entry is not None
-        and entry.get("settings") == settings
-        and _files_intact(folder, entry)
+    reason = settings_changed(entry, settings, force)
+    if reason is None and not _files_intact(folder, entry):  # hashed once per run
+        reason = "files missing or modified"
+    usable = reason is None and (
+        source.image_size is None or entry["config"]["input_size"] * VAE_FACTOR == source.image_size
     )
-    if usable and source.image_size is not None and entry["config"]["input_size"] * 8 != source.image_size:
-        usable = False
-    # Fast path: the same checkpoint file, not even loaded.
-    if usable and not source.is_random and entry["checkpoint"].get("sha256") == source.checkpoint_sha256():
-        say(f"p{p}: reusing {path.name} (same checkpoint)")
-        entry = {**entry, "checkpoint": source.describe()}  # the same bytes may sit at another path now
-        return _reuse(source, path, entry, "same checkpoint", revalidate, batches, settings, say)
+    # Fast paths: the same weights, known without building the model (not even loading a checkpoint).
+    same = _same_source(source, entry) if usable else None
+    if same is not None:
+        return _reuse(source, path, entry, same, revalidate, batches, settings, say)
 
     model = source.load()
-    say(f"p{p}: preparing the static model ({settings['precision']})")
+    say(Step(p, "prepare", f"preparing the static model ({settings['precision']})"))
     module = graph_module(model, p, settings["precision"], settings["fp32_residual"], settings["opset"])
     weights_sha = sha256_state_dict(module.state_dict())
     static_config = json_config(module.config)
     if usable and entry.get("weights_sha256") == weights_sha and entry.get("static_config") == static_config:
-        entry = {**entry, "checkpoint": source.describe()}
-        say(f"p{p}: reusing {path.name} (same weights)")
         return _reuse(source, path, entry, "same weights", revalidate, batches, settings, say, module)
 
-    reason = _why_rebuild(entry, settings, force, folder)
-    say(f"p{p}: exporting {path.name} ({reason})")
+    reason = reason or "weights changed"
+    say(Step(p, "export", f"exporting {path.name} ({reason})"))
     reports: dict[str, ValidationReport] = {}
 
     def check(staged: Path, mod) -> None:
-        say(f"p{p}: validating (checker, TensorRT operator table, ONNX Runtime vs PyTorch)")
+        say(Step(p, "validate", "validating (checker, TensorRT operator table, ONNX Runtime vs PyTorch)"))
         reports["validation"] = validate_onnx(staged, mod, precision=settings["precision"], batches=batches)
 
     graph = export_onnx(
@@ -170,28 +167,37 @@ def _one_graph(source, folder, manifest, settings, force, revalidate, batches, s
     return GraphRecord(p, path, entry, rebuilt=True, reason=reason)
 
 
+def _same_source(source: ModelSource, entry: dict) -> str | None:
+    """Why `entry`'s graph has the weights `source` would give, judged from their descriptions alone, or
+    None when only the weights themselves can tell."""
+    if not source.is_random:
+        same = entry["checkpoint"].get("sha256") == source.checkpoint_sha256()
+        return "same checkpoint" if same else None
+    # Seeded random weights are fixed by config, seed and init (and torch, which the settings pin).
+    same = entry["checkpoint"] == source.describe() and entry["config"] == json_config(source.config)
+    return "same weights" if same else None
+
+
 def _reuse(source, path, entry, why, revalidate, batches, settings, say, module=None) -> GraphRecord:
     p = settings["patch_size"]
+    say(Step(p, "reuse", f"reusing {path.name} ({why})"))
+    entry = {**entry, "checkpoint": source.describe()}  # the same bytes may sit at another path now
+    table = load_op_table()
     if revalidate:
         module = module or graph_module(
             source.load(), p, settings["precision"], settings["fp32_residual"], settings["opset"]
         )
-        say(f"p{p}: revalidating {path.name}")
+        say(Step(p, "validate", f"revalidating {path.name}"))
         report = validate_onnx(path, module, precision=settings["precision"], batches=batches)
-        entry = {**entry, "validation": report.to_dict()}
-    else:
-        # Structure and operator support again (cheap; the operator table may have changed).
-        validate_onnx(path, None, precision=settings["precision"])
+        entry = {**entry, "validation": report.to_dict(), "ops_table": table.version}
+    elif entry.get("ops_table") != table.version:
+        # Checked against another operator table (or before tables were recorded): structure and
+        # operator support again. The bytes are the ones checked before, so nothing else is needed.
+        say(Step(p, "validate", f"checking {path.name} against the {table.describe()}"))
+        report = validate_onnx(path, None, precision=settings["precision"])
+        validation = {**entry["validation"], "ops": report.ops.to_dict()}
+        entry = {**entry, "validation": validation, "ops_table": table.version}
     return GraphRecord(p, path, entry, rebuilt=False, reason=why)
-
-
-def _why_rebuild(entry, settings, force, folder) -> str:
-    reason = settings_changed(entry, settings, force)
-    if reason:
-        return reason
-    if not _files_intact(folder, entry):
-        return "files missing or modified"
-    return "weights changed"
 
 
 def _files_intact(folder: Path, entry: dict) -> bool:
@@ -217,7 +223,7 @@ def _entry(source, model, graph: ExportedGraph, settings, weights_sha, static_co
         "patch_size": graph.patch_size,
         "tokens": graph.tokens,
         "latent_size": cfg.input_size,
-        "image_size": cfg.input_size * 8,
+        "image_size": cfg.input_size * VAE_FACTOR,
         "precision": graph.precision,
         "fp32_residual": graph.fp32_residual,
         "opset": graph.opset,
@@ -226,14 +232,13 @@ def _entry(source, model, graph: ExportedGraph, settings, weights_sha, static_co
         "macs": int(model.macs(graph.patch_size)),
         "versions": versions(),
         "export_seconds": round(graph.seconds, 3),
-        "created": _now(),
+        "created": utc_now(),
         "validation": report.to_dict(),
+        "ops_table": load_op_table().version,  # the operator table `validation.ops` was checked against
     }
 
 
 def json_config(config) -> dict:
-    import json
-
     return json.loads(config.to_json())
 
 
@@ -246,11 +251,3 @@ def versions() -> dict:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-def _new_manifest(name: str) -> dict:
-    return {"kind": EXPORT_KIND, "schema": EXPORT_SCHEMA, "model": name, "graphs": {}, "updated": _now()}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

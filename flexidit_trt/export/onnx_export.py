@@ -21,6 +21,7 @@ machines nor the GPU machine have; the TorchScript one traces this static networ
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 import warnings
@@ -33,12 +34,15 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper
 
-from ..artifacts import BuildError, remove_quietly, staging_dir
+from ..artifacts import BuildError, fsync_replace, remove_quietly, staging_dir
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 17  # LayerNormalization is a single node from 17; every TensorRT 10.x parser reads 17
 MIN_OPSET = 17
-EXPORTER_VERSION = 1  # bump when the graph layout changes: cached graphs of another version re-export
+# Bump when the graphs change for the same settings and weights (layout, or what the model code puts in
+# them, e.g. 2: fp32-residual graphs keep the fp32 weights unrounded; a change to the seeded random init
+# too, since random weights are reused by seed): cached graphs of another version re-export.
+EXPORTER_VERSION = 2
 TRACE_BATCH = 2
 # protobuf cannot serialise a message of 2 GiB or more; leave room for the graph beside the weights.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
@@ -103,6 +107,18 @@ def precision_dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def export_options(
+    precision: str, fp32_residual: bool = False, opset: int | None = DEFAULT_OPSET
+) -> tuple[str, bool, int | None]:
+    """Validated, normalised export options (the public entries call this first, once): BuildError for an
+    unknown precision or an unsupported opset (None: not checked); the fp32 residual applies to fp16 and
+    bf16 only (an fp32 graph has nothing to keep in fp32), so it comes back False for fp32."""
+    precision_dtype(precision)
+    if opset is not None:
+        check_opset(opset)
+    return precision, bool(fp32_residual) and precision != "fp32", opset
+
+
 def check_opset(opset: int) -> int:
     from .ops import load_op_table
 
@@ -133,9 +149,10 @@ def graph_module(
     opset: int = DEFAULT_OPSET,
 ) -> GraphModule:
     """`model.static(p)` at `precision`, wrapped in the exported signature (the module export_onnx traces)."""
-    dtype = precision_dtype(precision)
+    precision, fp32_residual, _ = export_options(precision, fp32_residual, None)
+    dtype = PRECISIONS[precision]
     try:
-        static = model.static(patch_size, dtype, fp32_residual=fp32_residual and precision != "fp32")
+        static = model.static(patch_size, dtype, fp32_residual=fp32_residual)
     except ValueError as err:
         raise BuildError(str(err)) from None
     if dtype == torch.bfloat16 and opset < 22:
@@ -182,7 +199,7 @@ def export_onnx(
     graph intact (plus, at worst, an orphan data file that the next export removes).
     """
     path = Path(path)
-    check_opset(opset)
+    precision, fp32_residual, opset = export_options(precision, fp32_residual, opset)
     module = module or graph_module(model, patch_size, precision, fp32_residual, opset)
     config = module.config
     start = time.perf_counter()
@@ -192,8 +209,8 @@ def export_onnx(
         if check is not None:
             check(staged, module)
         if data_name is not None:
-            _fsync_replace(stage / data_name, path.parent / data_name)
-        _fsync_replace(staged, path)
+            fsync_replace(stage / data_name, path.parent / data_name)
+        fsync_replace(staged, path)
     _remove_stale_data(path, keep=data_name)
     spatial = (config.input_size, config.input_size)
     return ExportedGraph(
@@ -202,7 +219,7 @@ def export_onnx(
         patch_size=patch_size,
         tokens=config.tokens(patch_size),
         precision=precision,
-        fp32_residual=bool(fp32_residual and precision != "fp32"),
+        fp32_residual=fp32_residual,
         opset=opset,
         ir_version=ir_version,
         inputs=[
@@ -217,7 +234,8 @@ def export_onnx(
 
 def _export_to(
     stage: Path, stem: str, module: GraphModule, opset: int, external_data: bool | None
-) -> tuple[Path, str | None, dict[str, int], int]:
+) -> tuple[Path, str | None, int]:
+    """Trace `module` into `stage`; returns (the staged graph, its external-data file name or None, IR version)."""
     raw_dir = stage / "raw"
     raw_dir.mkdir()
     raw = raw_dir / "model.onnx"
@@ -270,8 +288,6 @@ def _export_to(
         onnx.save_model(proto, str(staged))
     ir_version = proto.ir_version
     del proto
-    import shutil
-
     shutil.rmtree(raw_dir)
     return staged, data_name, ir_version
 
@@ -288,12 +304,6 @@ def _elem_size(elem_type: int) -> int:
         return helper.tensor_dtype_to_np_dtype(elem_type).itemsize
     except (KeyError, TypeError):
         return 4
-
-
-def _fsync_replace(src: Path, dst: Path) -> None:
-    with open(src, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(src, dst)
 
 
 def _remove_stale_data(path: Path, keep: str | None) -> None:

@@ -8,6 +8,7 @@ target type). Not checked: the free-text restrictions, which are reported beside
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -49,9 +50,16 @@ class OpTable:
     restrictions: dict[str, str]
     unsupported: frozenset[str]
     source: str
+    sha256: str = ""  # of the table file's text
 
     def describe(self) -> str:
         return f"TensorRT {self.tensorrt} ONNX parser table (opsets {self.opset_min}-{self.opset_max})"
+
+    @property
+    def version(self) -> str:
+        """Identifies the table's content: a graph checked against this version needs no second check
+        while its bytes are unchanged (the export manifest records it per graph as `ops_table`)."""
+        return f"{self.tensorrt}/{self.sha256[:16]}"
 
 
 @dataclass
@@ -85,7 +93,8 @@ def load_op_table(path: str | Path = OPS_FILE) -> OpTable:
     restrictions: dict[str, str] = {}
     unsupported: set[str] = set()
     source = ""
-    for raw in path.read_text().splitlines():
+    text = path.read_text()
+    for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("#"):
             if "https://" in line and not source:
@@ -114,7 +123,8 @@ def load_op_table(path: str | Path = OPS_FILE) -> OpTable:
             restrictions[name] = note.strip()
     if version is None or opsets is None:
         raise ValueError(f"{path}: missing the 'tensorrt' or 'opsets' header line")
-    return OpTable(version, opsets[0], opsets[1], types, restrictions, frozenset(unsupported), source)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return OpTable(version, opsets[0], opsets[1], types, restrictions, frozenset(unsupported), source, digest)
 
 
 def check_trt_ops(

@@ -1,12 +1,20 @@
 """Where a build's weights come from: a checkpoint (identified by its content hash) or seeded random
-weights. Loading is lazy, so a rebuild whose graphs are all current never reads the weights."""
+weights. Loading is lazy, so a rebuild whose graphs are all current never reads the weights.
+
+Model names are canonical: "DiT-S/2", "dit-s" and "dit_s" all name the config `dit_s`, which names the
+export folder and is what a checkpoint's config is compared with.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..artifacts import BuildError, sha256_path
+
+if TYPE_CHECKING:
+    from ..model import DiTConfig, FlexiDiT
 
 VAE_FACTOR = 8  # the SD VAE maps 8x8 pixels to one latent
 
@@ -15,8 +23,10 @@ VAE_FACTOR = 8  # the SD VAE maps 8x8 pixels to one latent
 class ModelSource:
     """A model named `name` at `patch_sizes`, from `checkpoint` or from `init="random"` with `seed`.
 
-    image_size: pixels; None means the checkpoint's (or 256 for random weights). overrides: config
-    fields for random weights (e.g. depth=2 for tests and the benchmark's tiny run).
+    name: any spelling get_config accepts ("dit_s", "DiT-S/2"); it becomes the canonical config name.
+    None means the checkpoint's (or dit_xl for random weights). image_size: pixels; None means the
+    checkpoint's (or 256 for random weights). overrides: config fields for random weights (e.g. depth=2
+    for tests and the benchmark's tiny run).
     """
 
     name: str | None
@@ -27,14 +37,19 @@ class ModelSource:
     overrides: dict = field(default_factory=dict)
     _model: object = field(default=None, repr=False)
     _checkpoint_sha: str | None = field(default=None, repr=False)
+    _config: DiTConfig | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:
-            self.name = self.name or "dit_xl"
             self.image_size = self.image_size or 256
             self._check_image_size()
+            self._spec = self.name or "dit_xl"  # as given: "DiT-S/4" also names the base patch
             self._config = self.random_config()  # fail fast on a bad name or patch size
+            self.name = self._config.name
         else:
+            self._spec = self.name
+            if self.name is not None:
+                self.name = canonical_name(self.name)
             self.checkpoint = Path(self.checkpoint)
             if not self.checkpoint.exists():
                 raise BuildError(f"checkpoint not found: {self.checkpoint}")
@@ -71,17 +86,39 @@ class ModelSource:
             return f"seeded random weights (seed {self.seed}; no --checkpoint given)"
         return f"checkpoint {self.checkpoint}"
 
+    @property
+    def config(self) -> DiTConfig | None:
+        """The flexible model's config where known without loading it: always for random weights; for a
+        checkpoint once resolve() or load() has read it."""
+        return self._config
+
     # -- loading ---------------------------------------------------------------------------------------------
-    def random_config(self):
+    def random_config(self) -> DiTConfig:
         from ..model.config import get_config
 
         latent = self.image_size // VAE_FACTOR
         try:
-            return get_config(self.name, input_size=latent, patch_sizes=self.patch_sizes, **self.overrides)
+            return get_config(self._spec, input_size=latent, patch_sizes=self.patch_sizes, **self.overrides)
         except (ValueError, TypeError) as err:
             raise BuildError(str(err)) from None
 
-    def load(self):
+    def resolve(self) -> bool:
+        """Settle the name and image size (and check the patch sizes) from the config, reading the
+        weights only where the config cannot be had without them. Returns whether the weights were
+        loaded. Random weights are settled from the start; our flexible .safetensors files carry their
+        config as metadata (read from the header alone); other layouts are loaded (config inference
+        needs the tensors' shapes)."""
+        if self.is_random or self._config is not None:
+            return False
+        config = peek_checkpoint_config(self.checkpoint)
+        if config is None:
+            self.load()
+            return True
+        self._check_loaded(config)
+        self._config = config
+        return False
+
+    def load(self) -> FlexiDiT:
         """The FlexiDiT (loaded once); checks that it has every requested patch size and fits the name."""
         if self._model is not None:
             return self._model
@@ -95,6 +132,7 @@ class ModelSource:
             except CheckpointError as err:
                 raise BuildError(str(err)) from None
             self._check_loaded(model.config)
+            self._config = model.config
         self._model = model
         return model
 
@@ -126,3 +164,35 @@ class ModelSource:
             raise BuildError(
                 f"image size {self.image_size} is not a positive multiple of {VAE_FACTOR} (the VAE's factor)"
             )
+
+
+def canonical_name(name: str) -> str:
+    """The config name for any spelling get_config accepts ("DiT-XL/2" → "dit_xl"); BuildError if unknown."""
+    from ..model.config import get_config
+
+    try:
+        return get_config(name).name
+    except (ValueError, TypeError) as err:
+        raise BuildError(str(err)) from None
+
+
+def peek_checkpoint_config(path: Path) -> DiTConfig | None:
+    """The config of a checkpoint read without its tensors, where that is possible: our flexible
+    .safetensors (the JSON metadata `save_checkpoint` writes, and the key names from the header, which
+    tell the layout as load_checkpoint sees it). None for anything else (load it to know)."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    from ..model.checkpoints import FORMAT_TAG, detect_layout
+    from ..model.config import DiTConfig
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+        if meta.get("format") != FORMAT_TAG or detect_layout(keys) != "flexible":
+            return None  # base weights only: load_checkpoint derives the weak sizes, so load it
+        return DiTConfig.from_json(meta["config"])
+    except Exception:  # CheckpointError, a foreign or truncated file, bad metadata JSON, ...
+        return None  # unreadable here: loading it says why

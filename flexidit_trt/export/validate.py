@@ -163,12 +163,15 @@ def compare_with_torch(
     emulated = None
     if precision == "bf16":
         inferred = inferred or check_structure(path)
-        emulated = path.with_name(f".{path.stem}.bf16-emulated.onnx")
-        write_bf16_emulation(inferred, emulated)
+        # Beside the graph (it references the graph's external data), under a name the folders' orphan
+        # cleanup removes (`.*.tmp`) should an interrupt get past the `finally` below.
+        emulated = bf16_emulation_path(path)
         route = "bf16 emulated: fp32 compute, every bf16 value rounded where it is produced"
     else:
         route = f"native {precision}"
     try:
+        if emulated is not None:
+            write_bf16_emulation(inferred, emulated)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ORT warns about fp16 nodes it runs via fp32 on the CPU; expected
         session = ort.InferenceSession(str(emulated or path), options, providers=providers)
@@ -238,6 +241,13 @@ def validate_onnx(
 
 
 # -- bf16 emulation for ONNX Runtime's CPU provider ----------------------------------------------------------
+def bf16_emulation_path(path: str | os.PathLike) -> Path:
+    """Where the emulated copy of the graph at `path` is written while it runs: a hidden `.tmp` file in
+    the graph's folder (artifacts.remove_orphans removes any left behind)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.bf16-emulated.tmp")
+
+
 def write_bf16_emulation(inferred: onnx.ModelProto, dest: str | os.PathLike) -> Path:
     """Write a copy of a bf16 graph that ONNX Runtime's CPU provider can run (see the module docstring).
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from ..artifacts import atomic_path
 from .config import CONFIGS, DiTConfig
 from .dit import FlexiDiT, is_base_key
 
@@ -65,7 +65,9 @@ def load_checkpoint(
     return model
 
 
-def read_state_dict(source) -> tuple[dict[str, torch.Tensor], DiTConfig | None, dict]:
+def read_state_dict(
+    source: str | os.PathLike | Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], DiTConfig | None, dict]:
     """Tensors of a checkpoint (file, folder or mapping), the config stored with it if any, and hints
     for config inference that shapes cannot give (diffusers' head count and sample size)."""
     if isinstance(source, Mapping):
@@ -302,13 +304,6 @@ def save_checkpoint(
         raise CheckpointError(f"flexible checkpoints are .safetensors files, got {path.name}")
     meta = {"format": FORMAT_TAG, "config": model.config.to_json(), **(metadata or {})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path

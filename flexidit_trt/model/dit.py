@@ -98,10 +98,8 @@ class LoRALinear(nn.Linear):
             out = out + lora["up"](lora["down"](x)) * self.lora_scale[adapter]
         return out
 
-    def folded_weight(self, adapter: str | None) -> torch.Tensor:
-        """The plain weight with the adapter merged in (weight + scale · up · down)."""
-        if adapter is None or adapter not in self.lora:
-            return self.weight.detach().clone()
+    def folded_weight(self, adapter: str) -> torch.Tensor:
+        """The plain weight with the adapter merged in (weight + scale · up · down), a new tensor."""
         lora = self.lora[adapter]
         delta = (lora["up"].weight.double() @ lora["down"].weight.double()) * self.lora_scale[adapter]
         return (self.weight.double() + delta).to(self.weight.dtype).detach()
@@ -226,17 +224,14 @@ class FlexiDiT(nn.Module):
         config = name if isinstance(name, DiTConfig) else get_config(name, **overrides)
         if init not in ("dit", "random", "empty"):
             raise ValueError(f"init must be 'dit', 'random' or 'empty', got {init!r}")
-        if init == "empty":
-            # Shapes only, no init work (DiT-XL has 675 M parameters); fixed tables are recomputed.
-            with torch.device("meta"):
-                model = cls(config, initialize=False)
-            model.to_empty(device="cpu")
-            model.reset_fixed_tables()
-            return model
-        model = cls(config)
-        if init == "random":
-            model.randomize_(seed)
-        return model
+        if init == "dit":
+            return cls(config)
+        # Shapes only, no init work (DiT-XL has 675 M parameters); fixed tables are recomputed.
+        with torch.device("meta"):
+            model = cls(config, initialize=False)
+        model.to_empty(device="cpu")
+        model.reset_fixed_tables()
+        return model.randomize_(seed) if init == "random" else model
 
     def initialize_weights(self) -> None:
         """The reference init: Xavier linears, zeroed adaLN and final layer, then weak sizes by resize."""
@@ -365,26 +360,27 @@ class FlexiDiT(nn.Module):
             )
         cfg = self.config.replace(patch_size=patch_size, patch_sizes=(patch_size,), lora_rank=0)
         adapter = adapter_key(patch_size) if patch_size != self.config.patch_size else None
-        state = {k: v.detach().clone() for k, v in self.state_dict().items() if is_base_key(k)}
+        state = {k: v.detach() for k, v in self.state_dict().items() if is_base_key(k)}
         for name, module in self.named_modules():
-            if isinstance(module, LoRALinear):
+            if isinstance(module, LoRALinear) and adapter in module.lora:
                 state[f"{name}.weight"] = module.folded_weight(adapter)
         embedder, _, linear = self.patch_io(patch_size)
-        state["x_embedder.proj.weight"] = embedder.proj.weight.detach().clone()
-        state["x_embedder.proj.bias"] = embedder.proj.bias.detach().clone()
-        state["final_layer.linear.weight"] = linear.weight.detach().clone()
-        state["final_layer.linear.bias"] = linear.bias.detach().clone()
+        state["x_embedder.proj.weight"] = embedder.proj.weight.detach()
+        state["x_embedder.proj.bias"] = embedder.proj.bias.detach()
+        state["final_layer.linear.weight"] = linear.weight.detach()
+        state["final_layer.linear.bias"] = linear.bias.detach()
         state["pos_embed"] = sincos_pos_embed(cfg.hidden_size, cfg.input_size // patch_size)
-        model = FlexiDiT.from_config(cfg, init="empty")
-        model.load_state_dict(state, strict=True)
+        with torch.device("meta"):
+            model = FlexiDiT(cfg, initialize=False)
+        # One copy of every weight (the static model must not alias the flexible one), then the casts.
+        model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
         model.eval().requires_grad_(False)
-        if dtype is not None:
+        if dtype is not None and fp32_residual:
+            for block in model.blocks:
+                block.attn.to(dtype)
+                block.mlp.to(dtype)
+        elif dtype is not None:
             model.to(dtype)
-            if fp32_residual:
-                model.float()
-                for block in model.blocks:
-                    block.attn.to(dtype)
-                    block.mlp.to(dtype)
         return model
 
     # -- accounting --------------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ def resize_patch_embedding(weight: torch.Tensor, new: int) -> torch.Tensor:
     return (flat @ resize.T).reshape(d, c, new, new).to(weight.dtype)
 
 
-def resize_patch_projection(weight: torch.Tensor, bias: torch.Tensor, old: int, new: int):
+def resize_patch_projection(
+    weight: torch.Tensor, bias: torch.Tensor, old: int, new: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Final linear [p²·C_out, D] (rows ordered p, q, c as DiT's unpatchify) → [new²·C_out, D]."""
     b = resize_matrix(old, new)
     out_channels = weight.shape[0] // (old * old)
