@@ -31,18 +31,21 @@ def test_engine_builds_and_matches_pytorch(tmp_path, precision):
     from flexidit_trt.export.onnx_export import example_inputs
     from flexidit_trt.model import FlexiDiT
 
-    report = build_artifacts(
-        "dit_s",
-        overrides={"depth": 2},
-        image_size=64,
-        patch_sizes=(2, 4),
-        batch_sizes=(1, 2),
-        precision=precision,
-        workdir=tmp_path,
-        require_trt=True,
-        progress=False,
-        opt_level=2,
-    )
+    def build():  # the same inputs twice: the second run must reuse both engines
+        return build_artifacts(
+            "dit_s",
+            overrides={"depth": 2},
+            image_size=64,
+            patch_sizes=(2, 4),
+            batch_sizes=(1, 2),
+            precision=precision,
+            workdir=tmp_path,
+            require_trt=True,
+            progress=False,
+            opt_level=2,
+        )
+
+    report = build()
     assert report.engines.skipped is None and [r.rebuilt for r in report.engines.records] == [True, True]
     manifest = json.loads((report.engines.folder / "manifest.json").read_text())
     assert manifest["tensorrt"] == STATUS.version
@@ -62,16 +65,5 @@ def test_engine_builds_and_matches_pytorch(tmp_path, precision):
             rel = float(np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref)))
             assert rel <= 3e-2, (record.patch_size, batch, rel)
 
-    again = build_artifacts(
-        "dit_s",
-        overrides={"depth": 2},
-        image_size=64,
-        patch_sizes=(2, 4),
-        batch_sizes=(1, 2),
-        precision=precision,
-        workdir=tmp_path,
-        require_trt=True,
-        progress=False,
-        opt_level=2,
-    )
+    again = build()
     assert [r.rebuilt for r in again.engines.records] == [False, False]
