@@ -1,4 +1,4 @@
-"""The `flexidit-trt` command: parse, call the library, print. Nothing else lives here."""
+"""`flexidit-trt info` and `flexidit-trt build`."""
 
 from __future__ import annotations
 
@@ -7,25 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-
-
-def _parse_sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated positive integers, got {value!r}") from None
-    if not sizes or any(s <= 0 for s in sizes):
-        raise click.BadParameter(f"expected comma-separated positive integers, got {value!r}")
-    return sizes
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="flexidit-trt")
-def main() -> None:
-    """FlexiDiT inference: one DiT, several patch sizes, one engine per patch size."""
+from .common import main, parse_sizes
 
 
 @main.command()
@@ -33,13 +15,13 @@ def main() -> None:
     "--model", "model_name", default="dit_xl", show_default=True, help="dit_s, dit_b, dit_l, dit_xl"
 )
 @click.option("--image-size", type=int, default=256, show_default=True, help="pixels (latent = size / 8)")
-@click.option("--patch-sizes", callback=_parse_sizes, default="2,4", show_default=True)
+@click.option("--patch-sizes", callback=parse_sizes, default="2,4", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json: bool) -> None:
     """Parameters, tokens and GMACs per patch size (computed from the config)."""
-    from .export.source import VAE_FACTOR
-    from .info import model_info
-    from .model.config import get_config
+    from ..export.source import VAE_FACTOR
+    from ..info import model_info
+    from ..model.config import get_config
 
     if image_size % VAE_FACTOR:
         raise click.BadParameter(
@@ -80,11 +62,11 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     help="official DiT .pt, diffusers folder or flexible .safetensors  [default: seeded random weights]",
 )
 @click.option(
-    "--patch-sizes", callback=_parse_sizes, default="2,4", show_default=True, help="one graph and engine each"
+    "--patch-sizes", callback=parse_sizes, default="2,4", show_default=True, help="one graph and engine each"
 )
 @click.option(
     "--batch-sizes",
-    callback=_parse_sizes,
+    callback=parse_sizes,
     default="1,2,4,8,16",
     show_default=True,
     help="image batches the engines serve (with --cfg also twice each)",
@@ -137,8 +119,8 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
 @click.option("--revalidate", is_flag=True, help="rerun the ONNX Runtime comparison on reused graphs")
 def build(model_name: str | None, **options) -> None:
     """Export one ONNX graph per patch size (validated), then build one TensorRT engine per patch size."""
-    from .artifacts import BuildError
-    from .build import build_artifacts, report_lines
+    from ..artifacts import BuildError
+    from ..build import build_artifacts, report_lines
 
     try:
         report = build_artifacts(model_name, **options)
@@ -147,6 +129,3 @@ def build(model_name: str | None, **options) -> None:
     for line in report_lines(report):
         click.echo(line)
 
-
-if __name__ == "__main__":
-    main()

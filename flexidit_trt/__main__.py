@@ -1,0 +1,3 @@
+from flexidit_trt.cli import main
+
+main()
