@@ -14,7 +14,7 @@ static std::atomic<size_t> g_open_bytes{0};
 
 size_t open_arena_bytes() { return g_open_bytes.load(); }
 
-Arena::Arena(size_t nbytes, int device) : capacity_(nbytes), device_(device) {
+Allocation::Allocation(size_t nbytes, int device) : capacity_(nbytes), device_(device) {
   if (nbytes == 0) throw std::invalid_argument("Arena size must be positive");
   if (nbytes > SIZE_MAX - kArenaAlign) throw std::invalid_argument("Arena size too large");
   const size_t rounded = (nbytes + kArenaAlign - 1) / kArenaAlign * kArenaAlign;
@@ -26,13 +26,22 @@ Arena::Arena(size_t nbytes, int device) : capacity_(nbytes), device_(device) {
     } else {
       cuda_free(base_, device);
     }
-    base_ = nullptr;
     throw std::runtime_error("allocation is not 256-byte aligned");
   }
   g_open_bytes += capacity_;
 }
 
-Arena::~Arena() { close(); }
+Allocation::~Allocation() {
+  if (device_ < 0) {
+    free(base_);
+  } else {
+    cuda_free(base_, device_);
+  }
+  g_open_bytes -= capacity_;
+}
+
+Arena::Arena(size_t nbytes, int device)
+    : allocation_(std::make_shared<Allocation>(nbytes, device)), capacity_(nbytes), device_(device) {}
 
 uintptr_t Arena::block(size_t nbytes, size_t align) {
   if (closed()) throw std::runtime_error("Arena is closed");
@@ -51,18 +60,26 @@ uintptr_t Arena::block(size_t nbytes, size_t align) {
   return start;
 }
 
-void Arena::reset() { used_ = 0; }
+HostBlock Arena::host_block(size_t nbytes, size_t align) {
+  if (device_ >= 0) throw std::invalid_argument("host_block needs a host arena");
+  const uintptr_t start = block(nbytes, align);
+  return HostBlock{allocation_, live_, start, nbytes};
+}
+
+void Arena::reset() {
+  const size_t live = live_host_blocks();
+  if (live > 0 && !closed()) {  // after close() nothing is handed out again: the views stay valid
+    throw std::runtime_error("reset(): " + std::to_string(live) +
+                             (live == 1 ? " host array of this arena is" : " host arrays of this arena are") +
+                             " still alive and would see their memory handed out again; drop them first "
+                             "(del), or close() the arena, which keeps their memory until they go");
+  }
+  used_ = 0;
+}
 
 void Arena::close() noexcept {
-  if (base_ == nullptr) return;
-  if (device_ < 0) {
-    free(base_);
-  } else {
-    cuda_free(base_, device_);
-  }
-  base_ = nullptr;
+  allocation_.reset();
   used_ = 0;
-  g_open_bytes -= capacity_;
 }
 
 }  // namespace flexidit

@@ -25,9 +25,9 @@ void cpu_step(const StepParams& p, int dtype) {
   }
 }
 
-void cpu_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out) {
+void cpu_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, uint64_t group_offset) {
   const int64_t groups = (n + 3) / 4;
-  for (int64_t g = 0; g < groups; ++g) philox_normal_group(seed, step, n, out, g);
+  for (int64_t g = 0; g < groups; ++g) philox_normal_group(seed, step, n, out, g, group_offset);
 }
 
 }  // namespace flexidit

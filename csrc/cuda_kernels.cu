@@ -65,11 +65,11 @@ __global__ void step_kernel(StepParams p) {
   }
 }
 
-__global__ void philox_normal_kernel(uint64_t seed, uint32_t step, int64_t n, float* out) {
+__global__ void philox_normal_kernel(uint64_t seed, uint32_t step, int64_t n, float* out, uint64_t group_offset) {
   const int64_t groups = (n + 3) / 4;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
-    philox_normal_group(seed, step, n, out, g);
+    philox_normal_group(seed, step, n, out, g, group_offset);
   }
 }
 
@@ -141,12 +141,13 @@ void cuda_step(const StepParams& p, int dtype, int device, uintptr_t stream) {
   check(cudaGetLastError(), "step kernel launch");
 }
 
-void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, int device, uintptr_t stream) {
+void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, uint64_t group_offset, int device,
+                        uintptr_t stream) {
   DeviceGuard guard(device);
   const int64_t groups = (n + 3) / 4;
   if (groups == 0) return;
   philox_normal_kernel<<<blocks_for(groups), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      seed, step, n, out);
+      seed, step, n, out, group_offset);
   check(cudaGetLastError(), "philox_normal kernel launch");
 }
 

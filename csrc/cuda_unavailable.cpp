@@ -16,7 +16,7 @@ void* cuda_malloc(size_t, int) { no_cuda(); }
 void cuda_free(void*, int) noexcept {}
 int cuda_pointer_device(uintptr_t) { no_cuda(); }
 void cuda_step(const StepParams&, int, int, uintptr_t) { no_cuda(); }
-void cuda_philox_normal(uint64_t, uint32_t, int64_t, float*, int, uintptr_t) { no_cuda(); }
+void cuda_philox_normal(uint64_t, uint32_t, int64_t, float*, uint64_t, int, uintptr_t) { no_cuda(); }
 void cuda_stream_synchronize(uintptr_t) { no_cuda(); }
 void cuda_memcpy(uintptr_t, uintptr_t, size_t, uintptr_t) { no_cuda(); }
 

@@ -24,7 +24,7 @@ struct ArenaFullError : std::runtime_error {
 
 // ---- CPU (cpu_kernels.cpp) ----
 void cpu_step(const StepParams& p, int dtype);
-void cpu_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out);
+void cpu_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, uint64_t group_offset);
 
 // ---- CUDA (cuda_kernels.cu, or cuda_unavailable.cpp in a CPU-only build, where all of these but
 // built_with_cuda/cuda_device_count throw std::runtime_error) ----
@@ -39,7 +39,8 @@ int cuda_pointer_device(uintptr_t ptr);
 // The launchers make `device` current for the launch (restoring the previous one after it); `stream`
 // must belong to that device (0: its legacy default stream).
 void cuda_step(const StepParams& p, int dtype, int device, uintptr_t stream);
-void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, int device, uintptr_t stream);
+void cuda_philox_normal(uint64_t seed, uint32_t step, int64_t n, float* out, uint64_t group_offset, int device,
+                        uintptr_t stream);
 void cuda_stream_synchronize(uintptr_t stream);
 void cuda_memcpy(uintptr_t dst, uintptr_t src, size_t nbytes, uintptr_t stream);  // cudaMemcpyDefault
 

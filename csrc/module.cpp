@@ -32,7 +32,11 @@ T* as_ptr(uintptr_t address) {
 StepParams make_params(uintptr_t x, uintptr_t cond, uintptr_t out, int64_t batch, int64_t channels, int64_t hw,
                        int64_t out_channels, double c_x, double c_pred, uintptr_t baseline, double guidance_scale,
                        int64_t guided_channels, bool learned_variance, double log_var_max, double log_var_min,
-                       double sigma, bool add_noise, uintptr_t noise, uint64_t seed, uint32_t step) {
+                       double sigma, bool add_noise, uintptr_t noise, uint64_t seed, uint32_t step,
+                       uint64_t offset) {
+  if (offset % 4) {
+    throw std::invalid_argument("the noise offset must be a multiple of 4, got " + std::to_string(offset));
+  }
   if (batch < 0 || channels < 0 || hw < 0) throw std::invalid_argument("batch, channels and hw must be >= 0");
   if (out_channels < channels) {
     throw std::invalid_argument("out_channels (" + std::to_string(out_channels) + ") < channels (" +
@@ -71,6 +75,7 @@ StepParams make_params(uintptr_t x, uintptr_t cond, uintptr_t out, int64_t batch
   p.add_noise = add_noise;
   p.seed = seed;
   p.step = step;
+  p.group_offset = offset / 4;
   return p;
 }
 
@@ -79,12 +84,14 @@ StepParams make_params(uintptr_t x, uintptr_t cond, uintptr_t out, int64_t batch
       py::arg("out_channels"), py::arg("dtype"), py::arg("c_x"), py::arg("c_pred"), py::arg("baseline") = 0, \
       py::arg("guidance_scale") = 1.0, py::arg("guided_channels") = -1, py::arg("learned_variance") = false, \
       py::arg("log_var_max") = 0.0, py::arg("log_var_min") = 0.0, py::arg("sigma") = 0.0,                   \
-      py::arg("add_noise") = false, py::arg("noise") = 0, py::arg("seed") = 0, py::arg("step") = 0
+      py::arg("add_noise") = false, py::arg("noise") = 0, py::arg("seed") = 0, py::arg("step") = 0,        \
+      py::arg("offset") = 0
 
 const char* kStepDoc =
     "Fused sampler step x_prev = c_x*x + c_pred*pred + std*noise with guidance in front (see "
     "csrc/step_math.h). Addresses are ints; baseline=0: no guidance; guided_channels=-1: all C; "
-    "add_noise with noise=0: Philox noise from (seed, step). out may equal x.";
+    "add_noise with noise=0: Philox noise from (seed, step), element e taking normal offset + e (offset a "
+    "multiple of 4). out may equal x.";
 
 const char* kStepCudaDoc =
     "step_cpu on buffers of CUDA device `device`, launched there on stream (a stream of that device; 0: "
@@ -120,22 +127,25 @@ PYBIND11_MODULE(_C, m) {
       py::arg("counter"), py::arg("key"), "Raw Philox4x32-10 block: 4 counter words, 2 key words -> 4 words.");
   m.def(
       "philox_normal_cpu",
-      [](uint64_t seed, uint32_t step, int64_t n, uintptr_t out) {
+      [](uint64_t seed, uint32_t step, int64_t n, uintptr_t out, uint64_t offset) {
         if (n < 0) throw std::invalid_argument("n must be >= 0");
         if (n > 0 && out == 0) throw std::invalid_argument("out must be non-null");
-        cpu_philox_normal(seed, step, n, as_ptr<float>(out));
+        if (offset % 4) throw std::invalid_argument("offset must be a multiple of 4");
+        cpu_philox_normal(seed, step, n, as_ptr<float>(out), offset / 4);
       },
-      py::arg("seed"), py::arg("step"), py::arg("n"), py::arg("out"), py::call_guard<py::gil_scoped_release>(),
-      "Fill n fp32 at host address out with the standard normals of (seed, step), elements 0..n-1.");
+      py::arg("seed"), py::arg("step"), py::arg("n"), py::arg("out"), py::arg("offset") = 0,
+      py::call_guard<py::gil_scoped_release>(),
+      "Fill n fp32 at host address out with the standard normals offset .. offset+n-1 of (seed, step).");
   m.def(
       "philox_normal_cuda",
-      [](uint64_t seed, uint32_t step, int64_t n, uintptr_t out, uintptr_t stream, int device) {
+      [](uint64_t seed, uint32_t step, int64_t n, uintptr_t out, uintptr_t stream, int device, uint64_t offset) {
         if (n < 0) throw std::invalid_argument("n must be >= 0");
         if (n > 0 && out == 0) throw std::invalid_argument("out must be non-null");
-        cuda_philox_normal(seed, step, n, as_ptr<float>(out), device, stream);
+        if (offset % 4) throw std::invalid_argument("offset must be a multiple of 4");
+        cuda_philox_normal(seed, step, n, as_ptr<float>(out), offset / 4, device, stream);
       },
       py::arg("seed"), py::arg("step"), py::arg("n"), py::arg("out"), py::arg("stream") = 0,
-      py::arg("device") = 0, py::call_guard<py::gil_scoped_release>(),
+      py::arg("device") = 0, py::arg("offset") = 0, py::call_guard<py::gil_scoped_release>(),
       "philox_normal_cpu on a buffer of CUDA device `device`, launched there on stream (a stream of that "
       "device; 0: its legacy default stream).");
 
@@ -144,12 +154,13 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t x, uintptr_t cond, uintptr_t out, int64_t batch, int64_t channels, int64_t hw,
          int64_t out_channels, const std::string& dtype, double c_x, double c_pred, uintptr_t baseline,
          double guidance_scale, int64_t guided_channels, bool learned_variance, double log_var_max,
-         double log_var_min, double sigma, bool add_noise, uintptr_t noise, uint64_t seed, uint32_t step) {
+         double log_var_min, double sigma, bool add_noise, uintptr_t noise, uint64_t seed, uint32_t step,
+         uint64_t offset) {
         const int code = dtype_code(dtype);
         const StepParams p =
             make_params(x, cond, out, batch, channels, hw, out_channels, c_x, c_pred, baseline, guidance_scale,
                         guided_channels, learned_variance, log_var_max, log_var_min, sigma, add_noise, noise, seed,
-                        step);
+                        step, offset);
         py::gil_scoped_release release;
         cpu_step(p, code);
       },
@@ -160,12 +171,12 @@ PYBIND11_MODULE(_C, m) {
          int64_t out_channels, const std::string& dtype, double c_x, double c_pred, uintptr_t baseline,
          double guidance_scale, int64_t guided_channels, bool learned_variance, double log_var_max,
          double log_var_min, double sigma, bool add_noise, uintptr_t noise, uint64_t seed, uint32_t step,
-         uintptr_t stream, int device) {
+         uint64_t offset, uintptr_t stream, int device) {
         const int code = dtype_code(dtype);
         const StepParams p =
             make_params(x, cond, out, batch, channels, hw, out_channels, c_x, c_pred, baseline, guidance_scale,
                         guided_channels, learned_variance, log_var_max, log_var_min, sigma, add_noise, noise, seed,
-                        step);
+                        step, offset);
         py::gil_scoped_release release;
         cuda_step(p, code, device, stream);
       },
@@ -173,12 +184,25 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("open_arena_bytes", &open_arena_bytes,
         "Capacity summed over the arenas open in this process (0 once all are closed or destroyed).");
+  py::class_<HostBlock>(m, "HostBlock", py::buffer_protocol(),
+                        "A block of a host arena as a writable byte buffer (numpy.frombuffer makes the view). "
+                        "It keeps the arena's memory alive, past close(), and makes reset() refuse while it lives.")
+      .def_buffer([](HostBlock& b) {
+        return py::buffer_info(reinterpret_cast<void*>(b.ptr), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.nbytes)}, {static_cast<py::ssize_t>(1)}, false);
+      })
+      .def_readonly("ptr", &HostBlock::ptr)
+      .def_readonly("nbytes", &HostBlock::nbytes);
   py::class_<Arena>(m, "Arena", "One 256-byte-aligned allocation carved into blocks (device -1: host memory).")
       .def(py::init<size_t, int>(), py::arg("nbytes"), py::arg("device") = -1)
       .def("block", &Arena::block, py::arg("nbytes"), py::arg("align") = kArenaAlign,
            "Address of a new block of nbytes aligned to align (ArenaFullError when it does not fit).")
-      .def("reset", &Arena::reset, "Release every block at once (the allocation stays).")
-      .def("close", &Arena::close, "Free the allocation; idempotent.")
+      .def("host_block", &Arena::host_block, py::arg("nbytes"), py::arg("align") = kArenaAlign,
+           "A new block of a host arena as a HostBlock, which owns a share of the memory.")
+      .def("reset", &Arena::reset,
+           "Release every block at once (the allocation stays); RuntimeError while HostBlocks are alive.")
+      .def("close", &Arena::close,
+           "Give the allocation up; idempotent. Freed now, or when the last HostBlock of it goes.")
       .def_property_readonly("ptr", &Arena::ptr)
       .def_property_readonly("capacity", &Arena::capacity)
       .def_property_readonly("used", &Arena::used)

@@ -20,10 +20,12 @@ namespace flexidit {
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11; Random123).
 //
 // Counter layout used everywhere in flexidit-trt. The standard normal for element e (flat row-major
-// index into the latent x of shape [B, C, H, W]) of sampler step s under a 64-bit seed is
+// index into the latent x of shape [B, C, H, W], plus an element offset o, a multiple of 4, that lets a
+// run split N images into batches and still draw each image's noise from the one flat stream of all N)
+// of sampler step s under a 64-bit seed is
 //
 //     key     = (seed & 0xffffffff, seed >> 32)
-//     counter = (g & 0xffffffff, g >> 32, s, 0)        with g = e / 4
+//     counter = (g & 0xffffffff, g >> 32, s, 0)        with g = (o + e) / 4
 //     (r0, r1, r2, r3) = Philox4x32-10(counter, key)
 //     normal[4g + 0], normal[4g + 1] = BoxMuller(r0, r1)
 //     normal[4g + 2], normal[4g + 3] = BoxMuller(r2, r3)
@@ -146,9 +148,11 @@ FX_HD void philox_normal4(uint64_t seed, uint32_t step, uint64_t group, float ou
   box_muller(r.v2, r.v3, &out[2], &out[3]);
 }
 
-FX_HD void philox_normal_group(uint64_t seed, uint32_t step, int64_t n, float* out, int64_t group) {
+// Elements 4*group .. of out get the normals of counter group group_offset + group.
+FX_HD void philox_normal_group(uint64_t seed, uint32_t step, int64_t n, float* out, int64_t group,
+                               uint64_t group_offset) {
   float z[4];
-  philox_normal4(seed, step, static_cast<uint64_t>(group), z);
+  philox_normal4(seed, step, static_cast<uint64_t>(group) + group_offset, z);
   const int64_t e0 = 4 * group;
   for (int j = 0; j < 4 && e0 + j < n; ++j) out[e0 + j] = z[j];
 }
@@ -210,6 +214,7 @@ struct StepParams {
   bool learned_variance, add_noise;
   uint64_t seed;
   uint32_t step;
+  uint64_t group_offset;  // Philox counter group of element 0 (element offset / 4)
 
   FX_HD int64_t numel() const { return batch * channels * hw; }
   FX_HD int64_t groups() const { return (numel() + 3) / 4; }
@@ -218,7 +223,9 @@ struct StepParams {
 template <int DT>
 FX_HD void step_group(const StepParams& p, int64_t group) {
   float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  if (p.add_noise && p.noise == nullptr) philox_normal4(p.seed, p.step, static_cast<uint64_t>(group), z);
+  if (p.add_noise && p.noise == nullptr) {
+    philox_normal4(p.seed, p.step, static_cast<uint64_t>(group) + p.group_offset, z);
+  }
   const int64_t n = p.numel();
   const int64_t chw = p.channels * p.hw;
   const int64_t e0 = 4 * group;

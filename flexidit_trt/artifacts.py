@@ -30,6 +30,11 @@ class BuildError(Exception):
     """A build cannot go on for a reason the user can fix; the message says which and how."""
 
 
+class OptionError(BuildError):
+    """An option value, or options that contradict each other or the checkpoint: bad usage, which the
+    CLI reports with exit code 2 (other BuildErrors are failures of the work: exit code 1)."""
+
+
 class ManifestError(BuildError):
     """A manifest that is missing, unreadable or of another kind or schema (the message names the field)."""
 
@@ -37,8 +42,8 @@ class ManifestError(BuildError):
 @dataclass(frozen=True)
 class Step:
     """A build's progress event: the patch size whose graph or engine it concerns (None: none in
-    particular), the stage ("resolve", "prepare", "export", "validate", "reuse", "build") and a line
-    for people. Consumers decide what counts as a step from the fields, never from the text."""
+    particular), the stage ("resolve", "prepare", "export", "validate", "reuse", "remove", "build") and
+    a line for people. Consumers decide what counts as a step from the fields, never from the text."""
 
     patch_size: int | None
     stage: str
@@ -245,9 +250,20 @@ def load_export_manifest(workdir: str | os.PathLike, model_name: str) -> dict:
     return data
 
 
+LOCK_NOTE = (
+    "flexidit-trt: a build writing to this folder holds an flock on this file. The file stays between "
+    "builds on purpose: deleting a file another build may have open would let two builds lock two "
+    "different files of one name (filelock keeps its lock files for the same reason). It is safe to "
+    "delete while no build runs.\n"
+)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
-    """Exclusive lock on an artifact folder, so two builds never interleave their writes."""
+    """Exclusive lock on an artifact folder, so two builds never interleave their writes.
+
+    The lock is an flock on `<folder>/.lock`, released when the build ends (or its process dies). The
+    file itself is permanent (LOCK_NOTE, which it holds, says why), as filelock's are on Unix."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a+") as handle:
@@ -261,6 +277,9 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
         except OSError:
             raise BuildError(f"another build is writing to {folder} (lock file {folder / '.lock'})") from None
         try:
+            if handle.tell() == 0:  # opened for appending: at 0 only when empty (a new or an older lock)
+                handle.write(LOCK_NOTE)
+                handle.flush()
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

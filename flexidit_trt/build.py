@@ -3,25 +3,30 @@ build one TensorRT engine per patch size where TensorRT is present.
 
     report = build_artifacts("dit_xl", patch_sizes=(2, 4), batch_sizes=(1, 2, 4, 8, 16), precision="fp16")
     report.graphs     # GraphRecord per patch size (path, manifest entry, rebuilt or reused)
+    report.removed    # StaleGraph: graphs of other patch sizes and settings this build deleted
     report.engines    # EngineBuildResult (records, or `skipped` with the reason)
+    report.aoti       # AotiBuildResult with engines=("trt", "aoti") (None when not asked for)
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifacts import BuildError, Step, ensure_writable_dir
+from .artifacts import BuildError, OptionError, Step, ensure_writable_dir
 from .engines.build import EngineBuildResult, PlanBuilder, build_engines, engine_profiles, resolve_trt
+from .engines.profiles import engine_batches
 from .engines.trt import TrtStatus, build_plan
 
 if TYPE_CHECKING:
-    from .export.graphs import GraphRecord
+    from .engines.aoti import AotiBuildResult, PackageCompiler
+    from .export.graphs import GraphRecord, StaleGraph
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
+ENGINE_KINDS = ("trt", "aoti")  # TensorRT plans; AOTInductor packages (engines/aoti.py)
 
 
 @dataclass
@@ -31,6 +36,8 @@ class BuildReport:
     workdir: Path
     graphs: list[GraphRecord]
     engines: EngineBuildResult
+    aoti: AotiBuildResult | None = None
+    removed: list[StaleGraph] = field(default_factory=list)  # graphs deleted as made by other settings
 
 
 class _Progress:
@@ -91,6 +98,9 @@ def build_artifacts(
     progress: bool | None = None,
     trt: TrtStatus | None = None,
     plan_builder: PlanBuilder = build_plan,
+    engines: tuple[str, ...] = ("trt",),
+    aoti_variant: str | None = None,
+    aoti_compiler: PackageCompiler | None = None,
 ) -> BuildReport:
     """Export (and validate) the graphs, then build the engines; reuse whatever is current.
 
@@ -98,7 +108,11 @@ def build_artifacts(
     anything load_checkpoint reads; None means seeded random weights. overrides: config fields for
     random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
-    Raises BuildError with a one-line reason for anything the caller can fix.
+    engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
+    package per patch size for this GPU, compile variant `aoti_variant`; skipped without a GPU);
+    aoti_compiler: the package compile (a parameter for tests). Raises BuildError with a one-line reason
+    for anything the caller can fix: OptionError where the options themselves are wrong or contradict
+    the checkpoint (the CLI's exit code 2), another BuildError where the work failed (exit code 1).
     """
     from .export.graphs import export_graphs
     from .export.onnx_export import export_options
@@ -107,7 +121,12 @@ def build_artifacts(
     # Every option is checked here, before anything is read or written (the layers below check theirs
     # with the same functions at their own entries).
     if not patch_sizes or any(int(p) <= 0 for p in patch_sizes):
-        raise BuildError(f"patch sizes must be positive integers, got {list(patch_sizes)}")
+        raise OptionError(f"patch sizes must be positive integers, got {list(patch_sizes)}")
+    unknown = [e for e in engines if e not in ENGINE_KINDS]
+    if not engines or unknown:
+        raise OptionError(f"engines must be some of {', '.join(ENGINE_KINDS)}, got {list(engines)}")
+    if require_trt and "trt" not in engines:
+        raise OptionError("--require-trt needs trt among the engines")
     batch_sizes = tuple(int(b) for b in batch_sizes)
     engine_profiles(batch_sizes, guidance=guidance, profile_mode=profile_mode, opt_level=opt_level)
     precision, fp32_residual, opset = export_options(precision, fp32_residual, opset)
@@ -123,9 +142,16 @@ def build_artifacts(
     workdir = ensure_writable_dir(workdir)  # before any weights are read: fail in a second, not a minute
     if require_trt:  # before the export, which can take minutes
         trt = resolve_trt(trt, require_trt)
-    bar = _Progress(total=2 * len(patch_sizes), enabled=progress)
+    aoti_options = None
+    if "aoti" in engines:  # checked here: a bad variant fails before the export
+        from .engines.aoti import AotiOptions
+
+        batch_max = max(engine_batches(batch_sizes, guidance))
+        aoti_options = AotiOptions(precision, 1, batch_max, variant=aoti_variant, fp32_residual=fp32_residual)
+        aoti_options = aoti_options.resolved()
+    bar = _Progress(total=len(patch_sizes) * (1 + len(engines)), enabled=progress)
     try:
-        graphs = export_graphs(
+        exported = export_graphs(
             source,
             workdir,
             precision=precision,
@@ -136,40 +162,59 @@ def build_artifacts(
             progress=bar,
         )
         bar.finish_phase()
-        engines = build_engines(
-            workdir,
-            source.name,
-            patch_sizes,
-            batch_sizes,
-            guidance=guidance,
-            profile_mode=profile_mode,
-            opt_level=opt_level,
-            timing_cache=timing_cache,
-            force=force,
-            require_trt=require_trt,
-            progress=bar,
-            status=trt,
-            builder=plan_builder,
-        )
-        bar.finish_phase()
+        plans = EngineBuildResult(None)
+        if "trt" in engines:
+            plans = build_engines(
+                workdir,
+                source.name,
+                patch_sizes,
+                batch_sizes,
+                guidance=guidance,
+                profile_mode=profile_mode,
+                opt_level=opt_level,
+                timing_cache=timing_cache,
+                force=force,
+                require_trt=require_trt,
+                progress=bar,
+                status=trt,
+                builder=plan_builder,
+            )
+            bar.finish_phase()
+        aoti = None
+        if aoti_options is not None:
+            aoti = _build_aoti(source, workdir, patch_sizes, aoti_options, force, bar, aoti_compiler)
+            bar.finish_phase()
     finally:
         bar.close()
-    return BuildReport(source.name, source.label(), workdir, graphs, engines)
+    return BuildReport(source.name, source.label(), workdir, exported.graphs, plans, aoti, exported.removed)
+
+
+def _build_aoti(source, workdir, patch_sizes, options, force, bar, compiler) -> AotiBuildResult:
+    """The AOTInductor packages, or a result whose `skipped` says why not (no GPU here)."""
+    from .engines.aoti import AotiBuildResult, build_aoti_engines, torch_target
+
+    try:
+        target = torch_target(options.device)
+    except BuildError as err:
+        return AotiBuildResult(None, skipped=str(err))
+    return build_aoti_engines(
+        source, workdir, patch_sizes, options, force=force, progress=bar, target=target, compiler=compiler
+    )
 
 
 def report_lines(report: BuildReport) -> list[str]:
     """What `flexidit-trt build` prints: one line per graph and engine, or the line saying why not."""
     lines = [f"{report.model}: weights from {report.weights}"]
     for g in report.graphs:
-        e, v = g.entry, g.validation
-        errors = (
-            f"ORT vs PyTorch max abs {v['max_abs_error']:.2e}, rel {v['max_rel_error']:.2e} "
-            f"(tol {v['tolerance_rel']:g}; {v['route']}; {v['provider']})"
-        )
+        e = g.entry
         verb = f"exported in {e['export_seconds']:.1f} s" if g.rebuilt else "reused"
         lines.append(
             f"p{g.patch_size}  {g.path}  {e['precision']}{'+fp32-residual' if e['fp32_residual'] else ''}  "
-            f"{e['tokens']} tokens  {e['bytes'] / 1e6:.1f} MB  {verb} ({g.reason})  {errors}"
+            f"{e['tokens']} tokens  {e['bytes'] / 1e6:.1f} MB  {verb} ({g.reason})  {_validation_text(g)}"
+        )
+    for r in report.removed:
+        lines.append(
+            f"p{r.patch_size}  removed {r.path} (made with other settings than this build: {r.reason})"
         )
     eng = report.engines
     if eng.skipped:
@@ -183,4 +228,28 @@ def report_lines(report: BuildReport) -> list[str]:
             f"p{r.patch_size}  {r.path}  {len(e['profiles'])} profiles (batch 1-{e['max_batch']})  "
             f"activations <= {e['max_device_memory_bytes'] / 1e6:.1f} MB  {verb} ({r.reason})"
         )
+    if report.aoti is not None and report.aoti.skipped:
+        lines.append(f"aoti engines: skipped ({report.aoti.skipped})")
+    for r in report.aoti.records if report.aoti is not None else ():
+        e = r.entry
+        verb = f"compiled in {e['build_seconds']:.1f} s" if r.rebuilt else "reused"
+        lines.append(
+            f"p{r.patch_size}  {r.path}  AOTInductor {e['precision']} batch {e['batch_min']}-{e['batch_max']}  "
+            f"{e['bytes'] / 1e6:.1f} MB  {verb} ({r.reason})"
+        )
     return lines
+
+
+def _validation_text(g: GraphRecord) -> str:
+    """The graph's validation results, saying whether they were measured by this build or recorded."""
+    v = g.validation
+    errors = (
+        f"ORT vs PyTorch max abs {v['max_abs_error']:.2e}, rel {v['max_rel_error']:.2e} "
+        f"(tol {v['tolerance_rel']:g}; {v['route']}; {v['provider']})"
+    )
+    when = g.entry.get("validated", g.entry.get("created"))  # manifests before `validated`: the export's
+    if g.validated == "now":
+        return f"{'validated' if g.rebuilt else 'revalidated'} now: {errors}"
+    if g.validated == "operators":
+        return f"operators checked now, the rest from the manifest ({when}): {errors}"
+    return f"validation from the manifest ({when}): {errors}"

@@ -2,15 +2,29 @@
 
 `_C` itself takes raw addresses (ints) and a CUDA stream handle, so the runtime drives it without torch
 (the ``*_ptr`` functions below). The array functions accept numpy arrays (CPU) and torch tensors or any
-object with ``__cuda_array_interface__`` (CUDA), check dtype, shape, contiguity and that all buffers
-are on one device (CUDA device index included), and call the same kernels on that device. numpy has no
-bfloat16: a ``uint16`` array (or an ``ml_dtypes.bfloat16`` one) holds bf16 bits.
+object with ``__cuda_array_interface__`` (CUDA), check dtype, native byte order, shape, contiguity and
+that all buffers are on one device (CUDA device index included), and call the same kernels on that
+device.
+
+bfloat16 model outputs: torch ``bfloat16`` tensors and ``ml_dtypes.bfloat16`` numpy arrays are bf16 by
+type. numpy itself has no bfloat16, so bf16 bits may also come as ``uint16`` arrays, but only when the
+caller says so with ``fused_step(..., bf16_as_uint16=True)``; without it a ``uint16`` array is refused
+rather than guessed to be bf16.
+
+What every function checks, the ``*_ptr`` ones included (they know sizes from shape and dtype): each
+address is aligned to its element size (4 bytes for fp32, 2 for fp16/bf16: the kernels load and store
+one element at a time, no wider vectors, and a GPU faults on a misaligned access); ``out`` overlaps
+none of ``cond``, ``baseline`` and the noise buffer, and ``x`` only by being ``x`` itself (an in-place
+step).
 
 Devices and streams: ``'cuda'`` is ``'cuda:0'``; the CUDA kernels run on the named device (made current
 for the launch, the caller's current device restored after it) and on the given stream, which must
 belong to that device. The ``*_ptr`` functions default to stream 0 (the device's legacy default
 stream). The array functions default, for torch CUDA tensors, to torch's current stream on their device
 (``torch.cuda.current_stream(device)``, which ``with torch.cuda.stream(s)`` sets), and to 0 otherwise.
+Every torch CUDA tensor they are given is ``record_stream``-ed on the stream the kernel runs on, so
+torch's caching allocator does not reuse its memory, once the caller drops it, before that stream has
+finished with it (other ``__cuda_array_interface__`` owners must keep their buffers alive themselves).
 
 The step implements :class:`~flexidit_trt.diffusion.coeffs.StepCoeffs` exactly, with guidance in front::
 
@@ -30,10 +44,10 @@ normals that are a pure function of (seed, step, flat element index), bit-identi
 
 from __future__ import annotations
 
-import ctypes
 import math
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +67,7 @@ Array = Any
 """numpy array (CPU), torch tensor (CPU or CUDA) or an object with ``__cuda_array_interface__``."""
 
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def has_cuda() -> bool:
@@ -130,6 +145,12 @@ class Arena:
 
     Blocks are handed out in order and released together (:meth:`reset`) or with the allocation
     (:meth:`close`, the end of a ``with`` block, or garbage collection).
+
+    Lifetimes: a :meth:`host_array` owns a share of the memory, so it never sees freed memory (close()
+    leaves the memory to the last host array) nor memory handed out again (reset() refuses while one
+    lives); a step running in another thread on host arrays holds them, and so the memory, until it
+    returns. A :meth:`block` is a plain address that owns nothing: the caller keeps the arena open, and
+    does not reset it, while work on the block may still run (a queued CUDA stream included).
     """
 
     def __init__(self, nbytes: int, device: str = "cuda") -> None:
@@ -165,22 +186,28 @@ class Arena:
         return int(self._arena.block(nbytes, align))
 
     def host_array(self, shape: Sequence[int], dtype: Any, align: int = ARENA_ALIGN) -> np.ndarray:
-        """A new block as a numpy array (CPU arenas only). The view is valid until :meth:`reset` or
-        :meth:`close`; it does not keep the memory alive."""
+        """A new block as a numpy array (CPU arenas only). The array and every view of it hold a share of
+        the arena's memory (the array's ``base`` chain ends in a ``_C.HostBlock``): the memory outlives
+        :meth:`close` until the last of them is gone, and :meth:`reset` refuses while any is alive."""
         if self.device != "cpu":
             raise ValueError(f"host_array needs a 'cpu' arena, this one is on {self.device}")
+        if any(int(n) < 0 for n in shape):
+            raise ValueError(f"shape must be >= 0, got {tuple(shape)}")
+        _check_align(align)
         dt = np.dtype(dtype)
         count = math.prod(shape)
-        ptr = self.block(count * dt.itemsize, align)
-        buf = (ctypes.c_char * (count * dt.itemsize)).from_address(ptr)
-        return np.frombuffer(buf, dtype=dt, count=count).reshape(tuple(shape))
+        block = self._arena.host_block(count * dt.itemsize, align)
+        return np.frombuffer(block, dtype=dt, count=count).reshape(tuple(shape))
 
     def reset(self) -> None:
-        """Release every block at once; the allocation stays."""
+        """Release every block at once; the allocation stays. RuntimeError, changing nothing, while host
+        arrays of this arena are alive (their memory would be handed out again); :meth:`block` addresses
+        are the caller's not to use after it."""
         self._arena.reset()
 
     def close(self) -> None:
-        """Free the allocation. Idempotent."""
+        """Give the allocation up (idempotent): freed now, or once the last live host array of it is gone
+        (then :func:`open_arena_bytes` still counts it until that moment)."""
         self._arena.close()
 
     def __enter__(self) -> Arena:
@@ -220,18 +247,19 @@ def arena_size(engine_bytes: Sequence[int], buffer_bytes: Sequence[int], align: 
 class _Buffer:
     ptr: int
     shape: tuple[int, ...]
-    dtype: str
+    dtype: str  # numpy's name for it: "float32", "float16", "bfloat16", "uint16", ...
     device: str  # "cpu", "cuda:N", or "cuda" for an empty CUDA array whose device is unknown
     contiguous: bool
     writable: bool
     torch: bool = False  # a torch tensor (its default stream is torch's current stream)
 
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * {"float32": 4, "float16": 2, "bfloat16": 2}.get(self.dtype, 1)
 
-
-_TYPESTR = {"<f4": "float32", "<f2": "float16", "<u2": "bfloat16"}
+def _dtype_name(dtype: np.dtype, name: str) -> str:
+    """numpy's name for ``dtype``; ValueError for a non-native byte order, whose bytes the kernels would
+    misread (a big-endian float32 array is still named 'float32')."""
+    if not dtype.isnative:
+        raise ValueError(f"{name}: byte order must be native ({sys.byteorder}-endian), got {dtype.str}")
+    return dtype.name
 
 
 def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -244,17 +272,15 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
 
 def _describe(obj: Array, name: str) -> _Buffer:
     if isinstance(obj, np.ndarray):
-        dtype = "bfloat16" if obj.dtype in (np.uint16,) or obj.dtype.name == "bfloat16" else obj.dtype.name
         return _Buffer(
             ptr=int(obj.__array_interface__["data"][0]),
             shape=tuple(obj.shape),
-            dtype=dtype,
+            dtype=_dtype_name(obj.dtype, name),
             device="cpu",
             contiguous=bool(obj.flags.c_contiguous),
             writable=bool(obj.flags.writeable),
         )
     if hasattr(obj, "data_ptr") and hasattr(obj, "is_contiguous") and hasattr(obj, "device"):  # torch
-        dtype = str(obj.dtype).removeprefix("torch.")
         device = obj.device.type
         if device not in ("cpu", "cuda"):
             raise ValueError(f"{name}: tensors on {obj.device} are not supported (cpu or cuda)")
@@ -263,7 +289,7 @@ def _describe(obj: Array, name: str) -> _Buffer:
         return _Buffer(
             ptr=int(obj.data_ptr()),
             shape=tuple(obj.shape),
-            dtype="bfloat16" if dtype == "uint16" else dtype,
+            dtype=str(obj.dtype).removeprefix("torch."),  # torch tensors are always in native byte order
             device=device,
             contiguous=bool(obj.is_contiguous()),
             writable=True,
@@ -273,12 +299,18 @@ def _describe(obj: Array, name: str) -> _Buffer:
     if cai is not None:
         shape = tuple(int(n) for n in cai["shape"])
         typestr = cai["typestr"]
-        dtype = _TYPESTR.get(typestr, typestr)
-        itemsize = int(typestr[2:]) if typestr[2:].isdigit() else 0
+        try:
+            dtype = np.dtype(typestr)
+        except TypeError:
+            raise TypeError(f"{name}: unknown __cuda_array_interface__ typestr {typestr!r}") from None
         strides = cai.get("strides")
-        contiguous = strides is None or tuple(strides) == _c_strides(shape, itemsize) or math.prod(shape) <= 1
+        contiguous = (
+            strides is None or tuple(strides) == _c_strides(shape, dtype.itemsize) or math.prod(shape) <= 1
+        )
         ptr, readonly = cai["data"]
-        return _Buffer(int(ptr), shape, dtype, _cai_device(int(ptr), name), contiguous, not readonly)
+        return _Buffer(
+            int(ptr), shape, _dtype_name(dtype, name), _cai_device(int(ptr), name), contiguous, not readonly
+        )
     raise TypeError(
         f"{name}: expected a numpy array, a torch tensor or an object with __cuda_array_interface__, "
         f"got {type(obj).__name__}"
@@ -317,6 +349,22 @@ def _check(
         raise ValueError(f"{name}: must be writable")
 
 
+def _model_output(buf: _Buffer, name: str, bf16_as_uint16: bool) -> _Buffer:
+    """A model output buffer with its dtype read as the kernels will: uint16 is bf16 bits exactly when
+    the caller says so, and refused otherwise (it could as well be any other 16-bit data)."""
+    if bf16_as_uint16:
+        if buf.dtype not in ("uint16", "bfloat16"):
+            raise TypeError(
+                f"{name}: bf16_as_uint16=True needs uint16 (bf16 bits) or bfloat16, got {buf.dtype}"
+            )
+        return replace(buf, dtype="bfloat16")
+    if buf.dtype == "uint16":
+        raise TypeError(
+            f"{name}: dtype must be {' or '.join(MODEL_DTYPES)}, got uint16 (bf16 bits: pass bf16_as_uint16=True)"
+        )
+    return buf
+
+
 def _one_device(bufs: dict[str, _Buffer]) -> str:
     """The one device ('cpu' or 'cuda:N') all buffers are on; ValueError naming each buffer's device
     otherwise (cuda:0 and cuda:1 are two devices)."""
@@ -340,7 +388,7 @@ def _array_stream(stream: object, bufs: dict[str, _Buffer], device: str) -> obje
         if any(buf.torch for buf in bufs.values()):
             import torch  # a torch tensor was passed: torch is imported already
 
-            return int(torch.cuda.current_stream(index).cuda_stream)
+            return torch.cuda.current_stream(index)
         return 0
     stream_device = getattr(stream, "device", None)  # a torch.cuda.Stream names its device
     stream_index = (
@@ -351,6 +399,52 @@ def _array_stream(stream: object, bufs: dict[str, _Buffer], device: str) -> obje
     return stream
 
 
+def _record_stream(arrays: dict[str, Array], bufs: dict[str, _Buffer], stream: object, device: str) -> None:
+    """Tell torch's caching allocator that the torch CUDA tensors among ``arrays`` are used on ``stream``
+    (``Tensor.record_stream``): freed by the caller, their memory is not reused before the work queued
+    there so far is done. Without it, a tensor allocated on one stream and stepped on another could be
+    handed to a new tensor while the step still runs."""
+    tensors = {
+        id(a): a for name, a in arrays.items() if bufs[name].torch and bufs[name].device.startswith("cuda")
+    }
+    if not tensors:
+        return
+    import torch  # a torch tensor was passed: torch is imported already
+
+    _, index = _parse_device(device)
+    if not isinstance(stream, torch.cuda.Stream):
+        handle = stream_handle(stream)  # 0 is the legacy default stream, which is torch's default stream
+        stream = (
+            torch.cuda.default_stream(index)
+            if handle == 0
+            else torch.cuda.ExternalStream(handle, device=torch.device("cuda", index))
+        )
+    for tensor in tensors.values():
+        tensor.record_stream(stream)
+
+
+def _check_aligned(name: str, ptr: int, itemsize: int) -> None:
+    if ptr % itemsize:
+        raise ValueError(
+            f"{name}: address {ptr:#x} is not {itemsize}-byte aligned (the kernels access its "
+            f"{itemsize}-byte elements whole; a GPU faults on a misaligned one)"
+        )
+
+
+def _check_out_overlap(out: int, out_bytes: int, reads: dict[str, tuple[int, int]]) -> None:
+    """ValueError when ``out`` shares memory with one of ``reads`` (name -> (address, bytes)), except
+    with ``x`` when it is ``x`` itself: the step writes element e after reading element e of x only."""
+    for name, (ptr, nbytes) in reads.items():
+        if name == "x" and ptr == out:
+            continue
+        if out_bytes and nbytes and ptr < out + out_bytes and out < ptr + nbytes:
+            if name == "x":
+                raise ValueError("out overlaps x without being x: pass x itself for an in-place step")
+            raise ValueError(
+                f"out overlaps {name}: the step would overwrite {name} values it has yet to read"
+            )
+
+
 # ----------------------------------------------------------------------------------------------------
 # Philox noise
 # ----------------------------------------------------------------------------------------------------
@@ -358,16 +452,22 @@ def _array_stream(stream: object, bufs: dict[str, _Buffer], device: str) -> obje
 
 @dataclass(frozen=True)
 class PhiloxNoise:
-    """In-kernel noise: the standard normals of (seed, step), element e of x taking normal number e."""
+    """In-kernel noise: the standard normals of (seed, step), element e of x taking normal number
+    offset + e. The offset (a multiple of 4) lets a run split N images into batches and still give
+    every image the noise it gets in one batch of all N: a batch starting at image i uses
+    offset = i * C * H * W."""
 
     seed: int
     step: int
+    offset: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
         if not 0 <= self.step < 2**32:
             raise ValueError(f"step must be in [0, 2**32), got {self.step}")
+        if not 0 <= self.offset < 2**64 or self.offset % 4:
+            raise ValueError(f"offset must be a multiple of 4 in [0, 2**64), got {self.offset}")
 
 
 def philox4x32_10(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int, int, int]:
@@ -378,29 +478,37 @@ def philox4x32_10(counter: Sequence[int], key: Sequence[int]) -> tuple[int, int,
     return int(r[0]), int(r[1]), int(r[2]), int(r[3])
 
 
-def philox_normal_ptr(device: str, out: int, n: int, seed: int, step: int, stream: object = 0) -> None:
-    """Fill ``n`` fp32 at address ``out`` with normals 0..n-1 of (seed, step) on ``device`` ('cpu',
-    'cuda' = 'cuda:0', 'cuda:N'); CUDA: launched on that device, on ``stream`` (one of that device)."""
-    noise = PhiloxNoise(seed, step)
+def philox_normal_ptr(
+    device: str, out: int, n: int, seed: int, step: int, stream: object = 0, offset: int = 0
+) -> None:
+    """Fill ``n`` fp32 at address ``out`` with normals offset..offset+n-1 of (seed, step) on ``device``
+    ('cpu', 'cuda' = 'cuda:0', 'cuda:N'); CUDA: launched on that device, on ``stream`` (one of that
+    device). ``offset``: a multiple of 4 (see :class:`PhiloxNoise`)."""
+    noise = PhiloxNoise(seed, step, offset)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    _check_aligned("out", out, ITEMSIZE["float32"])
     kind, index = _parse_device(device)
     if kind == "cpu":
-        _C.philox_normal_cpu(noise.seed, noise.step, n, out)
+        _C.philox_normal_cpu(noise.seed, noise.step, n, out, offset=noise.offset)
     else:
-        _C.philox_normal_cuda(noise.seed, noise.step, n, out, stream=stream_handle(stream), device=index)
+        _C.philox_normal_cuda(
+            noise.seed, noise.step, n, out, stream=stream_handle(stream), device=index, offset=noise.offset
+        )
 
 
-def philox_normal(out: Array, seed: int, step: int, stream: object = None) -> None:
+def philox_normal(out: Array, seed: int, step: int, stream: object = None, offset: int = 0) -> None:
     """Fill a contiguous fp32 array (any shape; numpy, torch or CUDA array) with the normals of
-    (seed, step) in flat order: the noise a fused step with ``PhiloxNoise(seed, step)`` adds. CUDA: on
-    the array's device, on ``stream`` (None: torch's current stream for a torch tensor, else 0)."""
+    (seed, step) in flat order, starting at normal number ``offset``: the noise a fused step with
+    ``PhiloxNoise(seed, step, offset)`` adds. CUDA: on the array's device, on ``stream`` (None: torch's
+    current stream for a torch tensor, else 0)."""
     buf = _describe(out, "out")
     _check(buf, "out", dtypes=("float32",), writable=True)
     if buf.device == "cuda":  # empty, of unknown device: nothing to fill
         return
     stream = _array_stream(stream, {"out": buf}, buf.device)
-    philox_normal_ptr(buf.device, buf.ptr, math.prod(buf.shape), seed, step, stream)
+    philox_normal_ptr(buf.device, buf.ptr, math.prod(buf.shape), seed, step, stream, offset)
+    _record_stream({"out": out}, {"out": buf}, stream, buf.device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -428,7 +536,9 @@ def fused_step_ptr(
     = (B, C, H, W); cond and baseline (0 = no guidance) are (B, out_channels, H, W) in ``dtype``.
     ``noise`` is a buffer address or :class:`PhiloxNoise`; it is needed only when ``coeffs.add_noise``.
     ``device``: 'cpu', 'cuda' (= 'cuda:0') or 'cuda:N', the device holding every buffer; CUDA: launched
-    there on ``stream`` (a stream of that device; 0: its legacy default stream)."""
+    there on ``stream`` (a stream of that device; 0: its legacy default stream). Every address must be
+    aligned to its element size, and ``out`` must overlap none of the others unless it is ``x``; the
+    memory itself is the caller's to keep valid until the stream has run the step."""
     batch, channels, height, width = (int(n) for n in shape)
     if dtype not in MODEL_DTYPES:
         raise TypeError(f"model output dtype must be one of {MODEL_DTYPES}, got {dtype!r}")
@@ -440,16 +550,26 @@ def fused_step_ptr(
         guided_channels = channels
     if not 0 <= guided_channels <= channels:
         raise ValueError(f"guided_channels must be in [0, {channels}], got {guided_channels}")
-    noise_ptr, seed, step = 0, 0, 0
+    noise_ptr, seed, step, offset = 0, 0, 0, 0
     if coeffs.add_noise:
         if isinstance(noise, PhiloxNoise):
-            seed, step = noise.seed, noise.step
+            seed, step, offset = noise.seed, noise.step, noise.offset
         elif isinstance(noise, int) and not isinstance(noise, bool) and noise != 0:
             noise_ptr = noise
         else:
             raise ValueError(
                 f"coeffs.add_noise needs noise: a buffer address or PhiloxNoise(seed, step), got {noise!r}"
             )
+    latent_bytes = batch * channels * height * width * ITEMSIZE["float32"]
+    output_bytes = batch * out_channels * height * width * ITEMSIZE[dtype]
+    reads = {"x": (x, latent_bytes), "cond": (cond, output_bytes)}
+    if baseline:
+        reads["baseline"] = (baseline, output_bytes)
+    if noise_ptr:
+        reads["noise"] = (noise_ptr, latent_bytes)
+    for name, (ptr, _) in [*reads.items(), ("out", (out, latent_bytes))]:
+        _check_aligned(name, ptr, ITEMSIZE[dtype] if name in ("cond", "baseline") else ITEMSIZE["float32"])
+    _check_out_overlap(out, latent_bytes, reads)
     kind, index = _parse_device(device)
     args = dict(
         x=x,
@@ -473,6 +593,7 @@ def fused_step_ptr(
         noise=noise_ptr,
         seed=seed,
         step=step,
+        offset=offset,
     )
     if kind == "cpu":
         _C.step_cpu(**args)
@@ -491,6 +612,7 @@ def fused_step(
     guided_channels: int | None = None,
     noise: Array | PhiloxNoise | None = None,
     stream: object = None,
+    bf16_as_uint16: bool = False,
 ) -> None:
     """One sampler step on arrays: ``out`` (fp32, shaped like ``x``; may be ``x`` itself) receives x_prev.
 
@@ -498,15 +620,20 @@ def fused_step(
     bf16); ``baseline`` the same shape and dtype (the unconditional half for classifier-free guidance, or
     a weak model's output for weak-to-strong guidance; None: no guidance); the first ``guided_channels``
     (default all C) prediction channels are guided. ``noise`` is an fp32 array shaped like ``x`` or
-    :class:`PhiloxNoise`. All buffers on one device (one CUDA device: cuda:0 and cuda:1 do not mix); CUDA
-    kernels run on that device, on ``stream`` (None: torch's current stream on that device when the
-    buffers include torch CUDA tensors, else 0, the legacy default stream).
+    :class:`PhiloxNoise`. ``bf16_as_uint16``: cond and baseline are uint16 arrays holding bfloat16 bits
+    (numpy has no bfloat16; torch bfloat16 and ``ml_dtypes.bfloat16`` arrays need no flag). All buffers
+    on one device (one CUDA device: cuda:0 and cuda:1 do not mix); CUDA kernels run on that device, on
+    ``stream`` (None: torch's current stream on that device when the buffers include torch CUDA tensors,
+    else 0, the legacy default stream), and torch CUDA tensors are ``record_stream``-ed on it.
     """
-    bufs = {"x": _describe(x, "x"), "cond": _describe(cond, "cond"), "out": _describe(out, "out")}
+    arrays = {"x": x, "cond": cond, "out": out}
+    bufs = {name: _describe(a, name) for name, a in arrays.items()}
     _check(bufs["x"], "x", dtypes=("float32",), ndim=4)
     shape = bufs["x"].shape
     batch, channels, height, width = shape
     _check(bufs["out"], "out", dtypes=("float32",), shape=shape, writable=True)
+    cond_dtype = bufs["cond"].dtype  # as given: a baseline must match it
+    bufs["cond"] = _model_output(bufs["cond"], "cond", bf16_as_uint16)
     _check(bufs["cond"], "cond", dtypes=MODEL_DTYPES, ndim=4)
     cond_shape = bufs["cond"].shape
     if (
@@ -518,23 +645,22 @@ def fused_step(
             f"cond: expected shape ({batch}, {channels} or {2 * channels}, {height}, {width}), got {cond_shape}"
         )
     if baseline is not None:
+        arrays["baseline"] = baseline
         bufs["baseline"] = _describe(baseline, "baseline")
-        _check(bufs["baseline"], "baseline", dtypes=(bufs["cond"].dtype,), shape=cond_shape)
+        _check(bufs["baseline"], "baseline", dtypes=(cond_dtype,), shape=cond_shape)
     noise_arg: int | PhiloxNoise | None = noise if isinstance(noise, PhiloxNoise) else None
     if noise is not None and not isinstance(noise, PhiloxNoise):
+        arrays["noise"] = noise
         bufs["noise"] = _describe(noise, "noise")
         _check(bufs["noise"], "noise", dtypes=("float32",), shape=shape)
         noise_arg = bufs["noise"].ptr
     device = _one_device(bufs)
     stream = _array_stream(stream, bufs, device)
-    x_buf, out_buf = bufs["x"], bufs["out"]
-    if x_buf.ptr != out_buf.ptr and _overlap(x_buf, out_buf):
-        raise ValueError("out overlaps x without being x: pass x itself for an in-place step")
     fused_step_ptr(
         device,
-        x_buf.ptr,
+        bufs["x"].ptr,
         bufs["cond"].ptr,
-        out_buf.ptr,
+        bufs["out"].ptr,
         shape,
         cond_shape[1],
         bufs["cond"].dtype,
@@ -545,7 +671,4 @@ def fused_step(
         noise=noise_arg,
         stream=stream,
     )
-
-
-def _overlap(a: _Buffer, b: _Buffer) -> bool:
-    return a.ptr < b.ptr + b.nbytes and b.ptr < a.ptr + a.nbytes
+    _record_stream(arrays, bufs, stream, device)

@@ -1,8 +1,11 @@
 """Helpers shared by the kernel tests (test_kernels_cpu.py, test_kernels_gpu.py): bf16 bits, model-dtype
-rounding, step inputs and coefficients, the norm-wise relative error, and a fake CUDA array for checking
-what the array functions hand to `_C` on a machine without a GPU."""
+rounding, step inputs and coefficients, the norm-wise relative error, a fake CUDA array for checking
+what the array functions hand to `_C` on a machine without a GPU, and a GPU count that does not depend
+on how `_C` was built."""
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 
@@ -67,3 +70,17 @@ class FakeCudaArray:
             "strides": strides,
             "version": 3,
         }
+
+
+def driver_gpu_count() -> int:
+    """CUDA devices the driver reports (libcuda's cuDeviceGetCount through ctypes, honouring
+    CUDA_VISIBLE_DEVICES); 0 without a driver. Asked of the driver itself, not of `_C`, whose CPU-only
+    build reports 0 devices even on a GPU machine."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value

@@ -3,6 +3,10 @@ The device arena is covered in test_kernels_gpu.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -86,6 +90,105 @@ def test_host_arrays_are_disjoint_views():
         b[:] = 7
         assert a.ctypes.data % ARENA_ALIGN == 0 and b.ctypes.data % ARENA_ALIGN == 0
         assert (a == 1.5).all() and (b == 7).all()
+
+
+def test_host_arrays_keep_their_memory_past_close():
+    """close() gives the allocation up; host arrays still referring to it keep it until the last of them
+    (views of views included) is dropped, so no array ever points at freed memory."""
+    start = open_arena_bytes()
+    arena = Arena(1 << 22, "cpu")  # large enough for malloc to unmap it on free
+    a = arena.host_array((1 << 20,), np.float32)
+    a[:] = 3.0
+    tail = a[-4:]
+    arena.close()
+    assert arena.closed and arena.ptr == 0
+    assert open_arena_bytes() == start + (1 << 22), "freed under a live host array"
+    with pytest.raises(RuntimeError, match="closed"):
+        arena.host_array((4,), np.float32)
+    a[:8] = 5.0  # still the arena's memory, still writable
+    del a
+    assert open_arena_bytes() == start + (1 << 22)
+    np.testing.assert_array_equal(tail, 3.0)
+    del tail
+    assert open_arena_bytes() == start
+
+    arena = Arena(1 << 20, "cpu")  # the same without close(): the arena object itself goes first
+    b = arena.host_array((16,), np.float32)
+    del arena
+    b[:] = 1.0
+    assert open_arena_bytes() == start + (1 << 20)
+    del b
+    assert open_arena_bytes() == start
+
+
+def test_reset_refuses_while_host_arrays_are_alive():
+    """reset() would hand the same memory out again under arrays that still see it: it refuses, naming
+    how many are alive, and changes nothing."""
+    with Arena(4096, "cpu") as arena:
+        a = arena.host_array((16,), np.float32)
+        b = arena.host_array((16,), np.float32)
+        a_view = a[2:]
+        used = arena.used
+        del a
+        with pytest.raises(RuntimeError, match=r"reset\(\): 2 host arrays of this arena are still alive"):
+            arena.reset()
+        assert arena.used == used
+        del b
+        with pytest.raises(RuntimeError, match=r"reset\(\): 1 host array of this arena is still alive"):
+            arena.reset()
+        del a_view
+        arena.reset()
+        assert arena.used == 0
+        c = arena.host_array((0,), np.float32)  # empty arrays are blocks too
+        assert c.shape == (0,)
+        del c
+        arena.block(16)  # raw blocks are plain addresses: reset() releases them, as documented
+        arena.reset()
+        assert arena.used == 0
+
+
+RACE = textwrap.dedent(
+    """
+    import threading
+
+    import numpy as np
+
+    from flexidit_trt.diffusion.coeffs import StepCoeffs
+    from flexidit_trt.kernels import Arena, PhiloxNoise, fused_step, open_arena_bytes
+
+    shape = (4, 4, 256, 256)  # 4 MiB a buffer: malloc maps such blocks and unmaps them on free
+    coeffs = StepCoeffs(c_x=0.9, c_pred=0.3, sigma=0.1, add_noise=True)
+    arena = Arena(3 * (4 << 20), "cpu")
+    x, cond, out = (arena.host_array(shape, np.float32) for _ in range(3))
+    x[...], cond[...] = 1.0, 2.0
+    ref = np.empty(shape, np.float32)
+    fused_step(x.copy(), cond.copy(), coeffs, ref, noise=PhiloxNoise(1, 2))
+    started = threading.Event()
+
+    def steps(x, cond, out):  # this frame's references are all that is left of the arrays
+        for i in range(12):
+            fused_step(x, cond, coeffs, out, noise=PhiloxNoise(1, 2))  # the GIL is released inside
+            started.set()
+        np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+    worker = threading.Thread(target=steps, args=(x, cond, out))
+    del x, cond, out
+    worker.start()
+    started.wait()
+    arena.close()  # while the worker's steps run
+    junk = [np.full(shape, np.nan, np.float32) for _ in range(3)]  # would reuse what close() freed
+    worker.join()
+    assert open_arena_bytes() == 0
+    print("ok")
+    """
+)
+
+
+def test_close_from_another_thread_does_not_free_under_a_running_step():
+    """A step runs with the GIL released; Arena.close() from another thread meanwhile must not free the
+    memory it works on. Run in a child process: the failure this guards against is a crash."""
+    done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
 def test_freed_on_close_and_on_destruction():

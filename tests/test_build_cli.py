@@ -90,13 +90,61 @@ def test_bad_batch_sizes(tmp_path, sizes):
 
 
 def test_unknown_model(tmp_path):
-    assert_clean_error(invoke("--model", "dit_q", "--workdir", tmp_path), 1, "unknown model config 'dit_q'")
+    """Bad usage exits 2 in every command (info too: test_cli_info.py)."""
+    assert_clean_error(invoke("--model", "dit_q", "--workdir", tmp_path), 2, "unknown model config 'dit_q'")
 
 
 def test_missing_patch_size_in_checkpoint(tmp_path, checkpoint):
     result = invoke("--checkpoint", checkpoint, "--patch-sizes", "2,8", "--workdir", tmp_path)
-    assert_clean_error(result, 1, "has patch sizes [2, 4]; 8 requested")
+    assert_clean_error(result, 2, "has patch sizes [2, 4]; 8 requested")
     assert not list(tmp_path.rglob("*.onnx"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--image-size", "0"), "image size 0 is not a positive multiple of 8"),
+        (("--image-size", "-64"), "image size -64 is not a positive multiple of 8"),
+        (("--opset", "25"), "opset 25 is not supported"),
+        (("--image-size", "72", "--patch-sizes", "2,4"), "not divisible by patch size 4"),
+    ],
+)
+def test_bad_usage_exits_2_before_writing(tmp_path, args, message):
+    assert_clean_error(invoke("--model", "dit_s", *args, "--workdir", tmp_path / "wd"), 2, message)
+    assert not (tmp_path / "wd").exists()
+
+
+def test_failures_exit_1(tmp_path):
+    """A checkpoint that cannot be used is a failure of the work (1), not of the command line (2)."""
+    path = tmp_path / "empty.pt"
+    path.touch()
+    assert_clean_error(invoke("--checkpoint", path, "--workdir", tmp_path / "wd"), 1, "is empty (0 bytes)")
+
+
+def test_validation_output_says_whether_it_ran_now(tmp_path, checkpoint):
+    args = ("--checkpoint", checkpoint, "--workdir", tmp_path, "--precision", "fp32", "--patch-sizes", "2")
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert first.output.count("(new)  validated now: ORT vs PyTorch max abs") == 1
+    again = invoke(*args)
+    assert again.output.count("reused (same checkpoint)  validation from the manifest (") == 1, again.output
+    assert "validated now" not in again.output
+    revalidated = invoke(*args, "--revalidate")
+    assert revalidated.output.count("reused (same checkpoint)  revalidated now: ORT vs PyTorch") == 1
+
+
+def test_removed_graphs_of_other_settings_are_listed(tmp_path, checkpoint):
+    first = invoke(
+        "--checkpoint", checkpoint, "--workdir", tmp_path, "--precision", "fp32", "--patch-sizes", "4"
+    )
+    assert first.exit_code == 0, first.output
+    result = invoke("--checkpoint", checkpoint, "--workdir", tmp_path, "--patch-sizes", "2")
+    assert result.exit_code == 0, result.output
+    removed = [line for line in result.output.splitlines() if line.split()[1] == "removed"]
+    assert removed == [
+        f"p4  removed {tmp_path / 'export/dit_s/p4.onnx'} (made with other settings than this build: "
+        "changed precision fp32->fp16)"
+    ]
 
 
 def test_missing_checkpoint_and_unwritable_workdir(tmp_path):

@@ -33,8 +33,9 @@ def test_info_bad_inputs():
     runner = CliRunner()
     unknown = runner.invoke(main, ["info", "--model", "dit_q"])
     assert unknown.exit_code == 2 and "unknown model config 'dit_q'" in unknown.output
-    odd = runner.invoke(main, ["info", "--model", "dit_s", "--image-size", "250"])
-    assert odd.exit_code == 2 and "not a multiple of 8" in odd.output
+    for size in ("250", "0", "-16"):  # 0 used to be accepted (0 tokens)
+        bad = runner.invoke(main, ["info", "--model", "dit_s", "--image-size", size])
+        assert bad.exit_code == 2 and f"image size {size} is not a positive multiple of 8" in bad.output
     indivisible = runner.invoke(
         main, ["info", "--model", "dit_s", "--image-size", "264", "--patch-sizes", "2,4"]
     )

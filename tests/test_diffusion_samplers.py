@@ -1,4 +1,4 @@
-"""Samplers against the reference IDDPM/DiT math (tests/reference_iddpm.py), step by step."""
+"""Samplers against the reference IDDPM/DiT math (benchmarks/reference_iddpm.py), step by step."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from flexidit_trt.artifacts import BuildError, sha256_file
+from flexidit_trt.artifacts import BuildError, OptionError, sha256_file
 from flexidit_trt.build import build_artifacts
 from flexidit_trt.engines import TrtStatus
 from flexidit_trt.export.source import ModelSource
@@ -218,9 +218,16 @@ def test_missing_patch_size_in_flexible_checkpoint(tmp_path, flexible_checkpoint
     ],
 )
 def test_bad_inputs_fail_before_writing(tmp_path, kwargs, message):
-    with pytest.raises(BuildError, match=message):
+    with pytest.raises(OptionError, match=message):  # bad usage: the CLI exits 2
         build(tmp_path / "wd", **kwargs)
     assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("size", [0, -64])
+def test_image_size_zero_or_negative_is_refused(size):
+    """0 px used to mean the default (256 px) for random weights; now it is an error like -64."""
+    with pytest.raises(OptionError, match=f"image size {size} is not a positive multiple of 8"):
+        ModelSource("dit_s", (2,), image_size=size)
 
 
 def test_checkpoint_of_another_model(tmp_path, flexible_checkpoint):
@@ -349,3 +356,69 @@ def test_export_reports_structured_progress(tmp_path, flexible_checkpoint):
         progress=events.append,
     )
     assert [(e.patch_size, e.stage) for e in events] == [(None, "resolve"), (2, "reuse"), (4, "reuse")]
+
+
+# -- review findings (issue 10) -------------------------------------------------------------------------------
+def test_rebuild_with_other_settings_leaves_no_mixed_graphs(tmp_path):
+    """A graph of a patch size this build does not ask for stays only if it was made with this build's
+    settings and weights; otherwise its entry and files go, and the report says so."""
+    kw = dict(model="dit_s", overrides=TINY, image_size=64)
+    build(tmp_path, patch_sizes=(2, 8), precision="fp16", **kw)
+    report = build(tmp_path, patch_sizes=(2,), precision="fp32", **kw)
+    m = manifest(tmp_path)
+    assert sorted(m["graphs"]) == ["2"] and m["graphs"]["2"]["precision"] == "fp32"
+    assert sorted(state(tmp_path)) == ["p2.onnx"]
+    assert [r.patch_size for r in report.removed] == [8]
+    assert "precision fp16->fp32" in report.removed[0].reason
+    assert report.removed[0].files == ["p8.onnx"]
+
+
+def test_graphs_of_the_same_build_settings_are_kept(tmp_path, flexible_checkpoint):
+    build(tmp_path, checkpoint=flexible_checkpoint, precision="fp32")
+    report = build(tmp_path, checkpoint=flexible_checkpoint, precision="fp32", patch_sizes=(2,))
+    assert report.removed == [] and sorted(manifest(tmp_path)["graphs"]) == ["2", "4"]
+
+
+def test_interrupted_rebuild_with_other_settings_is_not_mixed(tmp_path, flexible_checkpoint, monkeypatch):
+    """The first graph committed with the new settings drops the entries of the old ones: an interrupt
+    before the second leaves one consistent graph, not an fp32 p2 beside an fp16 p4."""
+    build(tmp_path, checkpoint=flexible_checkpoint)
+    import flexidit_trt.export.graphs as graphs
+
+    real, calls = graphs.validate_onnx, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graphs, "validate_onnx", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path, checkpoint=flexible_checkpoint, precision="fp32")
+    m = manifest(tmp_path)
+    assert sorted(m["graphs"]) == ["2"] and m["graphs"]["2"]["precision"] == "fp32"
+    # p4's old file waited for its turn (an unchanged graph would have been reused); no entry names it,
+    # so it counts as absent, and the next build's cleanup removes it before exporting p4 again.
+    monkeypatch.setattr(graphs, "validate_onnx", real)
+    report = build(tmp_path, checkpoint=flexible_checkpoint, precision="fp32")
+    assert [(g.patch_size, g.rebuilt, g.reason) for g in report.graphs] == [
+        (2, False, "same checkpoint"),
+        (4, True, "new"),
+    ]
+    assert {g["precision"] for g in manifest(tmp_path)["graphs"].values()} == {"fp32"}
+
+
+def test_lock_file_stays_and_says_why(tmp_path, flexible_checkpoint):
+    """The lock file is permanent by design (as filelock keeps its own): deleting a file others may have
+    open would let two builds lock different files of one name. It says so to whoever opens it, and the
+    artifact READMEs list it as permanent."""
+    from pathlib import Path
+
+    build(tmp_path, checkpoint=flexible_checkpoint, patch_sizes=(2,))
+    note = (tmp_path / "export/dit_s/.lock").read_text()
+    assert "stays between builds" in note and "safe to delete while no build runs" in note
+    root = Path(__file__).resolve().parents[1]
+    for readme in ("export/README.md", "engines/README.md"):
+        line = next(x for x in (root / readme).read_text().splitlines() if x.strip().startswith(".lock"))
+        assert "stays" in line, (readme, line)

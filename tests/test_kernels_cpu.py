@@ -7,6 +7,7 @@ element-wise, |got - ref| <= 1e-6 * max(1, |ref|), against a pure-numpy Philox4x
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -141,6 +142,7 @@ def test_step_low_precision_model_output(dtype, learned):
         guidance_scale=4.0,
         guided_channels=3,
         noise=PhiloxNoise(7, 3),
+        bf16_as_uint16=dtype == "bfloat16",
     )
     assert rel_err(out, ref) <= STEP_RTOL
 
@@ -169,18 +171,12 @@ def test_step_torch_cpu_tensors():
     torch = pytest.importorskip("torch")
     shape = (2, 4, 4, 4)
     x, cond, baseline, noise = make_inputs(shape, learned=True)
-    ref = reference_step(x, cond, DDPM, baseline, 3.0, None, noise)
+    cond_t, base_t = (torch.from_numpy(a).to(torch.bfloat16) for a in (cond, baseline))
+    # the reference sees the same bf16-rounded model output (torch rounds to nearest even, as to_bf16)
+    ref = reference_step(x, from_bf16(to_bf16(cond)), DDPM, from_bf16(to_bf16(baseline)), 3.0, None, noise)
     xt = torch.from_numpy(x.copy())
-    fused_step(
-        xt,
-        torch.from_numpy(cond).to(torch.bfloat16),
-        DDPM,
-        xt,
-        baseline=torch.from_numpy(baseline).to(torch.bfloat16),
-        guidance_scale=3.0,
-        noise=torch.from_numpy(noise),
-    )
-    assert rel_err(xt.numpy(), ref) <= 1e-2  # bf16-rounded model output against fp32 inputs
+    fused_step(xt, cond_t, DDPM, xt, baseline=base_t, guidance_scale=3.0, noise=torch.from_numpy(noise))
+    assert rel_err(xt.numpy(), ref) <= STEP_RTOL
 
 
 def test_step_rejects_bad_buffers():
@@ -213,6 +209,197 @@ def test_step_rejects_bad_buffers():
         ro = np.empty_like(x)
         ro.flags.writeable = False
         fused_step(x, cond, DDPM, ro, noise=noise)
+
+
+# ---- buffer checks: byte order, bf16 bits, alignment, overlap ------------------------------------------
+
+NON_NATIVE = ">" if sys.byteorder == "little" else "<"
+
+
+def swapped(a: np.ndarray) -> np.ndarray:
+    """The same values stored in the other byte order."""
+    return a.astype(a.dtype.newbyteorder(NON_NATIVE))
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` at an address one byte past a multiple of 8 (numpy allows unaligned arrays)."""
+    raw = np.zeros(a.nbytes + 16, np.uint8)
+    start = (-raw.ctypes.data) % 8 + 1
+    view = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    view[...] = a
+    assert not view.flags.aligned
+    return view
+
+
+def step_args(**change):
+    """Keyword arguments for a guided DDPM step on (2, 4, 3, 3) with buffer noise, with some replaced."""
+    x, cond, baseline, noise = make_inputs((2, 4, 3, 3), learned=True, seed=8)
+    args = dict(x=x, cond=cond, coeffs=DDPM, out=np.empty_like(x), baseline=baseline, noise=noise)
+    return {**args, **change}
+
+
+def test_non_native_byte_order_is_refused():
+    """A big-endian float32 array has dtype name 'float32' but other bytes: the kernels would read garbage."""
+    ok = step_args()
+    for name in ("x", "cond", "out", "baseline", "noise"):
+        bad = step_args(**{name: swapped(ok[name])})
+        with pytest.raises(ValueError, match=rf"{name}: byte order must be native .*got {NON_NATIVE}f4"):
+            fused_step(**bad)
+    with pytest.raises(ValueError, match="out: byte order must be native"):
+        philox_normal(swapped(np.zeros(8, np.float32)), 0, 0)
+    half = step_args(cond=ok["cond"].astype(np.float16), baseline=ok["baseline"].astype(np.float16))
+    with pytest.raises(ValueError, match=rf"cond: byte order must be native .*got {NON_NATIVE}f2"):
+        fused_step(**{**half, "cond": swapped(half["cond"])})
+
+
+def test_cuda_array_interface_byte_order_and_bits_are_checked(cuda_calls):
+    shape = (1, 4, 2, 2)
+    cuda_calls.devices.update({4096: 0, 8192: 0})
+    x = FakeCudaArray(4096, shape)
+    with pytest.raises(ValueError, match=rf"cond: byte order must be native .*got {NON_NATIVE}f4"):
+        fused_step(x, FakeCudaArray(8192, shape, f"{NON_NATIVE}f4"), DDIM, x, noise=PhiloxNoise(0, 0))
+    with pytest.raises(TypeError, match="cond: dtype must be .*got uint16"):
+        fused_step(x, FakeCudaArray(8192, shape, "<u2"), DDIM, x, noise=PhiloxNoise(0, 0))
+    assert cuda_calls == []
+    fused_step(x, FakeCudaArray(8192, shape, "<u2"), DDIM, x, noise=PhiloxNoise(0, 0), bf16_as_uint16=True)
+    assert cuda_calls[-1][1]["dtype"] == "bfloat16"
+
+
+def test_uint16_is_bf16_only_when_the_caller_says_so():
+    shape = (2, 4, 3, 3)
+    x, cond, baseline, _ = make_inputs(shape, learned=True, seed=2)
+    bits, base_bits = to_bf16(cond), to_bf16(baseline)
+    ref = reference_step(
+        x,
+        from_bf16(bits),
+        DDPM,
+        from_bf16(base_bits),
+        2.0,
+        None,
+        philox_normal_ref(3, 4, x.size).reshape(shape),
+    )
+    out = np.full(shape, np.nan, np.float32)
+    with pytest.raises(
+        TypeError, match=r"cond: dtype must be .*got uint16 \(bf16 bits: pass bf16_as_uint16=True\)"
+    ):
+        fused_step(x, bits, DDPM, out, baseline=base_bits, guidance_scale=2.0, noise=PhiloxNoise(3, 4))
+    assert np.isnan(out).all()
+    fused_step(
+        x,
+        bits,
+        DDPM,
+        out,
+        baseline=base_bits,
+        guidance_scale=2.0,
+        noise=PhiloxNoise(3, 4),
+        bf16_as_uint16=True,
+    )
+    assert rel_err(out, ref) <= STEP_RTOL
+    # the flag is a statement about cond and baseline: a float16 model output with it is a caller's bug
+    with pytest.raises(TypeError, match=r"cond: bf16_as_uint16=True needs uint16 .*got float16"):
+        fused_step(x, cond.astype(np.float16), DDPM, out, noise=PhiloxNoise(3, 4), bf16_as_uint16=True)
+    with pytest.raises(TypeError, match="baseline: dtype must be uint16, got float32"):
+        fused_step(x, bits, DDPM, out, baseline=baseline, noise=PhiloxNoise(3, 4), bf16_as_uint16=True)
+    # uint16 is never taken for fp32 buffers, flag or not
+    with pytest.raises(TypeError, match="x: dtype must be float32, got uint16"):
+        fused_step(bits[:, :4].copy(), bits, DDPM, out, noise=PhiloxNoise(3, 4), bf16_as_uint16=True)
+    # torch uint16 tensors follow the same rule
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="got uint16"):
+        fused_step(x, torch.from_numpy(bits), DDPM, out, noise=PhiloxNoise(3, 4))
+
+
+def test_bfloat16_typed_arrays_need_no_flag():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    shape = (2, 4, 3, 3)
+    x, cond, baseline, _ = make_inputs(shape, learned=True, seed=2)
+    bits, base_bits = to_bf16(cond), to_bf16(baseline)
+    a, b = np.empty_like(x), np.empty_like(x)
+    kwargs = dict(guidance_scale=2.0, noise=PhiloxNoise(3, 4))
+    fused_step(x, bits, DDPM, a, baseline=base_bits, bf16_as_uint16=True, **kwargs)
+    fused_step(
+        x, bits.view(ml_dtypes.bfloat16), DDPM, b, baseline=base_bits.view(ml_dtypes.bfloat16), **kwargs
+    )
+    np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_misaligned_buffers_are_refused():
+    """The kernels load each element with its natural alignment (4 bytes for fp32, 2 for fp16/bf16; no
+    wider vector loads), which a GPU enforces; the CPU is held to the same rule."""
+    ok = step_args()
+    for name in ("x", "cond", "out", "baseline", "noise"):
+        with pytest.raises(ValueError, match=rf"{name}: address 0x[0-9a-f]+ is not 4-byte aligned"):
+            fused_step(**step_args(**{name: misaligned(ok[name])}))
+    half = dict(cond=ok["cond"].astype(np.float16), baseline=ok["baseline"].astype(np.float16))
+    with pytest.raises(ValueError, match="cond: address 0x[0-9a-f]+ is not 2-byte aligned"):
+        fused_step(**step_args(**{**half, "cond": misaligned(half["cond"])}))
+    with pytest.raises(ValueError, match="out: address 0x[0-9a-f]+ is not 4-byte aligned"):
+        philox_normal(misaligned(np.zeros(8, np.float32)), 0, 0)
+    fused_step(**step_args(**half))  # 2-byte aligned half-precision buffers are fine
+
+
+def test_ptr_functions_check_alignment_before_launching(cuda_calls):
+    shape, noise = (1, 4, 2, 2), PhiloxNoise(0, 0)
+    with pytest.raises(ValueError, match="x: address 0x102 is not 4-byte aligned"):
+        kernels.fused_step_ptr("cuda", 0x102, 0x200, 0x300, shape, 4, "float32", DDIM, noise=noise)
+    with pytest.raises(ValueError, match="cond: address 0x201 is not 2-byte aligned"):
+        kernels.fused_step_ptr("cuda", 0x100, 0x201, 0x300, shape, 4, "bfloat16", DDIM, noise=noise)
+    with pytest.raises(ValueError, match="baseline: address 0x403 is not 2-byte aligned"):
+        kernels.fused_step_ptr(
+            "cuda", 0x100, 0x200, 0x300, shape, 4, "float16", DDIM, baseline=0x403, noise=noise
+        )
+    with pytest.raises(ValueError, match="noise: address 0x406 is not 4-byte aligned"):
+        kernels.fused_step_ptr("cuda", 0x100, 0x200, 0x300, shape, 4, "float32", DDIM, noise=0x406)
+    with pytest.raises(ValueError, match="out: address 0x301 is not 4-byte aligned"):
+        kernels.philox_normal_ptr("cuda:1", 0x301, 8, 1, 2)
+    assert cuda_calls == []
+    kernels.fused_step_ptr("cuda", 0x100, 0x202, 0x300, shape, 4, "bfloat16", DDIM, noise=noise)
+    assert len(cuda_calls) == 1
+
+
+def test_out_must_not_overlap_what_the_step_reads():
+    """Only x may share memory with out, and only as the very same buffer (an in-place step): out over
+    cond, baseline or noise would overwrite values another element still has to read."""
+    ok = step_args()
+    shape = ok["x"].shape
+    for name in ("cond", "baseline", "noise"):
+        a = ok[name]
+        flat = np.zeros(a.size + ok["x"].size, np.float32)
+        inside = flat[: a.size].reshape(a.shape)
+        inside[...] = a
+        for offset in (0, a.size - 4):  # out starting where the input does, and across its end
+            out = flat[offset : offset + ok["x"].size].reshape(shape)
+            with pytest.raises(ValueError, match=rf"out overlaps {name}"):
+                fused_step(**step_args(**{name: inside, "out": out}))
+    # the same through the pointer function
+    x, cond, noise = ok["x"], ok["cond"], ok["noise"]
+    with pytest.raises(ValueError, match="out overlaps cond"):
+        kernels.fused_step_ptr(
+            "cpu",
+            x.ctypes.data,
+            cond.ctypes.data,
+            cond.ctypes.data + 64,
+            x.shape,
+            8,
+            "float32",
+            DDPM,
+            noise=noise.ctypes.data,
+        )
+    with pytest.raises(ValueError, match="out overlaps noise"):
+        kernels.fused_step_ptr(
+            "cpu",
+            x.ctypes.data,
+            cond.ctypes.data,
+            noise.ctypes.data,
+            x.shape,
+            8,
+            "float32",
+            DDPM,
+            noise=noise.ctypes.data,
+        )
+    # disjoint buffers, and out being x itself, are fine
+    fused_step(**ok)
+    fused_step(**{**ok, "out": ok["x"]})
 
 
 # ---- Philox -------------------------------------------------------------------------------------------
@@ -293,9 +480,9 @@ def test_cuda_entry_points_raise_clear_errors_without_a_device():
         kernels.Arena(1024, "cuda")
     x = np.zeros((1, 4, 2, 2), np.float32)
     with pytest.raises(expected, match="CUDA"):
-        kernels.fused_step_ptr("cuda", 256, 256, 256, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+        kernels.fused_step_ptr("cuda", 256, 512, 768, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
     with pytest.raises(expected, match="CUDA"):
-        kernels.fused_step_ptr("cuda:1", 256, 256, 256, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+        kernels.fused_step_ptr("cuda:1", 256, 512, 768, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
     with pytest.raises(expected, match="CUDA"):
         kernels.philox_normal_ptr("cuda:1", 256, 4, 0, 0)
 
@@ -320,8 +507,10 @@ def cuda_calls(monkeypatch):
     def step_cuda(**kwargs):
         calls.append(("step", kwargs))
 
-    def philox_normal_cuda(seed, step, n, out, stream=0, device=0):
-        calls.append(("philox", dict(seed=seed, step=step, n=n, out=out, stream=stream, device=device)))
+    def philox_normal_cuda(seed, step, n, out, stream=0, device=0, offset=0):
+        calls.append(
+            ("philox", dict(seed=seed, step=step, n=n, out=out, stream=stream, device=device, offset=offset))
+        )
 
     monkeypatch.setattr(_C, "step_cuda", step_cuda)
     monkeypatch.setattr(_C, "philox_normal_cuda", philox_normal_cuda)
@@ -387,11 +576,13 @@ def test_cuda_array_interface_buffers_carry_their_device(cuda_calls):
 
 class FakeTorchCudaTensor:
     """Duck-types the torch tensor attributes kernels._describe reads, on a CUDA device this machine may
-    not have (nothing runs: _C's CUDA functions are recorders)."""
+    not have (nothing runs: _C's CUDA functions are recorders); ``recorded`` lists the handles of the
+    streams passed to ``record_stream``."""
 
     def __init__(self, torch, ptr: int, shape: tuple[int, ...], index: int, dtype=None) -> None:
         self._ptr, self.shape, self.device = ptr, shape, torch.device("cuda", index)
         self.dtype = torch.float32 if dtype is None else dtype
+        self.recorded: list[int] = []
 
     def data_ptr(self) -> int:
         return self._ptr
@@ -399,16 +590,35 @@ class FakeTorchCudaTensor:
     def is_contiguous(self) -> bool:
         return True
 
+    def record_stream(self, stream) -> None:
+        self.recorded.append(stream.cuda_stream)
 
-def test_torch_cuda_tensors_default_to_torchs_current_stream_on_their_device(cuda_calls, monkeypatch):
+
+@pytest.fixture
+def torch_streams(monkeypatch):
+    """torch.cuda's stream constructors replaced by fakes that need no CUDA: current_stream(i) has handle
+    0xBEEF0 + i, default_stream(i) handle 0, ExternalStream(h, device) handle h. Returns (torch, the list
+    of device indices current_stream was asked for)."""
     torch = pytest.importorskip("torch")
-    asked = []
+    asked: list[int] = []
+
+    def stream(handle: int, index: int) -> SimpleNamespace:
+        return SimpleNamespace(cuda_stream=handle, device=torch.device("cuda", index))
 
     def current_stream(device=None):
         asked.append(device)
-        return SimpleNamespace(cuda_stream=0xBEEF0 + int(device))
+        return stream(0xBEEF0 + int(device), int(device))
 
     monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: stream(0, int(device)))
+    monkeypatch.setattr(
+        torch.cuda, "ExternalStream", lambda stream_ptr, device=None: stream(stream_ptr, device.index)
+    )
+    return torch, asked
+
+
+def test_torch_cuda_tensors_default_to_torchs_current_stream_on_their_device(cuda_calls, torch_streams):
+    torch, asked = torch_streams
     shape = (1, 4, 2, 2)
     x, cond = (FakeTorchCudaTensor(torch, p, shape, 1) for p in (4096, 8192))
     kernels.fused_step(x, cond, DDIM, x, noise=PhiloxNoise(0, 0))
@@ -439,6 +649,27 @@ def test_torch_cuda_tensors_default_to_torchs_current_stream_on_their_device(cud
     xc = torch.zeros(shape)
     kernels.fused_step(xc, torch.zeros(shape), DDIM, xc, noise=PhiloxNoise(0, 0))
     assert asked == [1, 1] and len(cuda_calls) == 4
+
+
+def test_torch_cuda_tensors_record_the_stream_they_are_used_on(cuda_calls, torch_streams):
+    """torch's caching allocator must not hand a tensor's memory to another allocation while a kernel on
+    a stream other than the one it was allocated on may still use it: every torch CUDA tensor an array
+    function reads or writes gets ``record_stream(launch stream)``, whatever form the stream was given in."""
+    torch, _ = torch_streams
+    shape = (1, 4, 2, 2)
+    x, cond, base, noise = (FakeTorchCudaTensor(torch, p, shape, 1) for p in (4096, 8192, 12288, 16384))
+    streams = [None, 0, 42, SimpleNamespace(cuda_stream=43, device=torch.device("cuda", 1))]
+    for stream in streams:
+        kernels.fused_step(x, cond, DDIM, x, baseline=base, noise=noise, stream=stream)
+        kernels.philox_normal(noise, 1, 2, stream=stream)
+    launched = [kw["stream"] for _, kw in cuda_calls]
+    assert launched == [0xBEEF1, 0xBEEF1, 0, 0, 42, 42, 43, 43]
+    assert x.recorded == cond.recorded == base.recorded == [0xBEEF1, 0, 42, 43]
+    assert noise.recorded == [0xBEEF1, 0xBEEF1, 0, 0, 42, 42, 43, 43]
+    # a __cuda_array_interface__ buffer beside a torch tensor: the tensor still records the stream
+    cuda_calls.devices.update({20480: 1})
+    kernels.fused_step(x, FakeCudaArray(20480, shape), DDIM, x, noise=PhiloxNoise(0, 0), stream=44)
+    assert x.recorded[-1] == 44
 
 
 def test_cuda_kernels_compiled_wherever_nvcc_exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -92,10 +93,26 @@ def test_diffusers_layout_gives_same_outputs(tmp_path):
             assert torch.equal(from_diffusers(x, t, y, patch_size=p), from_official(x, t, y, patch_size=p))
 
 
+def dit_training_checkpoint(raw: dict, ema: dict) -> dict:
+    """What DiT's train.py saves: {"model", "ema", "opt", "args"}, with the AdamW state after a step and
+    the script's argparse.Namespace (which torch.load(weights_only=True) refuses unless allowed)."""
+    params = [torch.nn.Parameter(v.clone()) for v in raw.values()]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    args = argparse.Namespace(
+        data_path="/data/imagenet/train", results_dir="results", model="DiT-S/2", image_size=64,
+        num_classes=1000, epochs=1400, global_batch_size=256, global_seed=0, vae="ema",
+        num_workers=4, log_every=100, ckpt_every=50_000,
+    )  # fmt: skip
+    return {"model": raw, "ema": ema, "opt": opt.state_dict(), "args": args}
+
+
 def test_training_checkpoint_prefers_ema(tmp_path):
     ema = random_official_state(1, 384, 2, input_size=8, seed=1)
     raw = random_official_state(1, 384, 2, input_size=8, seed=2)
-    torch.save({"model": raw, "ema": ema, "args": {}}, tmp_path / "0100000.pt")
+    torch.save(dit_training_checkpoint(raw, ema), tmp_path / "0100000.pt")
     model = load_checkpoint(tmp_path / "0100000.pt")
     assert torch.equal(model.blocks[0].attn.qkv.weight, ema["blocks.0.attn.qkv.weight"])
 

@@ -5,7 +5,13 @@ One module per group of subcommands; each registers its commands on `main` when 
 
 from __future__ import annotations
 
-from . import build_info  # noqa: F401  (registers info, build)
+from . import (
+    bench,  # noqa: F401  (registers bench, bench report)
+    build_info,  # noqa: F401  (registers info, build)
+    eval,  # noqa: F401  (registers eval)
+    run,  # noqa: F401  (registers run)
+    train,  # noqa: F401  (registers train, flexify, train-classifier)
+)
 from .common import main
 
 __all__ = ["main"]

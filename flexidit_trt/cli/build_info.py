@@ -1,4 +1,9 @@
-"""`flexidit-trt info` and `flexidit-trt build`."""
+"""`flexidit-trt info` and `flexidit-trt build`.
+
+Exit codes: 2 for bad usage (an unknown model, a size that does not fit, options that contradict the
+checkpoint: click.UsageError / BadParameter, from the library's OptionError), 1 for a failure of the
+work itself (an unreadable checkpoint, a failed validation, an unwritable folder: ClickException).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,45 @@ from pathlib import Path
 
 import click
 
+from ..engines.aoti import AOTI_VARIANTS
 from .common import main, parse_sizes
+
+
+def parse_image_size(ctx, param, value: int | None) -> int | None:
+    """click callback: --image-size through the library's one check (a positive multiple of 8)."""
+    from ..artifacts import OptionError
+    from ..export.source import latent_size
+
+    if value is not None:
+        try:
+            latent_size(value)
+        except OptionError as err:
+            raise click.BadParameter(str(err)) from None
+    return value
 
 
 @main.command()
 @click.option(
     "--model", "model_name", default="dit_xl", show_default=True, help="dit_s, dit_b, dit_l, dit_xl"
 )
-@click.option("--image-size", type=int, default=256, show_default=True, help="pixels (latent = size / 8)")
+@click.option(
+    "--image-size",
+    type=int,
+    callback=parse_image_size,
+    default=256,
+    show_default=True,
+    help="pixels (latent = size / 8)",
+)
 @click.option("--patch-sizes", callback=parse_sizes, default="2,4", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json: bool) -> None:
     """Parameters, tokens and GMACs per patch size (computed from the config)."""
-    from ..export.source import VAE_FACTOR
+    from ..export.source import latent_size
     from ..info import model_info
     from ..model.config import get_config
 
-    if image_size % VAE_FACTOR:
-        raise click.BadParameter(
-            f"image size {image_size} is not a multiple of {VAE_FACTOR} (the VAE's factor)"
-        )
     try:
-        config = get_config(model_name, input_size=image_size // VAE_FACTOR, patch_sizes=patch_sizes)
+        config = get_config(model_name, input_size=latent_size(image_size), patch_sizes=patch_sizes)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     facts = model_info(config)
@@ -75,7 +97,13 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
 @click.option(
     "--fp32-residual", is_flag=True, help="keep embedders, adaLN modulation, gates and the residual in fp32"
 )
-@click.option("--image-size", type=int, default=None, help="pixels  [default: 256, or the checkpoint's]")
+@click.option(
+    "--image-size",
+    type=int,
+    callback=parse_image_size,
+    default=None,
+    help="pixels  [default: 256, or the checkpoint's]",
+)
 @click.option(
     "--opset",
     type=int,
@@ -117,15 +145,28 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
 )
 @click.option("--force", is_flag=True, help="rebuild every graph and engine")
 @click.option("--revalidate", is_flag=True, help="rerun the ONNX Runtime comparison on reused graphs")
-def build(model_name: str | None, **options) -> None:
-    """Export one ONNX graph per patch size (validated), then build one TensorRT engine per patch size."""
-    from ..artifacts import BuildError
+@click.option(
+    "--aoti",
+    is_flag=True,
+    help="also compile one AOTInductor package per patch size for this GPU (runs without TensorRT)",
+)
+@click.option(
+    "--aoti-variant",
+    type=click.Choice(list(AOTI_VARIANTS)),
+    default=None,
+    help="AOTInductor compile variant (engines/aoti.py)  [default: $FLEXIDIT_AOTI_VARIANT or default]",
+)
+def build(model_name: str | None, aoti: bool, **options) -> None:
+    """Export one ONNX graph per patch size (validated), then build one TensorRT engine (and, with
+    --aoti, one AOTInductor package) per patch size."""
+    from ..artifacts import BuildError, OptionError
     from ..build import build_artifacts, report_lines
 
     try:
-        report = build_artifacts(model_name, **options)
+        report = build_artifacts(model_name, engines=("trt", "aoti") if aoti else ("trt",), **options)
+    except OptionError as err:
+        raise click.UsageError(str(err)) from None
     except BuildError as err:
         raise click.ClickException(str(err)) from None
     for line in report_lines(report):
         click.echo(line)
-

@@ -49,7 +49,8 @@ class Plan:
         return sum(p != self.base_patch for p in self.patch_per_step)
 
     def describe(self) -> str:
-        """One line, e.g. "250 steps: p4×166 → p2×84, cfg, 49.8% of static (1.3e13 of 5.9e13 MACs)"."""
+        """One line. DiT-XL/2 at 256 px (forward_macs: 118.6 GMACs at patch 2, 29.0 at patch 4), 250 steps,
+        budget 0.5: "250 steps: p4×166 → p2×84, cfg, 49.9% of static (2.96e+13 of 5.93e+13 MACs)"."""
         runs: list[list[int]] = []
         for p in self.patch_per_step:
             if runs and runs[-1][0] == p:

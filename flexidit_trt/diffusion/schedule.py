@@ -8,6 +8,7 @@ it into per-step scalars (coeffs.StepCoeffs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from numbers import Integral
 from typing import Any
 
@@ -129,6 +130,14 @@ def _alphas_cumprod(num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> np.ndarray:
     return np.cumprod(1.0 - linear_betas(num_timesteps))
 
 
+@cache
+def _alphas_cumprod_on(device: Any) -> Any:
+    # Once per device: a fresh host-to-device copy per call would stall the host on every training step.
+    import torch
+
+    return torch.as_tensor(_alphas_cumprod(), dtype=torch.float64, device=device)
+
+
 def q_sample(x0: Any, t: Any, noise: Any) -> Any:
     """Diffuse clean latents to original timestep(s) t of the base 1000-step schedule.
 
@@ -139,7 +148,7 @@ def q_sample(x0: Any, t: Any, noise: Any) -> Any:
     if is_torch(x0):  # torch: look the scalars up on x0's device, no host round trip
         import torch
 
-        table = torch.as_tensor(ac, dtype=torch.float64, device=x0.device)
+        table = _alphas_cumprod_on(x0.device)
         idx = torch.as_tensor(t, device=x0.device)
         # Negative indices would wrap silently; checking a GPU tensor would stall on a host sync.
         if idx.device.type == "cpu" and (idx.min() < 0 or idx.max() >= len(ac)):

@@ -17,6 +17,7 @@ from .. import __version__
 from ..artifacts import (
     MANIFEST_NAME,
     BuildError,
+    OptionError,
     Progress,
     Step,
     ensure_writable_dir,
@@ -75,14 +76,14 @@ def engine_profiles(
     batch_sizes: tuple[int, ...], *, guidance: bool = True, profile_mode: str = "ranges", opt_level: int = 3
 ) -> list[BatchProfile]:
     """The optimization profiles for `batch_sizes`, after checking the engine options (batch sizes,
-    profile mode, optimization level); BuildError saying which is wrong. build_artifacts calls it before
+    profile mode, optimization level); OptionError saying which is wrong. build_artifacts calls it before
     the export, so a bad option fails in a second rather than after minutes of exporting."""
     if not 0 <= opt_level <= 5:
-        raise BuildError(f"builder optimization level must be 0-5, got {opt_level}")
+        raise OptionError(f"builder optimization level must be 0-5, got {opt_level}")
     try:
         return batch_profiles(batch_sizes, guidance=guidance, mode=profile_mode)
     except ValueError as err:
-        raise BuildError(str(err)) from None
+        raise OptionError(str(err)) from None
 
 
 def resolve_trt(status: TrtStatus | None, require_trt: bool) -> TrtStatus:

@@ -4,7 +4,7 @@ Torch-based (import it only where torch is installed); see export/README.md for 
 """
 
 from ..artifacts import export_dir, load_export_manifest
-from .graphs import GraphRecord, export_graphs
+from .graphs import ExportResult, GraphRecord, StaleGraph, export_graphs
 from .onnx_export import DEFAULT_OPSET, PRECISIONS, ExportedGraph, export_onnx, graph_module
 from .ops import OpReport, UnsupportedOpsError, check_trt_ops, load_op_table
 from .source import ModelSource
@@ -14,10 +14,12 @@ __all__ = [
     "DEFAULT_OPSET",
     "PRECISIONS",
     "TOLERANCES",
+    "ExportResult",
     "ExportedGraph",
     "GraphRecord",
     "ModelSource",
     "OpReport",
+    "StaleGraph",
     "UnsupportedOpsError",
     "ValidationError",
     "ValidationReport",

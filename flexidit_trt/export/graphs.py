@@ -10,6 +10,12 @@ changed, still reuses this one). Anything else re-exports that patch size only.
 A reused graph is checked again (ONNX checker, strict shape inference, TensorRT operator table) only
 when the operator table changed since it was last checked (`ops_table` in its entry): its bytes are
 the ones checked (they hash to `files`) and the onnx version is part of the settings.
+
+One manifest holds the graphs of one build's settings: committing a graph removes every entry made
+with other settings (precision, fp32 residual, opset, exporter, torch/onnx), another model config or
+other weights. Graphs of patch sizes this build did not ask for are deleted with their entries (the
+report lists them); those it did ask for keep their files until their own turn, so an unchanged one
+can still be reused. An interrupt in between leaves fewer graphs, never mixed ones.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..artifacts import (
     no_progress,
     read_manifest,
     remove_orphans,
+    remove_quietly,
     settings_changed,
     sha256_file,
     sha256_state_dict,
@@ -56,10 +63,29 @@ class GraphRecord:
     entry: dict
     rebuilt: bool
     reason: str  # why it was (re)built or reused
+    # Which checks ran in this build: "now" (all of them), "operators" (structure and TensorRT operators
+    # now; the ONNX Runtime comparison is the manifest's), "manifest" (none: every result is recorded).
+    validated: str = "now"
 
     @property
     def validation(self) -> dict:
         return self.entry["validation"]
+
+
+@dataclass
+class StaleGraph:
+    """A graph removed from the export folder because it was made with other settings or weights."""
+
+    patch_size: int
+    path: Path
+    files: list[str]
+    reason: str
+
+
+@dataclass
+class ExportResult:
+    graphs: list[GraphRecord]  # one per patch size of the build
+    removed: list[StaleGraph]  # graphs of other patch sizes deleted as inconsistent with this build
 
 
 def export_settings(patch_size: int, precision: str, fp32_residual: bool, opset: int) -> dict:
@@ -87,14 +113,15 @@ def export_graphs(
     revalidate: bool = False,
     validation_batches: tuple[int, ...] = DEFAULT_BATCHES,
     progress: Progress | None = None,
-) -> list[GraphRecord]:
+) -> ExportResult:
     """Export, validate and record one graph per patch size of `source`, reusing current ones.
 
     Each graph is validated on its staged copy before it replaces the old one, and the manifest entry is
-    written after the graph: an interrupted or failed build leaves every earlier graph and entry intact.
-    Reused graphs get the structural checks again (checker, shape inference, operator table) when the
-    operator table changed since their last check; the ONNX Runtime comparison recorded when they were
-    exported stands unless `revalidate`.
+    written after the graph: an interrupted or failed build leaves every earlier graph and entry of its
+    settings intact. Reused graphs get the structural checks again (checker, shape inference, operator
+    table) when the operator table changed since their last check; the ONNX Runtime comparison recorded
+    when they were exported stands unless `revalidate`. Graphs of other settings or weights are removed
+    (see the module docstring).
     """
     precision, fp32_residual, opset = export_options(precision, fp32_residual, opset)
     say = progress or no_progress
@@ -102,30 +129,61 @@ def export_graphs(
         say(Step(None, "resolve", f"reading the config of {source.checkpoint}"))
         source.resolve()
     folder = ensure_writable_dir(export_dir(workdir, source.name))
-    records = []
+    records, removed = [], []
     with folder_lock(folder):
         manifest = read_manifest(folder / MANIFEST_NAME, EXPORT_KIND, EXPORT_SCHEMA) or new_manifest(
             EXPORT_KIND, EXPORT_SCHEMA, source.name, "graphs"
         )
-        # Leftovers of an interrupted build; a data file no entry names belongs to no committed graph.
+        # Leftovers of an interrupted build: a graph or data file no entry names belongs to no committed graph.
         referenced = {name for entry in manifest["graphs"].values() for name in entry.get("files", {})}
-        remove_orphans(folder, keep=referenced, pattern="*.onnx.data")
+        remove_orphans(folder, keep=referenced, pattern="p*.onnx*")
+        previous = dict(manifest["graphs"])  # the entries as found: what this build may reuse
         for p in source.patch_sizes:
             settings = export_settings(p, precision, fp32_residual, opset)
             record = _one_graph(
-                source, folder, manifest, settings, force, revalidate, validation_batches, say
+                source, folder, previous.get(str(p)), settings, force, revalidate, validation_batches, say
             )
             manifest["graphs"][str(p)] = record.entry
+            stale = _drop_other_builds(manifest["graphs"], record.entry, folder)
             manifest["updated"] = utc_now()
             write_json_atomic(folder / MANIFEST_NAME, manifest)  # the commit point for this graph
+            for graph in (g for g in stale if g.patch_size not in source.patch_sizes):
+                remove_quietly(*(folder / name for name in graph.files))
+                say(Step(None, "remove", f"removed {graph.path.name} ({graph.reason})"))
+                removed.append(graph)
             records.append(record)
-    return records
+    return ExportResult(records, removed)
 
 
-def _one_graph(source, folder, manifest, settings, force, revalidate, batches, say) -> GraphRecord:
+def _drop_other_builds(graphs: dict[str, dict], committed: dict, folder: Path) -> list[StaleGraph]:
+    """Remove from `graphs` the entries made with other settings, config or weights than `committed`."""
+    mine = _build_identity(committed)
+    stale = []
+    for key, entry in list(graphs.items()):
+        reason = settings_changed({"settings": _build_identity(entry)}, mine, force=False)
+        if reason is not None:
+            del graphs[key]
+            path = folder / entry.get("file", f"p{key}.onnx")
+            stale.append(StaleGraph(int(key), path, list(entry.get("files", {})), reason))
+    return stale
+
+
+def _build_identity(entry: dict) -> dict:
+    """What every graph under one manifest shares: the settings but the patch size, the weights (the
+    checkpoint's hash, or the seed of random weights) and the model config."""
+    weights = entry.get("checkpoint", {})
+    same = {k: v for k, v in entry.get("settings", {}).items() if k != "patch_size"}
+    seeded = weights.get("init") != "checkpoint"
+    same["weights"] = (
+        f"seed {weights.get('seed')}" if seeded else f"checkpoint {str(weights.get('sha256'))[:12]}"
+    )
+    same.update({f"config.{k}": v for k, v in entry.get("config", {}).items()})
+    return same
+
+
+def _one_graph(source, folder, entry, settings, force, revalidate, batches, say) -> GraphRecord:
     p = settings["patch_size"]
     path = folder / f"p{p}.onnx"
-    entry = manifest["graphs"].get(str(p))
     reason = settings_changed(entry, settings, force)
     if reason is None and not _files_intact(folder, entry):  # hashed once per run
         reason = "files missing or modified"
@@ -181,15 +239,19 @@ def _same_source(source: ModelSource, entry: dict) -> str | None:
 def _reuse(source, path, entry, why, revalidate, batches, settings, say, module=None) -> GraphRecord:
     p = settings["patch_size"]
     say(Step(p, "reuse", f"reusing {path.name} ({why})"))
-    entry = {**entry, "checkpoint": source.describe()}  # the same bytes may sit at another path now
+    # The same bytes may sit at another path now, or come from a config that differs only where this
+    # graph does not look (another patch set, same static weights): record this build's source.
+    entry = {**entry, "checkpoint": source.describe(), "config": json_config(source.config)}
     table = load_op_table()
+    validated = "manifest"
     if revalidate:
         module = module or graph_module(
             source.load(), p, settings["precision"], settings["fp32_residual"], settings["opset"]
         )
         say(Step(p, "validate", f"revalidating {path.name}"))
         report = validate_onnx(path, module, precision=settings["precision"], batches=batches)
-        entry = {**entry, "validation": report.to_dict(), "ops_table": table.version}
+        entry = {**entry, "validation": report.to_dict(), "ops_table": table.version, "validated": utc_now()}
+        validated = "now"
     elif entry.get("ops_table") != table.version:
         # Checked against another operator table (or before tables were recorded): structure and
         # operator support again. The bytes are the ones checked before, so nothing else is needed.
@@ -197,7 +259,8 @@ def _reuse(source, path, entry, why, revalidate, batches, settings, say, module=
         report = validate_onnx(path, None, precision=settings["precision"])
         validation = {**entry["validation"], "ops": report.ops.to_dict()}
         entry = {**entry, "validation": validation, "ops_table": table.version}
-    return GraphRecord(p, path, entry, rebuilt=False, reason=why)
+        validated = "operators"
+    return GraphRecord(p, path, entry, rebuilt=False, reason=why, validated=validated)
 
 
 def _files_intact(folder: Path, entry: dict) -> bool:
@@ -233,6 +296,7 @@ def _entry(source, model, graph: ExportedGraph, settings, weights_sha, static_co
         "versions": versions(),
         "export_seconds": round(graph.seconds, 3),
         "created": utc_now(),
+        "validated": utc_now(),  # when `validation` ran (again with --revalidate)
         "validation": report.to_dict(),
         "ops_table": load_op_table().version,  # the operator table `validation.ops` was checked against
     }

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from onnx import TensorProto, helper
 
-from ..artifacts import BuildError, fsync_replace, remove_quietly, staging_dir
+from ..artifacts import BuildError, OptionError, fsync_replace, remove_quietly, staging_dir
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 17  # LayerNormalization is a single node from 17; every TensorRT 10.x parser reads 17
@@ -103,14 +103,14 @@ class GraphModule(nn.Module):
 
 def precision_dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise BuildError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise OptionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
 
 
 def export_options(
     precision: str, fp32_residual: bool = False, opset: int | None = DEFAULT_OPSET
 ) -> tuple[str, bool, int | None]:
-    """Validated, normalised export options (the public entries call this first, once): BuildError for an
+    """Validated, normalised export options (the public entries call this first, once): OptionError for an
     unknown precision or an unsupported opset (None: not checked); the fp32 residual applies to fp16 and
     bf16 only (an fp32 graph has nothing to keep in fp32), so it comes back False for fp32."""
     precision_dtype(precision)
@@ -125,7 +125,7 @@ def check_opset(opset: int) -> int:
     table = load_op_table()
     hi = min(table.opset_max, _exporter_max_opset())
     if not MIN_OPSET <= opset <= hi:
-        raise BuildError(
+        raise OptionError(
             f"opset {opset} is not supported: need {MIN_OPSET} (single-node LayerNormalization) to {hi} "
             f"(the lower of the torch exporter's maximum and the {table.describe()})"
         )

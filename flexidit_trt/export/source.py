@@ -8,15 +8,27 @@ export folder and is what a checkpoint's config is compared with.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..artifacts import BuildError, sha256_path
+from ..artifacts import BuildError, OptionError, sha256_path
 
 if TYPE_CHECKING:
     from ..model import DiTConfig, FlexiDiT
 
 VAE_FACTOR = 8  # the SD VAE maps 8x8 pixels to one latent
+
+
+def latent_size(image_size: int) -> int:
+    """The latent side of `image_size` pixels; OptionError unless it is a positive multiple of VAE_FACTOR.
+    The one check of an image size: `build`, `info` and ModelSource all call it."""
+    whole = isinstance(image_size, Integral) and not isinstance(image_size, bool)
+    if not whole or image_size <= 0 or image_size % VAE_FACTOR:
+        raise OptionError(
+            f"image size {image_size} is not a positive multiple of {VAE_FACTOR} (the VAE's factor)"
+        )
+    return int(image_size) // VAE_FACTOR
 
 
 @dataclass
@@ -41,8 +53,8 @@ class ModelSource:
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:
-            self.image_size = self.image_size or 256
-            self._check_image_size()
+            self.image_size = 256 if self.image_size is None else self.image_size
+            latent_size(self.image_size)
             self._spec = self.name or "dit_xl"  # as given: "DiT-S/4" also names the base patch
             self._config = self.random_config()  # fail fast on a bad name or patch size
             self.name = self._config.name
@@ -54,9 +66,9 @@ class ModelSource:
             if not self.checkpoint.exists():
                 raise BuildError(f"checkpoint not found: {self.checkpoint}")
             if self.image_size is not None:
-                self._check_image_size()
+                latent_size(self.image_size)
             if self.overrides:
-                raise BuildError(
+                raise OptionError(
                     "config overrides apply to random weights only; a checkpoint fixes its config"
                 )
 
@@ -96,11 +108,11 @@ class ModelSource:
     def random_config(self) -> DiTConfig:
         from ..model.config import get_config
 
-        latent = self.image_size // VAE_FACTOR
+        latent = latent_size(self.image_size)
         try:
             return get_config(self._spec, input_size=latent, patch_sizes=self.patch_sizes, **self.overrides)
         except (ValueError, TypeError) as err:
-            raise BuildError(str(err)) from None
+            raise OptionError(str(err)) from None
 
     def resolve(self) -> bool:
         """Settle the name and image size (and check the patch sizes) from the config, reading the
@@ -137,9 +149,10 @@ class ModelSource:
         return model
 
     def _check_loaded(self, config) -> None:
+        # The options against the checkpoint's config: a contradiction is bad usage, like a bad value.
         missing = [p for p in self.patch_sizes if p not in config.patch_sizes]
         if missing:
-            raise BuildError(
+            raise OptionError(
                 f"checkpoint {self.checkpoint} has patch sizes {list(config.patch_sizes)}; "
                 f"{', '.join(map(str, missing))} requested (a flexible checkpoint carries only the sizes it was "
                 "saved with)"
@@ -147,33 +160,27 @@ class ModelSource:
         if self.name is None:
             self.name = config.name
         elif config.name != self.name:
-            raise BuildError(
+            raise OptionError(
                 f"checkpoint {self.checkpoint} holds a {config.name} (depth {config.depth}, hidden "
                 f"{config.hidden_size}), not {self.name}; pass --model {config.name} or omit --model"
             )
         image = config.input_size * VAE_FACTOR
         if self.image_size is not None and self.image_size != image:
-            raise BuildError(
+            raise OptionError(
                 f"checkpoint {self.checkpoint} is for {image} px images (latent {config.input_size}), "
                 f"not {self.image_size}"
             )
         self.image_size = image
 
-    def _check_image_size(self) -> None:
-        if self.image_size <= 0 or self.image_size % VAE_FACTOR:
-            raise BuildError(
-                f"image size {self.image_size} is not a positive multiple of {VAE_FACTOR} (the VAE's factor)"
-            )
-
 
 def canonical_name(name: str) -> str:
-    """The config name for any spelling get_config accepts ("DiT-XL/2" → "dit_xl"); BuildError if unknown."""
+    """The config name for any spelling get_config accepts ("DiT-XL/2" → "dit_xl"); OptionError if unknown."""
     from ..model.config import get_config
 
     try:
         return get_config(name).name
     except (ValueError, TypeError) as err:
-        raise BuildError(str(err)) from None
+        raise OptionError(str(err)) from None
 
 
 def peek_checkpoint_config(path: Path) -> DiTConfig | None:
@@ -184,15 +191,15 @@ def peek_checkpoint_config(path: Path) -> DiTConfig | None:
         return None
     from safetensors import safe_open
 
-    from ..model.checkpoints import FORMAT_TAG, detect_layout
-    from ..model.config import DiTConfig
+    from ..model.checkpoints import config_from_metadata, detect_layout
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             keys = set(f.keys())
-        if meta.get("format") != FORMAT_TAG or detect_layout(keys) != "flexible":
+        config = config_from_metadata(path, meta)
+        if config is None or detect_layout(keys) != "flexible":
             return None  # base weights only: load_checkpoint derives the weak sizes, so load it
-        return DiTConfig.from_json(meta["config"])
-    except Exception:  # CheckpointError, a foreign or truncated file, bad metadata JSON, ...
+        return config
+    except Exception:  # CheckpointError, a foreign or truncated file, bad metadata, ...
         return None  # unreadable here: loading it says why

@@ -1,18 +1,29 @@
 """Checkpoint formats: the official DiT `.pt`, diffusers' DiTTransformer2DModel folder, and ours.
 
-- official: a plain state dict in the reference key layout (or a training checkpoint holding one under
-  "ema"/"model"); only the base patch size, weak sizes are derived by pseudo-inverse resize.
+- official: a plain state dict in the reference key layout, or a training checkpoint of DiT's train.py
+  ({"model", "ema", "opt", "args"}, read from "ema"); only the base patch size, weak sizes are derived by
+  pseudo-inverse resize.
 - diffusers: a folder with config.json and diffusion_pytorch_model*.safetensors (or .bin): q/k/v split,
   the timestep and class embedders copied into every block; mapped back to the reference layout.
+  The files read are the full-precision weights (the shards their index names, or one file), as
+  diffusers reads them when no variant is asked for; a variant such as `.fp16` only when it is the only
+  weights there.
 - flexible (ours): one .safetensors file with the base weights, `weak.p<k>.*` embeddings, `*.lora.p<k>.*`
   adapters and the config as JSON metadata, written by `save_checkpoint`.
+
+Every loaded tensor must be finite: NaN or Inf are refused here, by name, not minutes later by export
+validation.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -42,6 +53,7 @@ def load_checkpoint(
     patch sizes to build (default: base and twice the base); weak sizes start from the resized base.
     """
     state, config, hints = read_state_dict(source)
+    check_finite(state)
     layout = detect_layout(state)
     if layout == "diffusers":
         state = diffusers_to_reference(state)
@@ -78,23 +90,125 @@ def read_state_dict(
     if path.is_dir():
         return _read_diffusers_folder(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-        except Exception as err:  # a truncated or foreign file: say which and why
-            raise CheckpointError(f"cannot read safetensors file {path}: {err}") from err
-        config = DiTConfig.from_json(meta["config"]) if meta.get("format") == FORMAT_TAG else None
-        return state, config, {}
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint file {path}: {err}") from err
+        state, meta = _read_safetensors(path)
+        return state, config_from_metadata(path, meta), {}
+    obj = _torch_load(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return _unwrap(dict(obj)), None, {}
+
+
+def config_from_metadata(path: Path, meta: Mapping[str, str]) -> DiTConfig | None:
+    """The config `save_checkpoint` stores in a .safetensors header; None for files not written by it."""
+    if meta.get("format") != FORMAT_TAG:
+        return None
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: malformed metadata: format {FORMAT_TAG} but no 'config' entry")
+    try:
+        return DiTConfig.from_json(meta["config"])
+    except json.JSONDecodeError as err:
+        problem = f"'config' is not JSON ({err})"
+    except KeyError as err:
+        problem = f"'config' is missing {err}"
+    except (TypeError, ValueError) as err:  # unknown or missing fields, or values no config can have
+        problem = f"'config' is not a DiT config: {err}"
+    raise CheckpointError(f"{path}: malformed metadata: {problem}")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    _refuse_empty(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise CheckpointError(f"cannot read safetensors file {path}: {err}") from err
+    return state, meta
+
+
+def _refuse_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download or copy?")
+
+
+@contextlib.contextmanager
+def _training_globals():
+    """Allow, besides tensors, exactly what DiT's train.py pickles beyond them: its argparse.Namespace
+    (`args`). torch before 2.5 has no safe_globals; such checkpoints then fail with the message below."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
+        yield
+
+
+def _torch_load(path: Path) -> object:
+    """torch.load with weights_only (a checkpoint must not run code), with one clear line for files
+    that are not checkpoints: empty, not a zip or pickle at all, or a pickled object such as a module."""
+    _refuse_empty(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    # torch.save writes a zip archive (since torch 1.6) or, in the legacy format, a pickle (protocol 2+).
+    if not head.startswith(b"PK\x03\x04") and head[:1] != b"\x80":
+        preview = head.decode("utf-8", errors="replace").splitlines()[0][:40] if head.strip() else head[:16]
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle); it starts with {preview!r}"
+        )
+    try:
+        with _training_globals():
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:
+            raise CheckpointError(f"cannot read checkpoint file {path}: {_first_line(err)}") from None
+        if _pickles_a_module(path):
+            raise CheckpointError(
+                f"{path} holds a pickled module object ({found.group(1)}), not a state dict; where the "
+                "module is made, save its weights instead: torch.save(module.state_dict(), 'weights.pt')"
+            ) from None
+        raise CheckpointError(
+            f"{path} holds a pickled {found.group(1)} object, which a checkpoint of tensors does not contain; "
+            "save a dict of tensors (a state dict) instead"
+        ) from None
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint file {path}: {_first_line(err)}") from err
+
+
+def _pickles_a_module(path: Path) -> bool:
+    """Whether the file's pickle holds an nn.Module: its state carries `_modules` and `_parameters`.
+    Only the zip format's small data.pkl is read (the tensors are separate entries)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            data = archive.read(name)
+    except (zipfile.BadZipFile, StopIteration, OSError):
+        return False
+    return b"_modules" in data and b"_parameters" in data
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def check_finite(state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse NaN or Inf weights by tensor name. One min/max reduction per tensor (NaN propagates through
+    both, Inf shows as an extreme): about 1 s for DiT-XL's 675 M weights on 2 CPU cores, no copies."""
+    bad = []
+    for name, tensor in state.items():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        # An expanded (zero-stride) axis repeats one value: reduce over one slice of it.
+        core = tensor[tuple(0 if s == 0 else slice(None) for s in tensor.stride())]
+        if all(torch.isfinite(v) for v in torch.aminmax(core)):
+            continue
+        nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+        kinds = " and ".join(k for k, n in (("NaN", nan), ("Inf", inf)) if n)
+        bad.append(f"{name} holds {kinds} ({nan + inf} of {tensor.numel()} elements)")
+    if bad:
+        raise CheckpointError(
+            f"checkpoint weights are not finite (a diverged run or a damaged file?): {_listing(bad, 4)}"
+        )
 
 
 def _unwrap(obj: dict) -> dict[str, torch.Tensor]:
@@ -107,6 +221,9 @@ def _unwrap(obj: dict) -> dict[str, torch.Tensor]:
     if bad:
         raise CheckpointError(f"not a state dict: entries {bad[:5]} are not tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
 
 
 def _read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], None, dict]:
@@ -122,20 +239,51 @@ def _read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], None, d
         hints["num_heads"] = int(meta["num_attention_heads"])
     if "sample_size" in meta:
         hints["input_size"] = int(meta["sample_size"])
-    files = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) or sorted(
-        folder.glob("diffusion_pytorch_model*.bin")
-    )
-    if not files:
-        raise CheckpointError(f"{folder} has no diffusion_pytorch_model*.safetensors or .bin weights")
     state: dict[str, torch.Tensor] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(str(file)))
-        else:
-            state.update(torch.load(str(file), map_location="cpu", weights_only=True))
+    for file in _diffusers_weight_files(folder):
+        state.update(_read_safetensors(file)[0] if file.suffix == ".safetensors" else _torch_load(file))
     return state, None, hints
+
+
+def _diffusers_weight_files(folder: Path) -> list[Path]:
+    """The full-precision weights (safetensors before .bin; the shards the index names, or the single
+    file), which diffusers reads when no variant is asked for; else a variant (`<name>.fp16.safetensors`,
+    or shards under `<name>.safetensors.index.fp16.json`) where it is the only one in the folder."""
+    stem = _DIFFUSERS_WEIGHTS
+    for ext in ("safetensors", "bin"):
+        if (index := folder / f"{stem}.{ext}.index.json").exists():
+            return _shards(index)
+        if (single := folder / f"{stem}.{ext}").exists():
+            return [single]
+    variants: dict[str, list[Path]] = {}
+    for ext in ("bin", "safetensors"):  # safetensors last: it wins within a variant
+        for file in folder.iterdir():
+            if m := re.fullmatch(rf"{stem}\.(\w+)\.{ext}", file.name):
+                variants[m.group(1)] = [file]
+            elif m := re.fullmatch(rf"{stem}\.{ext}\.index\.(\w+)\.json", file.name):
+                variants[m.group(1)] = _shards(file)
+    if len(variants) > 1:
+        raise CheckpointError(
+            f"{folder} holds several variants ({', '.join(sorted(variants))}) and no full-precision "
+            f"{stem}.safetensors: keep the one to load, or load its file's folder alone"
+        )
+    if not variants:
+        raise CheckpointError(f"{folder} has no {stem}*.safetensors or .bin weights")
+    return next(iter(variants.values()))
+
+
+def _shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = list(dict.fromkeys(weight_map.values()))  # in order, once each
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(
+            f"{index} is not a weight index (no 'weight_map' of tensor → file): {err}"
+        ) from None
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{index.name} names {_listing(missing)}, not in {index.parent}")
+    return [index.parent / n for n in names]
 
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
@@ -206,7 +354,8 @@ def diffusers_to_reference(state: Mapping[str, torch.Tensor]) -> dict[str, torch
 def infer_config(
     state: Mapping[str, torch.Tensor], num_heads: int | None = None, input_size: int | None = None
 ) -> DiTConfig:
-    """A DiTConfig that fits the tensors' shapes (head count from the known sizes, else head size 64)."""
+    """A DiTConfig that fits the tensors' shapes; the head count is the hint, or the DiT config's of the
+    same width (an unknown width without a hint is an error: shapes cannot tell the head count)."""
     try:
         hidden, in_channels, patch, _ = state["x_embedder.proj.weight"].shape
         depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
@@ -218,8 +367,14 @@ def infer_config(
             f"cannot infer the model config: key {err} is missing (a truncated or non-DiT checkpoint?)"
         ) from None
     known = {c.hidden_size: c for c in CONFIGS.values()}
+    if num_heads is None and hidden not in known:
+        raise CheckpointError(
+            f"hidden size {hidden} is none of the DiT configs' ({', '.join(map(str, sorted(known)))}): the "
+            "head count cannot be told from the tensors' shapes; load it into a model of the right config: "
+            "load_checkpoint(path, FlexiDiT.from_config(DiTConfig(..., num_heads=N), init='empty'))"
+        )
     if num_heads is None:
-        num_heads = known[hidden].num_heads if hidden in known else max(1, hidden // 64)
+        num_heads = known[hidden].num_heads
     name = known[hidden].name if hidden in known and depth == known[hidden].depth else "custom"
     if "pos_embed" in state:
         input_size = int(round(state["pos_embed"].shape[1] ** 0.5)) * patch

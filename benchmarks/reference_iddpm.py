@@ -1,4 +1,7 @@
-"""Test-only transcription of the reference sampler math, in float64 numpy.
+"""Transcription of the reference sampler math, in float64 numpy: the tests' reference for our samplers
+(tests/test_diffusion_samplers.py) and the schedule of benchmarks/reference_sample.py (the reference
+sampling loop itself, in torch). Lives in benchmarks/ so both can import it (tests/conftest.py puts this
+folder on sys.path).
 
 Source: facebookresearch/DiT (commit 29e4fa6), diffusion/__init__.py (create_diffusion),
 diffusion/respace.py (space_timesteps, SpacedDiffusion, _WrappedModel) and diffusion/gaussian_diffusion.py

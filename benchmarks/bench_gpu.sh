@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `flexidit-trt bench` on the device machine in one command: install the package (builds the CUDA
+# extension), run the bench's GPU tests, then DiT-XL/2 (random weights, bf16, 250 DDPM steps, CFG 4.0) at
+# 1 and 8 images and budgets 1.0 and 0.5 on every backend (the ones that cannot run here say why) with the
+# reference DiT loop in the same run. Prints the run's tables last.
+#
+# Usage (repo root, on the GPU machine):   bash benchmarks/bench_gpu.sh "$OUT" [more bench options]
+#   BUILD_AOTI=1 bash benchmarks/bench_gpu.sh "$OUT" --backends aoti
+#     first builds the AOTInductor packages (`flexidit-trt build --aoti`, ~5 min for DiT-XL), then
+#     benches them: a second call of its own (a machine comes back bare, and both do not fit 10 minutes).
+#
+# Comes back (the device tool returns at most 8 files): $OUT/bench.log, $OUT/install.log and
+# $OUT/results.tgz (results/<gpu>/<date>-<backend>.json, REPORT.md and the plots). Here:
+#   tar -xzf <files_at>/results.tgz -C /tmp && cp -r /tmp/results/*/ benchmarks/results/ && flexidit-trt bench report
+set -uo pipefail
+out=${1:?usage: bench_gpu.sh OUT_DIR [bench options]}
+shift
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+work=$(mktemp -d)  # engines built by BUILD_AOTI live outside the checkout
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  t0=$(date +%s)
+  rm -rf build
+  python3 -m pip install --no-build-isolation --no-deps -e . >"$out/install.log" 2>&1 || {
+    tail -40 "$out/install.log"
+    exit 1
+  }
+  echo "install + extension build: $(($(date +%s) - t0)) s"
+  python3 -m pytest -q -m gpu tests/test_bench_gpu.py -rs 2>&1 | tail -4
+  if [ "${BUILD_AOTI:-0}" = 1 ]; then
+    t1=$(date +%s)
+    python3 -m flexidit_trt build --model dit_xl --aoti --precision bf16 --batch-sizes 1,8 --workdir "$work" 2>&1 | tail -8
+    echo "aoti build: $(($(date +%s) - t1)) s"
+  fi
+  t2=$(date +%s)
+  python3 -m flexidit_trt bench --model dit_xl --batch-sizes 1,8 --budgets 1.0,0.5 --steps 250 --precision bf16 \
+    --workdir "$work" --out "$out/results" "$@"
+  echo "bench exit code $?, $(($(date +%s) - t2)) s"
+  python3 -m flexidit_trt bench report --results "$out/results" >/dev/null && echo "report: $out/results/REPORT.md"
+  tar -czf "$out/results.tgz" -C "$out" results && rm -rf "$out/results"
+} 2>&1 | tee "$out/bench.log"

@@ -1,0 +1,432 @@
+"""The full quality-against-compute evaluation of issue 8, on one GPU, resumable across device calls.
+
+    python3 benchmarks/eval_gpu.py OUT_DIR [--checkpoint FLEX] [--base BASE] [--inception PATH] [--data DIR]
+                                   [--state DIR] [--only WAY[:BUDGET],...] [--time-limit S] [...]
+
+Three ways, 10,000 samples per run, 250 DDPM steps, budgets 1.0 (seeds 0 and 1), 0.75, 0.6, 0.5, 0.4, 0.3:
+  projection  the base weights, weak patch size by pseudo-inverse resize of the embeddings, no flexify,
+              CFG (its budget-1.0 run is flexify's: at 1.0 only the base patch runs, whose weights
+              flexify does not touch, so it is not sampled twice and the table says so);
+  flexify     the flexified checkpoint, CFG;
+  w2s         the flexified checkpoint, weak-to-strong guidance (its 1.0 and 0.75 plans are the same
+              all-p2 schedule at ~61% of the static compute: their samples are shared).
+The base model's own quality is the flexify way at budget 1.0 (FID, class accuracy).
+
+Order: the base quality (flexify at 1.0), budgets 0.5 and 0.6 of every way and the seed repeat come
+first (about half the compute), then the rest, so that a session cut short keeps what matters most.
+
+Expected cost (computed from the config, not measured on a GPU yet): dit_fmnist (depth 6, hidden 160,
+256 tokens at p2) is 0.599 GMAC per image forward at p2 and 0.127 at p4 (ratio 0.213). A static run of
+10,000 samples × 250 steps × 2 forwards (CFG) is 2·0.599e9·2·250·1e4 = 6.0 PFLOP; the 19 runs here add
+up to 10.1 static runs (the budgets' achieved fractions; w2s's shared 0.75 counted once) = 61 PFLOP.
+Assuming 50-150 TFLOP/s effective in bf16 for a model this narrow (its matmuls have K = 160 and the
+elementwise work between them is memory-bound), sampling takes 7-20 min; Inception on 190,000 images at
+299×299 (11.5 GFLOP each, fp32 without TF32, ~40 TFLOP/s) ~1 min; metrics (scipy sqrtm of 2048×2048 on
+the host, KID and k-NN on the GPU) ~5-10 s per run, ~2-3 min. Total ~12-25 min: 2-3 calls of 540 s.
+
+Resumable: every finished chunk of samples goes to STATE/chunks, every finished run to STATE/runs, and
+OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
+`--import-runs runs.tar`. The script stops starting chunks --time-limit seconds after its start (less a
+reserve for the last run's metrics), writes what it has, and says what is left; run the same command
+again to continue. OUT_DIR receives 6 files (the device tool returns at most 8): eval_gpu.log,
+results.json, results.md, quality_vs_compute.png, samples.png (a row of grids per way, one grid per
+budget), runs.tar. The table printed last is results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BUDGETS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3)
+TARGETS = {0.5: 0.05, 0.6: 0.02}  # the issue's: FID within 5% of budget 1.0 at 0.5, within 2% at 0.6
+
+
+@dataclass(frozen=True)
+class Way:
+    name: str
+    title: str
+    guidance: str
+    projection_only: bool
+    budgets: tuple[float, ...]
+
+
+# The order runs are made in, so that a session cut short has what matters most: the base quality, the
+# target budgets of every way and the seed repeat first (about half the compute), then the rest.
+FIRST = [
+    ("flexify", 1.0, 0),
+    ("flexify", 0.5, 0),
+    ("flexify", 0.6, 0),
+    ("w2s", 0.5, 0),
+    ("w2s", 0.6, 0),
+    ("projection", 0.5, 0),
+    ("projection", 0.6, 0),
+    ("flexify", 1.0, 1),
+]
+DISPLAY = ("projection", "flexify", "w2s")
+
+
+def priority(way: str, budget: float, seed_offset: int) -> tuple:
+    key = (way, budget, seed_offset)
+    if key in FIRST:
+        return (0, FIRST.index(key))
+    return (1, ("flexify", "w2s", "projection").index(way), BUDGETS.index(budget), seed_offset)
+
+
+WAYS = {
+    "projection": Way("projection", "projection only (no flexify), CFG", "cfg", True, BUDGETS[1:]),
+    "flexify": Way("flexify", "after flexify, CFG", "cfg", False, BUDGETS),
+    "w2s": Way("w2s", "after flexify, weak-to-strong guidance", "weak_to_strong", False, BUDGETS),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument(
+        "--checkpoint", type=Path, default=None, help="flexified checkpoint [default: the packaged model]"
+    )
+    ap.add_argument(
+        "--base", type=Path, default=None, help="base checkpoint for 'projection' [default: derived]"
+    )
+    ap.add_argument(
+        "--inception", type=Path, default=None, help="a copy of default_1.pt [default: the package's]"
+    )
+    ap.add_argument("--data", type=Path, default=None, help="Fashion-MNIST folder (the t10k files suffice)")
+    ap.add_argument("--classifier", type=Path, default=None)
+    ap.add_argument("--state", type=Path, default=Path("/tmp/flexidit-eval-state"))
+    ap.add_argument("--import-runs", type=Path, default=None, help="a runs.tar from an earlier call")
+    ap.add_argument("--only", default=None, help="e.g. flexify:1.0,w2s (ways, optionally one budget each)")
+    ap.add_argument("--num-samples", type=int, default=10_000)
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--w2s-scale", type=float, default=None, help="[default: --cfg-scale]")
+    ap.add_argument("--precision", default=None, help="fp32, bf16 or fp16 [default: the Pipeline's: bf16]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference-count", type=int, default=None, help="test images [default: all 10,000]")
+    ap.add_argument("--time-limit", type=float, default=540.0, help="seconds from start; no new chunk after")
+    ap.add_argument("--reserve", type=float, default=45.0, help="seconds kept for the last run's metrics")
+    return ap.parse_args(argv)
+
+
+def parse_only(text: str | None) -> set[tuple[str, float | None]] | None:
+    if not text:
+        return None
+    chosen = set()
+    for item in text.split(","):
+        way, _, budget = item.strip().partition(":")
+        if way not in WAYS:
+            raise SystemExit(f"--only: unknown way {way!r}; ways: {', '.join(WAYS)}")
+        chosen.add((way, float(budget) if budget else None))
+    return chosen
+
+
+def wanted(only, way: str, budget: float) -> bool:
+    return only is None or (way, None) in only or (way, budget) in only
+
+
+# -- models ---------------------------------------------------------------------------------------------------
+def projection_only(model):
+    """The same base weights with every weak size re-derived by pinv resize and no adapters: the model
+    before flexify (what load_checkpoint makes of a base checkpoint)."""
+    from flexidit_trt.model import FlexiDiT, load_checkpoint
+    from flexidit_trt.model.dit import is_base_key
+
+    base = {k: v for k, v in model.state_dict().items() if is_base_key(k)}
+    return load_checkpoint(base, FlexiDiT.from_config(model.config.replace(lora_rank=0), init="empty"))
+
+
+def load_models(args, ways: list[Way]) -> dict[str, object]:
+    from flexidit_trt.evaluation.run import load_model
+
+    flexified, source = load_model(args.checkpoint, (2, 4))
+    models = {"flexified": flexified}
+    if any(w.projection_only for w in ways):
+        if args.base is not None:
+            base, _ = load_model(args.base, (2, 4))
+        else:
+            base = projection_only(flexified)
+        models["projection"] = base.eval().requires_grad_(False)
+    models["source"] = source
+    return models
+
+
+# -- saved runs -----------------------------------------------------------------------------------------------
+def settings_key(args) -> str:
+    """What a saved run's numbers depend on besides (way, budget, seed): a run made under other settings
+    (another checkpoint, sample count, step count, ...) is not reused."""
+    from flexidit_trt.artifacts import sha256_file, sha256_json
+    from flexidit_trt.evaluation.run import default_checkpoint
+    from flexidit_trt.training.classifier import DEFAULT_CLASSIFIER
+
+    settings = {
+        "checkpoint": sha256_file(args.checkpoint or default_checkpoint()),
+        "base": sha256_file(args.base) if args.base else "derived",
+        "classifier": sha256_file(args.classifier or DEFAULT_CLASSIFIER)
+        if (args.classifier or DEFAULT_CLASSIFIER).is_file()
+        else None,
+        **{k: getattr(args, k) for k in ("num_samples", "steps", "batch_size", "cfg_scale", "w2s_scale")},
+        **{k: getattr(args, k) for k in ("precision", "reference_count")},
+    }
+    return sha256_json(settings)[:12]
+
+
+def run_path(args, way: str, budget: float, seed: int) -> Path:
+    return args.state / "runs" / f"{way}_b{budget:.2f}_s{seed}_{args.settings}.npz"
+
+
+def save_run(path: Path, result, grid, meta: dict) -> None:
+    from flexidit_trt.artifacts import atomic_path
+
+    images, labels = grid
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, result=json.dumps(asdict(result)), meta=json.dumps(meta), images=images, labels=labels)
+
+
+def load_runs(args):
+    """The saved runs made under the current settings."""
+    from flexidit_trt.evaluation.run import RunResult
+
+    runs = {}
+    for path in sorted((args.state / "runs").glob(f"*_{args.settings}.npz")):
+        with np.load(path) as data:
+            result = RunResult(**json.loads(str(data["result"])))
+            runs[path.stem] = (result, (data["images"], data["labels"]), json.loads(str(data["meta"])))
+    return runs
+
+
+def import_runs(tar: Path, state: Path) -> None:
+    (state / "runs").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar) as archive:
+        for member in archive.getmembers():
+            name = Path(member.name).name
+            if member.isfile() and name.endswith(".npz"):
+                (state / "runs" / name).write_bytes(archive.extractfile(member).read())
+
+
+def export_runs(args) -> None:
+    with tarfile.open(args.out / "runs.tar", "w") as archive:
+        for path in sorted((args.state / "runs").glob(f"*_{args.settings}.npz")):
+            archive.add(path, arcname=f"runs/{path.name}")
+
+
+# -- the evaluation -------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "eval_gpu.log", "a") as log:
+
+        def say(line: str = "") -> None:
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+
+        evaluate_all(args, start, say)
+    return 0
+
+
+def evaluate_all(args, start: float, say) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from flexidit_trt.evaluation.run import Distributed, EvalOptions, Evaluator, Scorer
+
+    if args.import_runs:
+        import_runs(args.import_runs, args.state)
+    args.settings = settings_key(args)
+    only = parse_only(args.only)
+    ways = [w for w in WAYS.values() if any(wanted(only, w.name, b) for b in w.budgets)]
+    seeds = (args.seed, args.seed + 1)
+    pending = sorted(
+        (
+            (w, b, s)
+            for w in ways
+            for b in w.budgets
+            for s in (seeds if b == 1.0 else seeds[:1])
+            if wanted(only, w.name, b) and not run_path(args, w.name, b, s).is_file()
+        ),
+        key=lambda run: priority(run[0].name, run[1], run[2] - args.seed),
+    )
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    say(
+        f"== eval_gpu {time.strftime('%Y-%m-%d %H:%M:%S')} on {torch.cuda.get_device_name(0) if device != 'cpu' else 'cpu'}"
+    )
+    say(f"pending runs: {len(pending)} ({', '.join(f'{w.name}@{b}/s{s}' for w, b, s in pending) or 'none'})")
+
+    deadline = start + args.time_limit - args.reserve
+    base = EvalOptions(
+        num_samples=args.num_samples,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        cfg_scale=args.cfg_scale,
+        precision=args.precision,
+        device=device,
+        data_dir=args.data,
+        cache_dir=args.state / "cache",
+        resume_dir=args.state / "chunks",
+        inception=args.inception,
+        classifier=args.classifier,
+        reference_count=args.reference_count,
+        deadline=deadline,
+        budgets=(1.0,),
+    )
+    if pending:
+        ctx = Distributed(0, 1, torch.device(device))
+        models = load_models(args, ways)
+        t0 = time.monotonic()
+        scorer = Scorer.load(base, ctx)
+        say(
+            f"reference set ({scorer.reference.count} test images) and networks: {time.monotonic() - t0:.1f} s"
+        )
+        evaluators: dict[str, tuple] = {}  # one per way, made on first use, kept: ways interleave
+
+        def evaluator_for(way: Way):
+            if way.name not in evaluators:
+                scale = (
+                    args.w2s_scale if way.guidance == "weak_to_strong" and args.w2s_scale else args.cfg_scale
+                )
+                options = replace(
+                    base, guidance=way.guidance, cfg_scale=scale, label=way.name, budgets=way.budgets
+                )
+                model = models["projection" if way.projection_only else "flexified"]
+                evaluator = Evaluator(model, options, ctx, scorer)
+                evaluators[way.name] = (
+                    evaluator,
+                    {**evaluator.meta(), "checkpoint": models["source"], "way": way.title},
+                )
+            return evaluators[way.name]
+
+        with tqdm(
+            total=len(pending) * -(-args.num_samples // args.batch_size), desc="eval", unit="chunk"
+        ) as bar:
+            for way, budget, seed in pending:
+                evaluator, meta = evaluator_for(way)
+                t0 = time.monotonic()
+                finished, run = evaluator.run(budget, seed, bar)
+                if not finished:
+                    break
+                result, grid = run
+                save_run(run_path(args, way.name, budget, seed), result, grid, meta)
+                say(
+                    f"{way.name:>10} budget {budget:<4} seed {seed}: FID {result.fid:7.3f}  compute "
+                    f"{result.achieved_fraction:.3f}  acc {100 * result.class_accuracy:.1f}%  "
+                    f"{result.images_per_second:.0f} img/s  ({time.monotonic() - t0:.0f} s)"
+                )
+        for evaluator, _ in evaluators.values():
+            evaluator.close()
+    left = [(w, b, s) for w, b, s in pending if not run_path(args, w.name, b, s).is_file()]
+    write_outputs(args, load_runs(args), left, say)
+    say(f"wall time {time.monotonic() - start:.0f} s")
+    if left:
+        say(
+            f"INCOMPLETE: {len(left)} run(s) left; run the same command again (finished chunks are kept in {args.state})"
+        )
+
+
+def write_outputs(args, saved: dict, left: list, say) -> None:
+    from flexidit_trt.artifacts import write_bytes_atomic, write_json_atomic
+    from flexidit_trt.evaluation.report import markdown, plot_png, report_dict, sheet_png
+    from flexidit_trt.evaluation.run import EvalReport
+
+    if not saved:
+        say("no finished runs yet")
+        return
+    report = EvalReport(complete=not left)
+    by_way: dict[str, list] = {}
+    for _, (result, grid, meta) in saved.items():
+        by_way.setdefault(result.series, []).append((result, grid))
+        report.meta.setdefault("ways", {})[result.series] = meta.get("way")
+        for key in ("inception_sha256", "protocol", "device", "reference", "checkpoint", "metrics"):
+            report.meta.setdefault(key, meta.get(key))
+        report.meta.setdefault(
+            "options", {k: meta["options"][k] for k in ("num_samples", "steps", "sampler", "seed")}
+        )
+    # The projection way's budget 1.0 is flexify's run (see the module docstring).
+    for result, grid in by_way.get("flexify", []):
+        if result.budget == 1.0 and result.seed == args.seed and "projection" in by_way:
+            by_way["projection"].append((replace(result, series="projection"), grid))
+            report.meta["projection_at_1.0"] = "the flexify way's run: only patch 2 runs at budget 1.0"
+    order = {name: i for i, name in enumerate(DISPLAY)}
+    for way in sorted(by_way, key=lambda w: order.get(w, 99)):
+        for result, grid in sorted(by_way[way], key=lambda rg: (-rg[0].budget, rg[0].seed)):
+            report.runs.append(result)
+            report.grids[(way, result.budget, result.seed)] = grid
+    static = next(
+        (r for r in report.runs if r.series == "flexify" and r.budget == 1.0 and r.seed == args.seed), None
+    )
+    data = report_dict(report)
+    text = markdown(report) + targets_text(report, static)
+    for row in data["runs"]:
+        row["fid_vs_static"] = None if static is None else row["fid"] / static.fid - 1
+    data["base_quality"] = (
+        None if static is None else {"fid": static.fid, "class_accuracy": static.class_accuracy}
+    )
+    data["left"] = [f"{w.name}@{b}/s{s}" for w, b, s in left]
+    write_json_atomic(args.out / "results.json", data)
+    write_bytes_atomic(args.out / "results.md", text.encode())
+    write_bytes_atomic(args.out / "quality_vs_compute.png", plot_png(report.runs))
+    rows = [
+        (
+            WAYS[way].title if way in WAYS else way,
+            [
+                (
+                    f"b={r.budget:g} ({100 * r.achieved_fraction:.0f}%)",
+                    *_first(report.grids[(way, r.budget, r.seed)], 6),
+                )
+                for r in report.runs
+                if r.series == way and r.seed == args.seed
+            ],
+        )
+        for way in sorted(by_way, key=lambda w: order.get(w, 99))
+    ]
+    write_bytes_atomic(args.out / "samples.png", sheet_png(rows))
+    export_runs(args)
+    say("")
+    say(text)
+
+
+def _first(grid: tuple[np.ndarray, np.ndarray], per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `per_class` images of each class of a grid."""
+    images, labels = grid
+    keep = [i for i, k in enumerate(labels) if (labels[:i] == k).sum() < per_class]
+    return images[keep], labels[keep]
+
+
+def targets_text(report, static) -> str:
+    """The issue's targets, per way, against the static model (flexify at budget 1.0, CFG)."""
+    if static is None:
+        return ""
+    lines = [
+        "",
+        f"Base model (budget 1.0, CFG {static.cfg_scale:g}): FID {static.fid:.3f}, "
+        f"class accuracy {100 * static.class_accuracy:.1f}%.",
+        "",
+    ]
+    lines += ["| way | budget | compute | FID | vs static | target | met |", "|---|---|---|---|---|---|---|"]
+    for r in report.runs:
+        if r.budget in TARGETS and r.seed == static.seed:
+            gap = r.fid / static.fid - 1
+            ok = (
+                "yes" if gap <= TARGETS[r.budget] else f"no (by {100 * (gap - TARGETS[r.budget]):.1f} points)"
+            )
+            lines.append(
+                f"| {r.series} | {r.budget:g} | {r.achieved_fraction:.3f} | {r.fid:.3f} | {100 * gap:+.1f}% | "
+                f"<= {100 * TARGETS[r.budget]:.0f}% | {ok} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

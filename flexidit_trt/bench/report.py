@@ -1,0 +1,338 @@
+"""`flexidit-trt bench report`: every results file merged into one markdown report and PNG plots.
+
+    report = build_report("benchmarks/results")
+    report.markdown_path     # benchmarks/results/REPORT.md
+    report.plots             # latency-vs-budget-<machine>.png per machine, speedup-vs-reference.png
+
+The newest file per (machine, backend) is taken (results.latest); the tables run across machines (GPU
+SKUs) and backends. A backend that did not run shows its reason in place of numbers. Ratios (speedups)
+are the ones each run measured within itself, never across runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import atomic_path, write_bytes_atomic
+from .results import find_results, latest, read_results
+
+REPORT_NAME = "REPORT.md"
+BACKEND_ORDER = ("reference", "trt", "aoti", "torch", "torch-eager", "ort")
+DASH = "—"
+
+
+@dataclass
+class Report:
+    markdown: str
+    markdown_path: Path
+    plots: list[Path]
+    files: list[Path]  # every results file read
+
+
+def build_report(results: str | Path, out: str | Path | None = None) -> Report:
+    """Read every results file under `results`, write REPORT.md and the plots into `out` (default: the
+    same folder). ManifestError names a file that is not a results file of this schema."""
+    results = Path(results)
+    files = find_results(results)
+    if not files:
+        raise FileNotFoundError(f"no results files under {results} (run `flexidit-trt bench` first)")
+    docs = latest(read_results(f) for f in files)
+    out = Path(out) if out is not None else results
+    plots = [*_latency_plots(docs, out), *_speedup_plot(docs, out)]
+    intro = [
+        "# flexidit-trt bench results",
+        "",
+        f"Merged by `flexidit-trt bench report` from {len(files)} results file(s) under `{results}`: the newest "
+        "run per machine and backend. Every number was measured in its run; ratios are taken within one run.",
+        "",
+    ]
+    figures = [f"![{p.stem}]({p.name})" for p in plots]
+    text = "\n".join([*intro, markdown(docs), *(["## Plots", "", *figures, ""] if figures else [])])
+    path = write_bytes_atomic(out / REPORT_NAME, text.encode())
+    return Report(text, path, plots, files)
+
+
+def markdown(docs: Sequence[dict]) -> str:
+    """The report's tables for these documents (also what `bench` prints at its end)."""
+    docs = sorted(docs, key=_order)
+    sections = [
+        ("Machines", _machines(docs)),
+        ("End to end: one trajectory per row", _trajectories(docs)),
+        ("Forwards: each engine alone, against its floor", _forwards(docs)),
+        ("Device memory: one shared graph pool against one pool per engine", _memory(docs)),
+        ("Time budgets: weak steps chosen from the measured step latency", _time_plans(docs)),
+    ]
+    out = []
+    for title, table in sections:
+        if table:
+            out += [f"## {title}", "", *table, ""]
+    return "\n".join(out)
+
+
+# -- tables --------------------------------------------------------------------------------------------------
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    rows = [[str(c) for c in r] for r in rows]
+    if not rows:
+        return []
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def _machines(docs: Sequence[dict]) -> list[str]:
+    seen: dict[str, dict] = {}
+    for d in docs:
+        seen.setdefault(d["machine"], d)
+    rows = []
+    for machine, d in seen.items():
+        hw, gpu = d["hardware"], d["hardware"].get("gpu")
+        gpu = gpu if isinstance(gpu, dict) else {}
+        clocks = gpu.get("clocks") if isinstance(gpu.get("clocks"), dict) else {}
+        peak, copy = hw.get("matmul_peak", {}), hw.get("copy_bandwidth", {})
+        torch = hw.get("torch") if isinstance(hw.get("torch"), dict) else {}
+        rows.append(
+            [
+                machine,
+                gpu.get("name", hw["host"].get("processor", DASH) if hw.get("device") == "cpu" else DASH),
+                _gib(gpu.get("memory_total_bytes")),
+                gpu.get("driver", DASH),
+                (hw.get("cuda") or {}).get("runtime", DASH),
+                torch.get("version", DASH),
+                f"{peak['per_s'] / 1e12:.3g} ({peak['what']})" if peak else DASH,
+                f"{copy['per_s'] / 1e9:.3g}" if copy else DASH,
+                f"{clocks['sm_mhz']} / {clocks['sm_max_mhz']}" if "sm_max_mhz" in clocks else DASH,
+                _setup(d),
+            ]
+        )
+    header = ["machine", "GPU", "memory", "driver", "CUDA", "torch", "matmul TFLOP/s", "copy GB/s",
+              "SM MHz (max)", "model, precision, steps"]  # fmt: skip
+    return _table(header, rows)
+
+
+def _trajectories(docs: Sequence[dict]) -> list[str]:
+    rows = []
+    for d in docs:
+        if d["status"] != "ok":
+            rows.append([d["machine"], d["backend"], f"{d['status']}: {d['reason']}", *[""] * 8])
+            continue
+        for t in d.get("trajectories", []):
+            budget = t.get("budget")
+            rows.append(
+                [
+                    d["machine"],
+                    d["backend"],
+                    t["images"],
+                    DASH if budget is None else f"{budget:g}",
+                    t.get("weak_steps", DASH),
+                    f"{t['wall_s']:.3f} ± {t['wall']['iqr_ms'] / 1e3:.3f}",
+                    f"{t['images_per_s']:.2f}",
+                    _times(t.get("speedup_vs_static")),
+                    _times(t.get("speedup_vs_reference")),
+                    _pct(t.get("loop_overhead_fraction")),
+                    _mib(_peak_bytes(t.get("memory"))),
+                ]
+            )
+    header = ["machine", "backend", "images", "budget", "weak steps", "wall s (± IQR)", "images/s", "× static",
+              "× reference", "loop over forwards", "peak memory MiB"]  # fmt: skip
+    return _table(header, rows)
+
+
+def _forwards(docs: Sequence[dict]) -> list[str]:
+    rows = []
+    for d in docs:
+        for f in d.get("forwards", []):
+            s, floor = f["stats"], f["floor"]
+            rows.append(
+                [
+                    d["machine"],
+                    d["backend"],
+                    f["patch_size"],
+                    f["batch"],
+                    f"{s['median_ms']:.3f}",
+                    _pct(s.get("spread")),
+                    f"{f['tflops']:.3g}",
+                    _pct(f["peak_fraction"]),
+                    f"{floor['floor_ms']:.3f} ({floor['bound']})",
+                    _times(f["over_floor"]),
+                ]
+            )
+    header = ["machine", "backend", "patch", "batch", "median ms", "spread (IQR)", "TFLOP/s", "of peak",
+              "floor ms", "× floor"]  # fmt: skip
+    return _table(header, rows)
+
+
+def _memory(docs: Sequence[dict]) -> list[str]:
+    rows = []
+    for d in docs:
+        m = d.get("memory")
+        if not m:
+            continue
+        if "not_measured" in m:
+            rows.append(
+                [d["machine"], d["backend"], DASH, DASH, f"not measured: {m['not_measured']}", "", ""]
+            )
+            continue
+        rows.append(
+            [
+                d["machine"],
+                d["backend"],
+                m["images"],
+                f"{m['budget']:g}",
+                _mib(m["shared_pool_bytes"]),
+                _mib(m["pool_per_engine_bytes"]),
+                m["how"],
+            ]
+        )
+    return _table(
+        ["machine", "backend", "images", "budget", "shared pool MiB", "pool per engine MiB", "how"], rows
+    )
+
+
+def _time_plans(docs: Sequence[dict]) -> list[str]:
+    rows = []
+    for d in docs:
+        for t in d.get("time_plans", []):
+            chosen = (
+                f"unreachable: {t['unreachable']}"
+                if "unreachable" in t
+                else f"{t['weak_steps']}: {_pct(t['measured_fraction'])} (predicted {_pct(t['predicted_fraction'])})"
+            )
+            rows.append(
+                [
+                    d["machine"],
+                    d["backend"],
+                    t["images"],
+                    _pct(t["fraction"]),
+                    chosen,
+                    t["macs_plan_weak_steps"],
+                    f"{_pct(t['macs_plan_measured_fraction'])} (predicted {_pct(t['macs_plan_predicted_fraction'])})",
+                ]
+            )
+    header = ["machine", "backend", "images", "time asked (of static)", "time planner: weak steps, time",
+              "MACs planner: weak steps", "its time (of static)"]  # fmt: skip
+    return _table(header, rows)
+
+
+# -- plots ---------------------------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def _latency_plots(docs: Sequence[dict], out: Path) -> list[Path]:
+    """Per machine: wall time against budget, one line per backend and batch; the reference dashed."""
+    plt = _pyplot()
+    paths = []
+    for machine in sorted({d["machine"] for d in docs}):
+        mine = [d for d in docs if d["machine"] == machine and d["status"] == "ok"]
+        images = sorted({t["images"] for d in mine for t in d.get("trajectories", [])})
+        if not images:
+            continue
+        fig, axes = plt.subplots(1, len(images), figsize=(5 * len(images), 4), squeeze=False)
+        for ax, n in zip(axes[0], images, strict=True):
+            for d in mine:
+                runs = sorted(
+                    (t for t in d["trajectories"] if t["images"] == n), key=lambda t: t.get("budget") or 0
+                )
+                if not runs:
+                    continue
+                if d["backend"] == "reference":
+                    ax.axhline(runs[0]["wall_s"], color="black", linestyle="--", label="reference loop")
+                else:
+                    ax.plot(
+                        [t["budget"] for t in runs],
+                        [t["wall_s"] for t in runs],
+                        marker="o",
+                        label=d["backend"],
+                    )
+            ax.set(
+                title=f"{machine}: {n} image(s)", xlabel="budget (fraction of static MACs)", ylabel="wall s"
+            )
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        paths.append(_save(fig, out / f"latency-vs-budget-{machine}.png"))
+        plt.close(fig)
+    return paths
+
+
+def _speedup_plot(docs: Sequence[dict], out: Path) -> list[Path]:
+    """Per machine: speedup over the reference loop against budget, one line per backend and batch."""
+    plt = _pyplot()
+    machines = sorted(
+        {d["machine"] for d in docs for t in d.get("trajectories", []) if t.get("speedup_vs_reference")}
+    )
+    if not machines:
+        return []
+    fig, axes = plt.subplots(1, len(machines), figsize=(5 * len(machines), 4), squeeze=False)
+    for ax, machine in zip(axes[0], machines, strict=True):
+        for d in docs:
+            if d["machine"] != machine or d["backend"] == "reference":
+                continue
+            for n in sorted({t["images"] for t in d.get("trajectories", [])}):
+                runs = sorted((t for t in d["trajectories"] if t["images"] == n and t.get("speedup_vs_reference")),
+                              key=lambda t: t["budget"])  # fmt: skip
+                if runs:
+                    ax.plot([t["budget"] for t in runs], [t["speedup_vs_reference"] for t in runs], marker="o",
+                            label=f"{d['backend']}, {n} image(s)")  # fmt: skip
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+        ax.set(
+            title=machine,
+            xlabel="budget (fraction of static MACs)",
+            ylabel="× faster than the reference loop",
+        )
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    path = _save(fig, out / "speedup-vs-reference.png")
+    plt.close(fig)
+    return [path]
+
+
+# -- formatting ----------------------------------------------------------------------------------------------
+def _order(d: dict) -> tuple:
+    rank = BACKEND_ORDER.index(d["backend"]) if d["backend"] in BACKEND_ORDER else len(BACKEND_ORDER)
+    return (d["machine"], rank, d["backend"])
+
+
+def _setup(d: dict) -> str:
+    model, opts = d.get("model") or {}, d["options"]
+    precision = model.get("precision", opts.get("precision") or DASH)
+    return f"{opts.get('model', DASH)}, {precision}, {opts.get('steps')} steps"
+
+
+def _peak_bytes(memory: Any) -> int | None:
+    if not isinstance(memory, dict):
+        return None
+    return memory.get("peak_device_bytes") or memory.get("host_peak_rss_bytes")
+
+
+def _times(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}×"
+
+
+def _pct(x: float | None) -> str:
+    return DASH if x is None else f"{100 * x:.1f}%"
+
+
+def _mib(n: int | None) -> str:
+    return DASH if n is None else f"{n / 2**20:.0f}"
+
+
+def _gib(n: int | None) -> str:
+    return DASH if n is None else f"{n / 2**30:.0f} GiB"

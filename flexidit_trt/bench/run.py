@@ -1,0 +1,647 @@
+"""`flexidit-trt bench` as a library call: every backend on one model, in one process, one results file
+per backend (results.py), the reference loop beside them.
+
+    run = run_bench(BenchOptions(model="dit_xl", batch_sizes=(1, 8), budgets=(1.0, 0.5)))
+    run.paths        # benchmarks/results/<gpu>/<date>-<backend>.json, one per backend and the reference
+
+Per backend (a `Pipeline` as `run` builds it), for each batch of images (ascending) and budget (1.0 first:
+the static model is every backend's baseline):
+- the trajectory: one warm-up `generate` (captures the CUDA graphs, compiles), then `repeats` timed
+  ones: wall time (the record's, from the call to the samples on the host), images/s, and from the last
+  call's record the loop time, the sum of its forwards and the per-step latency by patch size;
+- then each engine's forward alone at the batch the trajectories ran it at (2 × images with CFG):
+  `TimingOptions.runs` back-to-back calls after a warm-up, timed by CUDA events on the run's stream
+  (perf_counter on the CPU), median and spread, against its floor (floors.py);
+- device memory with the engines' graphs in one shared pool against one pool per engine (the torch
+  backends: the same compiled engines re-captured both ways, torch's reserved memory measured);
+- the time planner's choice for each budget taken as a time fraction, from the measured step latency.
+Unavailable backends get a file that says why ("not run: TensorRT is not installed here"), never numbers.
+A backend that fails mid-way gets a "failed" file with the error; the others still run.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import date as _date
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import BuildError, ensure_writable_dir, utc_now
+from ..diffusion import make_sampler, plan
+from ..diffusion.time_planner import TimeBudget, plan_for_time, predict_seconds
+from ..runtime import Pipeline, RunError, Selection
+from ..runtime.pipeline import GUIDANCE
+from ..runtime.select import installed, resolve_device, resolve_precision
+from . import hardware
+from .floors import against_floor, forward_floor, weight_bytes
+from .measure import DEFAULT_TIMING, EventClock, HostClock, TimingOptions, summarize, time_calls, time_wall
+from .reference import ReferenceLoop, ReferenceUnavailable
+from .results import new_document, trajectory_step_seconds, write_results
+
+BACKENDS = ("trt", "aoti", "torch", "torch-eager", "ort")
+# The run order: each backend's file is written as it finishes, so a backend that takes the process down
+# (an AOTInductor package that crashes on load, GPU.md) goes last and loses no one else's numbers.
+DEFAULT_BACKENDS = ("torch-eager", "torch", "ort", "trt", "aoti")
+DEFAULT_OUT = Path("benchmarks/results")
+# torch.compile (dynamic=False) compiles each (patch, batch) shape of the one forward code object once;
+# dynamo's default limit of 8 fails a fullgraph compile (FailOnRecompileLimitHit) past 4 batch sizes.
+DYNAMO_RECOMPILE_LIMIT = 64
+
+
+class BenchOptionError(ValueError):
+    """A bench option is unusable (the CLI maps it to exit code 2)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    model: str = "dit_xl"
+    backends: tuple[str, ...] = DEFAULT_BACKENDS  # run in this order
+    batch_sizes: tuple[int, ...] = (1, 8)  # images per batch (CFG runs twice as many rows)
+    budgets: tuple[float, ...] = (1.0, 0.5)  # 1.0 (the static model) is always added
+    steps: int = 250
+    precision: str | None = None  # bf16 on a GPU, fp32 on the CPU
+    sampler: str = "ddpm"
+    guidance: str = "cfg"
+    cfg_scale: float = 4.0
+    seed: int = 0
+    device: str | None = None
+    workdir: Path = Path(".")  # where `build` put the engines (trt, aoti, ort)
+    out: Path = DEFAULT_OUT
+    checkpoint: Path | None = None
+    image_size: int | None = None
+    patch_sizes: tuple[int, ...] = (2, 4)
+    overrides: dict = field(default_factory=dict)  # config fields for random weights (depth=2, ...)
+    reference: bool = True
+    repeats: int = 3  # timed trajectories per (images, budget)
+    timing: TimingOptions = DEFAULT_TIMING
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.backends if b not in BACKENDS]
+        if not self.backends or bad:
+            raise BenchOptionError(f"unknown backend(s) {bad or '(none)'}; allowed: {', '.join(BACKENDS)}")
+        if not self.batch_sizes or any(
+            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes
+        ):
+            raise BenchOptionError(f"batch sizes must be positive ints, got {self.batch_sizes!r}")
+        if not self.budgets or any(isinstance(b, bool) or not 0.0 < b <= 1.0 for b in self.budgets):
+            raise BenchOptionError(
+                f"budgets are fractions of the static model's MACs in (0, 1], got {self.budgets!r}"
+            )
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise BenchOptionError(f"steps must be a positive int, got {self.steps!r}")
+        if self.guidance not in GUIDANCE:
+            raise BenchOptionError(f"unknown guidance {self.guidance!r}; allowed: cfg, weak-to-strong, none")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise BenchOptionError(f"repeats must be a positive int, got {self.repeats!r}")
+        try:
+            make_sampler(self.sampler, self.steps)
+        except ValueError as err:
+            raise BenchOptionError(str(err)) from None
+        object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))
+        object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
+        object.__setattr__(self, "budgets", tuple(sorted(set(self.budgets) | {1.0}, reverse=True)))
+
+    def record(self) -> dict:
+        """The options as the results file keeps them."""
+        out = asdict(self)
+        out.update(
+            workdir=str(self.workdir),
+            out=str(self.out),
+            checkpoint=str(self.checkpoint) if self.checkpoint else None,
+            forward_runs=self.timing.runs,
+            warmup=self.timing.warmup,
+        )
+        del out["timing"]
+        return out
+
+
+@dataclass
+class BenchRun:
+    paths: list[Path]
+    docs: list[dict]
+
+    @property
+    def failed(self) -> list[dict]:
+        return [d for d in self.docs if d["status"] == "failed"]
+
+
+class _NotRun(Exception):
+    """This backend cannot run here; the message says why."""
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_bench(options: BenchOptions, say: Callable[[str], None] = _stderr) -> BenchRun:
+    """Measure every backend of `options` and write one results file each. RunError / BuildError for
+    what the caller can fix before anything is measured (device, precision, model, output folder)."""
+    return _Bench(options, say).run()
+
+
+class _Bench:
+    def __init__(self, options: BenchOptions, say: Callable[[str], None]):
+        self.options = options
+        self.say = say
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def run(self) -> BenchRun:
+        opts = self.options
+        self.device = resolve_device(opts.device)
+        self.precision = resolve_precision(opts.precision, self.device)
+        if not installed("torch"):
+            raise RunError("flexidit-trt bench needs torch (pip install 'flexidit-trt[export]')")
+        import torch
+        import torch._dynamo.config as dynamo_config
+
+        from ..export.source import ModelSource
+        from ..model.macs import forward_macs
+
+        self.source = ModelSource(
+            opts.model,
+            opts.patch_sizes,
+            checkpoint=opts.checkpoint,
+            image_size=opts.image_size,
+            overrides=dict(opts.overrides),
+        )
+        self.source.resolve()  # the config, without the weights where it can
+        macs = {p: forward_macs(self.source.config, p) for p in self.source.config.patch_sizes}
+        for b in opts.budgets:  # a budget below the reachable one is bad usage: say so before measuring
+            try:
+                plan(b, opts.steps, macs, GUIDANCE[opts.guidance])
+            except ValueError as err:
+                raise BenchOptionError(str(err)) from None
+        ensure_writable_dir(opts.out)  # fail now, not after minutes of measuring
+        limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), DYNAMO_RECOMPILE_LIMIT))
+        self.say(f"model: {self.source.name} ({self.source.label()})")
+        self.model = self.source.load()
+        self.config = self.model.config
+        self.stream = None
+        if self.device != "cpu":
+            from ..runtime import cuda
+
+            self.stream = cuda.Stream(self.device)
+            torch.cuda.set_device(self.device)
+        self.hardware = self._hardware()
+        self.machine = hardware.slug(self.device)
+        created = utc_now()
+        self.common = {
+            "run_id": f"{created}-{platform.node() or 'host'}",
+            "created": created,
+            "date": _date.today().isoformat(),
+            "machine": self.machine,
+            "hardware": self.hardware,
+            "model": self._model_facts(),
+            "options": opts.record(),
+        }
+        self.reference_wall: dict[int, float] = {}
+        docs, paths = [], []
+        try:
+            for measure in [
+                self._reference,
+                *(lambda name=name: self._backend(name) for name in opts.backends),
+            ]:
+                docs.append(measure())
+                path = write_results(docs[-1], opts.out)
+                if path is None:
+                    self.say(f"{docs[-1]['backend']}: kept today's earlier results file, which has numbers")
+                else:
+                    paths.append(path)
+                    self.say(f"wrote {path}")
+        finally:
+            if self.stream is not None:
+                self.stream.close()
+        return BenchRun(paths, docs)
+
+    def _hardware(self) -> dict:
+        facts = hardware.facts(self.device)
+        peak = hardware.matmul_peak(self.device, self.precision, self.stream, self.options.timing)
+        copy = hardware.copy_bandwidth(self.device, self.stream, self.options.timing)
+        self.peak, self.bandwidth = peak.per_s, copy.per_s
+        self.say(
+            f"measured: {peak.what} {peak.per_s / 1e12:.1f} TFLOP/s; {copy.what} {copy.per_s / 1e9:.0f} GB/s"
+        )
+        return {**facts, "matmul_peak": peak.to_dict(), "copy_bandwidth": copy.to_dict()}
+
+    def _model_facts(self) -> dict:
+        import json
+
+        self.weight_bytes = {p: weight_bytes(self.config, p, self.precision) for p in self.config.patch_sizes}
+        self.macs = {p: self.model.macs(p) for p in self.config.patch_sizes}
+        return {
+            "name": self.source.name,
+            "config": json.loads(self.config.to_json()),
+            "weights": self.source.label(),
+            "precision": self.precision,
+            "patch_sizes": list(self.config.patch_sizes),
+            "macs_by_patch": {str(p): m for p, m in self.macs.items()},
+            "weight_bytes_by_patch": {str(p): b for p, b in self.weight_bytes.items()},
+        }
+
+    def _doc(self, backend: str, label: str, status: str, reason: str | None, **fields: Any) -> dict:
+        return new_document(
+            **self.common, backend=backend, label=label, status=status, reason=reason, **fields
+        )
+
+    def _labels(self, images: int) -> list[int]:
+        return [(17 * i) % self.config.num_classes for i in range(images)]  # spread over the classes
+
+    def _measured(self, name: str, label: str, measure: Callable[[], dict]) -> dict:
+        """The results document of one baseline or backend: its measurements, or why it did not run, or
+        the error it failed with (one backend's failure must not lose the others' results)."""
+        try:
+            return self._doc(name, label, "ok", None, **measure())
+        except _NotRun as err:
+            self.say(f"{name}: not run: {err}")
+            return self._doc(name, label, "not run", str(err))
+        except Exception as err:
+            self.say(f"{name}: failed:\n{traceback.format_exc()}")
+            return self._doc(name, label, "failed", f"{type(err).__name__}: {err}".splitlines()[0])
+        finally:
+            self._release()
+
+    # -- the reference loop ----------------------------------------------------------------------------------
+    def _reference(self) -> dict:
+        label = "the reference DiT sampling loop (p_sample_loop + forward_with_cfg; fp32 weights, TF32)"
+        return self._measured("reference", label, self._reference_trajectories)
+
+    def _reference_trajectories(self) -> dict:
+        opts = self.options
+        if not opts.reference:
+            raise _NotRun("skipped (--no-reference)")
+        if GUIDANCE[opts.guidance] != "cfg" or opts.sampler != "ddpm":
+            raise _NotRun("the reference loop samples with DDPM and CFG only (as sample.py)")
+        try:
+            loop = ReferenceLoop.load(
+                self.model, device=self.device, steps=opts.steps, cfg_scale=opts.cfg_scale, seed=opts.seed
+            )
+        except ReferenceUnavailable as err:
+            raise _NotRun(str(err)) from None
+        trajectories = []
+        try:
+            for images in opts.batch_sizes:
+                labels = self._labels(images)
+                loop(labels, warmup=True)
+                stats, _ = time_wall(lambda labels=labels: loop(labels), opts.repeats, warmup=0)
+                wall_s = stats.median_ms / 1e3
+                self.reference_wall[images] = wall_s
+                trajectories.append(
+                    {
+                        "images": images,
+                        "wall": stats.to_dict(),
+                        "wall_s": wall_s,
+                        "images_per_s": images / wall_s,
+                    }
+                )
+                self.say(f"reference: {images} images {wall_s:.3f} s")
+        finally:
+            loop.close()
+        return {"trajectories": trajectories}
+
+    # -- one backend -----------------------------------------------------------------------------------------
+    def _backend(self, name: str) -> dict:
+        return self._measured(name, _label(name, self.device), lambda: self._backend_measurements(name))
+
+    def _backend_measurements(self, name: str) -> dict:
+        pipe = self._pipeline(name)
+        try:
+            trajectories, forwards = [], []
+            for images in self.options.batch_sizes:
+                trajectories += self._trajectories(name, pipe, images)
+                forwards += self._forwards(pipe, images)
+            _speedups(trajectories, self.reference_wall)
+            return {
+                "why": pipe.selection.reason,
+                "engines": [b.describe() for b in pipe.backends.values()],
+                "forwards": forwards,
+                "trajectories": trajectories,
+                "memory": self._memory(pipe),
+                "time_plans": time_plans(
+                    trajectories, self.options, self.macs, lambda n, b: self._trajectory(pipe, n, b)
+                ),
+            }
+        finally:
+            pipe.close()
+
+    def _pipeline(self, name: str) -> Pipeline:
+        opts, device = self.options, self.device
+        if name == "trt" and not installed("tensorrt"):
+            raise _NotRun("TensorRT is not installed here")
+        if name in ("trt", "aoti") and device == "cpu":
+            raise _NotRun(f"the {name} backend runs engines on a CUDA GPU; this run is on the CPU")
+        max_batch = max(opts.batch_sizes)
+        if name in ("torch", "torch-eager"):
+            return Pipeline.from_model(
+                self.model,
+                backend="torch",
+                device=device,
+                precision=self.precision,
+                max_batch=max_batch,
+                compile=name == "torch",
+                weights=self.source.label(),
+            )
+        try:
+            pipe = Pipeline.from_workdir(
+                str(opts.workdir),
+                self.source.name,
+                backend=name,
+                device=device,
+                precision=self.precision,
+                max_batch=max_batch,
+                checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
+            )
+        except (RunError, BuildError) as err:
+            raise _NotRun(str(err)) from None
+        differs = _config_difference(pipe.spec.config, self.common["model"]["config"])
+        if differs:
+            pipe.close()
+            raise _NotRun(
+                f"the {name} engines under {opts.workdir} were built for another {self.source.name} config "
+                f"({differs}); rebuild them with `flexidit-trt build` and the same options"
+            )
+        return pipe
+
+    def _trajectories(self, name: str, pipe: Pipeline, images: int) -> list[dict]:
+        out = []
+        for budget in self.options.budgets:
+            out.append(self._trajectory(pipe, images, budget))
+            self.say(
+                f"{name}: {images} images, budget {budget}: {out[-1]['wall_s']:.3f} s ({out[-1]['plan']})"
+            )
+        return out
+
+    def _trajectory(self, pipe: Pipeline, images: int, budget: float) -> dict:
+        """One (images, budget): a warm-up call (captures the CUDA graphs, compiles), then `repeats` timed
+        ones. Wall time is the record's, from the call to the samples on the host (the record's own
+        bookkeeping after that, package versions and NVML, is not sampling); the whole call beside it."""
+        opts, labels = self.options, self._labels(images)
+
+        def generate() -> Any:
+            return pipe.generate(
+                labels,
+                budget=budget,
+                steps=opts.steps,
+                sampler=opts.sampler,
+                guidance=opts.guidance,
+                cfg_scale=opts.cfg_scale,
+                seed=opts.seed,
+                batch_size=images,
+                progress=False,
+            )
+
+        generate()
+        calls, walls = [], []
+        for _ in range(opts.repeats):
+            start = time.perf_counter()
+            result = generate()
+            calls.append((time.perf_counter() - start) * 1e3)
+            walls.append(result.record["timing"]["total_wall_s"] * 1e3)
+        stats = summarize(walls)
+        record = result.record
+        timing = record["timing"]
+        patches = record["plan"]["patch_per_step"]
+        wall_s = stats.median_ms / 1e3
+        return {
+            "images": images,
+            "budget": budget,
+            "plan": record["plan"]["summary"],
+            "weak_steps": sum(p != min(self.config.patch_sizes) for p in patches),
+            "achieved_fraction": record["plan"]["achieved_fraction"],
+            "wall": stats.to_dict(),
+            "wall_s": wall_s,
+            "call": summarize(calls).to_dict(),
+            "images_per_s": images / wall_s,
+            "loop_ms": timing["loop_ms"],
+            "forward_ms_sum": timing["forward_ms_sum"],
+            "loop_overhead_fraction": timing["loop_overhead_fraction"],
+            "outside_loop_ms": timing["total_wall_s"] * 1e3 - timing["loop_ms"],
+            "step_ms_by_patch": {p: v["step_ms_median"] for p, v in timing["by_patch"].items()},
+            "steps_by_patch": {p: v["steps"] for p, v in timing["by_patch"].items()},
+            "memory": record["memory"],
+        }
+
+    def _forwards(self, pipe: Pipeline, images: int) -> list[dict]:
+        """Each engine alone at the batches the trajectories ran it at, against its floor."""
+        kind = GUIDANCE[self.options.guidance]
+        rows = {"cfg": (2 * images,), "none": (images,), "weak_to_strong": (images, 2 * images)}[kind]
+        clock = HostClock() if self.device == "cpu" else EventClock(_stream(pipe))
+        out = []
+        for p, backend in pipe.backends.items():
+            for batch in rows:
+                if not backend.covers(batch):
+                    continue
+                backend.prepare([batch])
+                stats = time_calls(lambda b=backend, n=batch: b.forward(n), clock, self.options.timing)
+                floor = forward_floor(self.config, p, batch, self.weight_bytes[p], self.peak, self.bandwidth)
+                entry = {
+                    "patch_size": p,
+                    "batch": batch,
+                    "images": images,
+                    "stats": stats.to_dict(),
+                    "floor": floor.to_dict(),
+                    **against_floor(floor, stats.median_ms, self.peak),
+                }
+                out.append(entry)
+                self.say(
+                    f"  p{p} batch {batch}: {stats.median_ms:.3f} ms (IQR {stats.iqr_ms:.3f} ms), "
+                    f"{entry['over_floor']:.2f}x its {floor.bound} floor {floor.floor_ms:.3f} ms"
+                )
+        return out
+
+    # -- memory: one shared pool against one per engine ------------------------------------------------------
+    def _memory(self, pipe: Pipeline) -> dict:
+        opts = self.options
+        images, budget = max(opts.batch_sizes), min(opts.budgets)
+        if budget == 1.0:
+            return {"not_measured": "every budget ran one engine: give a budget below 1.0 to compare pools"}
+        if self.device == "cpu":
+            return {"not_measured": "CPU run: memory pools are a GPU matter"}
+        from ..runtime.torch_graphs import GraphPool, TorchGraphBackend
+
+        engines = pipe.backends
+        if all(not isinstance(b, TorchGraphBackend) for b in engines.values()):
+            if pipe.selection.backend == "trt":
+                rows = 2 * images
+                sizes = [b.activation_bytes(rows) for b in engines.values()]
+                return {
+                    "images": images,
+                    "budget": budget,
+                    "shared_pool_bytes": max(sizes),
+                    "pool_per_engine_bytes": sum(sizes),
+                    "how": "the engines' activation sizes at the largest batch (max vs sum); not run",
+                }
+            return {"not_measured": f"{pipe.selection.backend} owns its device memory (one shared allocator)"}
+        import torch
+
+        measured = {}
+        for layout in ("shared", "per_engine"):
+            shared = GraphPool(self.device)
+            pools = {p: shared if layout == "shared" else GraphPool(self.device) for p in engines}
+            clones = {
+                p: TorchGraphBackend(
+                    b.fn,
+                    patch_size=p,
+                    device=self.device,
+                    out_dtype=b.out_dtype,
+                    max_batch=b.max_batch,
+                    pool=pools[p],
+                )
+                for p, b in engines.items()
+            }
+            probe = Pipeline(
+                pipe.spec,
+                clones,
+                device=self.device,
+                selection=Selection(pipe.selection.backend, f"memory probe: {layout} graph pool"),
+                precision=pipe.precision,
+                max_batch=images,
+                owned=list({id(v): v for v in pools.values()}.values()),
+            )
+            self._release()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_reserved(self.device)
+            try:
+                probe.generate(
+                    self._labels(images),
+                    budget=budget,
+                    steps=opts.steps,
+                    sampler=opts.sampler,
+                    guidance=opts.guidance,
+                    cfg_scale=opts.cfg_scale,
+                    seed=opts.seed,
+                    batch_size=images,
+                    progress=False,
+                )
+                measured[layout] = torch.cuda.max_memory_reserved(self.device) - before
+            finally:
+                probe.close()
+                del probe, clones, pools, shared
+                self._release()
+        self.say(
+            f"  memory at {images} images, budget {budget}: shared pool {measured['shared'] / 2**20:.0f} MiB, "
+            f"one pool per engine {measured['per_engine'] / 2**20:.0f} MiB"
+        )
+        return {
+            "images": images,
+            "budget": budget,
+            "shared_pool_bytes": measured["shared"],
+            "pool_per_engine_bytes": measured["per_engine"],
+            "how": "the same engines re-captured in CUDA graphs either way; torch's peak reserved memory "
+            "during one trajectory, above what was reserved before it",
+        }
+
+    # -- the time planner on the measured latency ------------------------------------------------------------
+    def _release(self) -> None:
+        gc.collect()
+        if self.device != "cpu":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _label(name: str, device: str) -> str:
+    gpu = device != "cpu"
+    return {
+        "trt": "TensorRT engines, one shared activation block, CUDA graphs",
+        "aoti": "AOTInductor packages in CUDA graphs, one shared pool",
+        "torch": "torch.compile" + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
+        "torch-eager": "eager PyTorch" + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
+        "ort": "ONNX Runtime " + ("CUDA provider" if gpu else "CPU provider"),
+    }[name]
+
+
+def _stream(pipe: Pipeline) -> Any:
+    """The pipeline's one stream (a runtime.cuda.Stream, made by its first generate), for the events."""
+    stream = getattr(pipe, "stream", None) or getattr(pipe, "_stream", None)
+    if stream is None:
+        raise RuntimeError("the pipeline has no CUDA stream yet: run a trajectory first")
+    return stream
+
+
+def _config_difference(engine_config: dict, model_config: dict) -> str:
+    """The first shape field that differs between an engine's config and the benchmarked model's."""
+    keys = (
+        "depth",
+        "hidden_size",
+        "num_heads",
+        "patch_size",
+        "input_size",
+        "in_channels",
+        "num_classes",
+        "mlp_ratio",
+        "learn_sigma",
+    )
+    for key in keys:
+        if key in engine_config and engine_config[key] != model_config[key]:
+            return f"{key} {engine_config[key]} vs {model_config[key]}"
+    return ""
+
+
+def _speedups(trajectories: list[dict], reference_wall: dict[int, float]) -> None:
+    """Add each trajectory's speedup over the static model (budget 1.0, same backend and images) and over
+    the reference loop (same images, same run)."""
+    static = {t["images"]: t["wall_s"] for t in trajectories if t["budget"] == 1.0}
+    for t in trajectories:
+        t["speedup_vs_static"] = static[t["images"]] / t["wall_s"]
+        ref = reference_wall.get(t["images"])
+        t["speedup_vs_reference"] = ref / t["wall_s"] if ref else None
+
+
+# -- the time planner on the measured latency ----------------------------------------------------------------
+def time_plans(
+    trajectories: list[dict], options: BenchOptions, macs: dict[int, int], run: Callable[[int, float], dict]
+) -> list[dict]:
+    """Each budget below 1.0 taken as a fraction of the static model's wall time: the weak steps the time
+    planner picks from the step latency measured in `trajectories`, its prediction, and that schedule run
+    (`run(images, macs_budget)` times one trajectory) — beside the MACs planner's schedule at the same
+    number, measured already."""
+    kind, out = GUIDANCE[options.guidance], []
+    for images in options.batch_sizes:
+        runs = {t["budget"]: t for t in trajectories if t["images"] == images}
+        step_s = trajectory_step_seconds(trajectories, images)
+        if set(step_s) != set(macs):
+            continue
+        fixed_s = runs[1.0]["outside_loop_ms"] / 1e3
+        static = runs[1.0]["wall_s"]
+        static_predicted = predict_seconds(plan(1.0, options.steps, macs, kind), step_s, fixed_s)
+        for budget in (b for b in options.budgets if b < 1.0):
+            macs_plan = plan(budget, options.steps, macs, kind)
+            entry = {
+                "images": images,
+                "fraction": budget,
+                "macs_plan_weak_steps": macs_plan.weak_steps,
+                "macs_plan_measured_fraction": runs[budget]["wall_s"] / static,
+                "macs_plan_predicted_fraction": predict_seconds(macs_plan, step_s, fixed_s)
+                / static_predicted,
+                "step_ms_by_patch": {str(p): s * 1e3 for p, s in step_s.items()},
+                "fixed_ms": fixed_s * 1e3,
+            }
+            try:
+                chosen = plan_for_time(
+                    TimeBudget(fraction=budget), options.steps, step_s, macs, kind, fixed_s
+                )
+            except ValueError as err:
+                entry["unreachable"] = str(err)
+                out.append(entry)
+                continue
+            same = [t for t in runs.values() if t["weak_steps"] == chosen.plan.weak_steps]
+            # The MACs budget that gives exactly this schedule: plan() picks it back from its own fraction.
+            ran = same[0] if same else run(images, chosen.plan.achieved_fraction)
+            entry.update(
+                weak_steps=chosen.plan.weak_steps,
+                predicted_fraction=chosen.time_fraction,
+                plan=chosen.plan.describe(),
+                measured_fraction=ran["wall_s"] / static,
+                measured_weak_steps=ran["weak_steps"],
+            )
+            out.append(entry)
+    return out

@@ -1,0 +1,170 @@
+"""`flexidit-trt bench` (measure every backend, one results file each) and `flexidit-trt bench report`
+(merge every results file into REPORT.md and plots)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import main, parse_sizes
+from .eval import parse_budgets
+
+DEFAULT_RESULTS = Path("benchmarks/results")
+
+
+def parse_backends(ctx, param, value: str) -> tuple[str, ...]:
+    """click callback: "torch,ort" → ("torch", "ort"), each one of the bench's backends."""
+    from ..bench.run import BACKENDS
+
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [n for n in names if n not in BACKENDS]
+    if not names or bad:
+        raise click.BadParameter(f"expected some of {', '.join(BACKENDS)} (comma-separated), got {value!r}")
+    return names
+
+
+def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
+    """click callback: ("depth=2", "hidden_size=64") → {"depth": 2, "hidden_size": 64}."""
+    import json
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise click.BadParameter(f"expected KEY=VALUE (a config field, e.g. depth=2), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            raise click.BadParameter(
+                f"{item!r}: the value must be a number, true/false or a JSON list"
+            ) from None
+    return out
+
+
+@main.group(invoke_without_command=True)
+@click.option(
+    "--model", "model", default="dit_xl", show_default=True, help="dit_s, dit_b, dit_l, dit_xl, dit_fmnist"
+)
+@click.option(
+    "--backends",
+    callback=parse_backends,
+    default="torch-eager,torch,ort,trt,aoti",
+    show_default=True,
+    help="run in this order (each file is written as its backend finishes); torch: torch.compile, "
+    "torch-eager: eager kernels (both in CUDA graphs on a GPU); unavailable ones are recorded with the reason",
+)
+@click.option(
+    "--batch-sizes", callback=parse_sizes, default="1,8", show_default=True, help="images per batch"
+)
+@click.option(
+    "--budgets",
+    callback=parse_budgets,
+    default="1.0,0.5",
+    show_default=True,
+    help="1.0 (the static model) always runs",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default=None,
+    help="[default: bf16 on a GPU, fp32 on the CPU]",
+)
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "flow"]), default="ddpm", show_default=True)
+@click.option(
+    "--guidance", type=click.Choice(["cfg", "weak-to-strong", "none"]), default="cfg", show_default=True
+)
+@click.option("--cfg-scale", type=float, default=4.0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N  [default: the first GPU, else cpu]")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="where `flexidit-trt build` put the engines (trt, aoti, ort)",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS, show_default=True
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="[default: seeded random weights, as `build` uses]",
+)
+@click.option("--image-size", type=int, default=None, help="pixels  [default: 256, or the checkpoint's]")
+@click.option(
+    "--override",
+    "overrides",
+    multiple=True,
+    callback=parse_overrides,
+    help="config field for random weights, e.g. --override depth=2 (repeatable)",
+)
+@click.option(
+    "--reference/--no-reference", default=True, show_default=True, help="time the reference DiT loop too"
+)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="timed trajectories each"
+)
+@click.option(
+    "--forward-runs", type=click.IntRange(min=20), default=30, show_default=True, help="timed forwards each"
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=1), default=5, show_default=True, help="untimed forwards first"
+)
+@click.pass_context
+def bench(ctx: click.Context, forward_runs: int, warmup: int, **options) -> None:
+    """Latency of each backend per patch size, batch and budget, against the floor and the reference loop.
+    Writes <out>/<gpu>/<date>-<backend>.json; `flexidit-trt bench report` merges them."""
+    if ctx.invoked_subcommand is not None:
+        given = [p.name for p in ctx.command.params if ctx.get_parameter_source(p.name).name == "COMMANDLINE"]
+        if given:
+            raise click.UsageError(
+                f"options {', '.join(given)} belong to the measurement, not to `bench report`"
+            )
+        return
+    from ..artifacts import BuildError, OptionError
+    from ..bench import BenchOptionError, BenchOptions, run_bench
+    from ..bench.measure import TimingOptions
+    from ..bench.report import markdown
+    from ..runtime.backend import RunError, RunOptionError
+
+    try:
+        opts = BenchOptions(**options, timing=TimingOptions(runs=forward_runs, warmup=warmup))
+        result = run_bench(opts)
+    except (BenchOptionError, OptionError, RunOptionError) as err:
+        raise click.UsageError(str(err)) from None
+    except (RunError, BuildError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(markdown(result.docs))
+    for path in result.paths:
+        click.echo(f"wrote {path}")
+    if result.failed:
+        names = ", ".join(d["backend"] for d in result.failed)
+        raise click.ClickException(f"backend(s) failed: {names} (their results files say why)")
+
+
+@bench.command("report")
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_RESULTS,
+    show_default=True,
+    help="the folder `bench` wrote into",
+)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="[default: --results]"
+)
+def report(results: Path, out: Path | None) -> None:
+    """Merge every results file into one markdown report (REPORT.md) and PNG plots."""
+    from ..artifacts import ManifestError
+    from ..bench.report import build_report
+
+    try:
+        made = build_report(results, out)
+    except (FileNotFoundError, ManifestError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(made.markdown)
+    click.echo(f"wrote {made.markdown_path}" + "".join(f", {p}" for p in made.plots))

@@ -1,0 +1,102 @@
+"""`flexidit-trt run`: sample with the planner's schedule, one engine per patch size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import main
+
+
+def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    """click callback: "1,2,3" → (1, 2, 3); class labels are integers >= 0 (the upper bound is the
+    model's, checked once it is known)."""
+    if value is None:
+        return None
+    try:
+        labels = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated class labels (integers >= 0), got {value!r}"
+        ) from None
+    negative = [v for v in labels if v < 0]
+    if not labels or negative:
+        raise click.BadParameter(f"class labels are integers >= 0, got {value!r}")
+    return labels
+
+
+@main.command()
+@click.option(
+    "--budget", type=float, default=0.5, show_default=True, help="fraction of the static model's MACs, (0, 1]"
+)
+@click.option(
+    "--model",
+    default=None,
+    help="a model built with `flexidit-trt build` (dit_s, ...)  [default: the embedded default]",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="weights to run (engines built from other weights are refused)",
+)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True)
+@click.option(
+    "--backend", type=click.Choice(["auto", "trt", "aoti", "torch", "ort"]), default="auto", show_default=True
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default=None,
+    help="[default: bf16 on a GPU, fp32 on the CPU]",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=250, show_default=True, help="sampler steps")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "flow"]), default="ddpm", show_default=True)
+@click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="guidance scale")
+@click.option(
+    "--guidance", type=click.Choice(["cfg", "weak-to-strong", "none"]), default="cfg", show_default=True
+)
+@click.option(
+    "--class-labels", callback=parse_labels, default=None, help="e.g. 1,2,3  [default: 0, 1, 2, ...]"
+)
+@click.option(
+    "--num-images", type=click.IntRange(min=1), default=None, help="[default: 10, or one per label]"
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="images per batch  [default: all, up to 64]",
+)
+@click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="[default: samples/<timestamp>]")
+@click.option(
+    "--vae",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="local diffusers AutoencoderKL folder (latent models)",
+)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N  [default: the first GPU, else cpu]")
+@click.option("--compile", is_flag=True, help="torch backend: torch.compile the engines")
+@click.option("--json", "as_json", is_flag=True, help="print the run record as JSON")
+def run(as_json: bool, **options) -> None:
+    """Sample images, switching between one engine per patch size mid-trajectory."""
+    from ..runtime.backend import RunError, RunOptionError
+    from ..runtime.run import RunOptions
+    from ..runtime.run import run as run_samples
+
+    opts = RunOptions(**options, progress=None if not as_json else False)
+    say = (lambda line: None) if as_json else click.echo
+    try:
+        summary = run_samples(opts, say=say)
+    except RunOptionError as err:
+        raise click.UsageError(str(err)) from None
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(summary.result.record, indent=2, sort_keys=True, default=str))
+        return
+    for line in summary.lines:
+        click.echo(line)

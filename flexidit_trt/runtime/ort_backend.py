@@ -1,0 +1,145 @@
+"""ONNX Runtime backend: one session per exported graph (`export/<model>/p<k>.onnx`). No torch import.
+
+CPU: the CPU execution provider; the pipeline's numpy buffers are bound by address (IO binding), so a
+forward copies nothing and allocates only inside ONNX Runtime. This is the CPU path and CI's parity
+reference.
+
+CUDA (where onnxruntime-gpu is installed): the CUDA execution provider on the run's stream
+(`user_compute_stream`), with IO binding on the pipeline's device buffers and no synchronisation after a
+run. Sessions share one registered device allocator (`session.use_env_allocators`). Written to the
+documented API but never executed: no machine here has onnxruntime-gpu.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, IOBuffers, RunError
+
+_ORT_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+_ENV_ALLOCATORS: set[str] = set()  # devices whose shared allocator is registered in this process
+
+
+def cuda_provider_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _register_env_allocator(ort: Any, device: str) -> None:
+    """One arena allocator per device for every session of this process (sessions opt in with
+    `session.use_env_allocators`), so engines of several patch sizes share their memory."""
+    if device in _ENV_ALLOCATORS:
+        return
+    if device == "cpu":
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+    else:
+        index = int(device.split(":")[1])
+        info = ort.OrtMemoryInfo(
+            "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, index, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator_v2(
+            "CUDAExecutionProvider", info, {}, ort.OrtArenaCfg(0, -1, -1, -1)
+        )
+    _ENV_ALLOCATORS.add(device)
+
+
+class OrtBackend(Backend):
+    """One exported graph in an ONNX Runtime session."""
+
+    name = "ort"
+
+    def __init__(self, session: Any, patch_size: int, max_batch: int, device: str, path: Path):
+        self.session = session
+        self.patch_size = patch_size
+        self.max_batch = max_batch
+        self.device = device
+        self.out_dtype = "float32"  # the graphs' signature is fp32 in and out at every precision
+        self.path = path
+        self._io: IOBuffers | None = None
+        self._bindings: dict[int, Any] = {}
+        self._run_options = None
+
+    @classmethod
+    def load(
+        cls, path: str | Path, patch_size: int, device: str = "cpu", max_batch: int = 1 << 16, stream: int = 0
+    ) -> OrtBackend:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise RunError(f"exported graph {path} is missing")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        if device == "cpu":
+            providers: list[Any] = ["CPUExecutionProvider"]
+        else:
+            if not cuda_provider_available():
+                raise RunError(
+                    "the ort backend on a GPU needs onnxruntime-gpu (this onnxruntime has the CPU provider "
+                    "only); use --device cpu or another backend"
+                )
+            cuda_options = {"device_id": device.split(":")[1]}
+            if stream:
+                cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(stream))
+            providers = [("CUDAExecutionProvider", cuda_options)]
+        _register_env_allocator(ort, device)
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        backend = cls(session, patch_size, max_batch, device, path)
+        backend._run_options = ort.RunOptions()
+        if device != "cpu":  # the pipeline orders everything on its stream; never block the host per step
+            backend._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return backend
+
+    def activation_bytes(self, batch: int) -> int:
+        return 0  # ONNX Runtime owns its memory (one shared allocator per device)
+
+    def bind(self, io: IOBuffers, activations: int | None, stream: Any) -> None:
+        if _np_dtype(io.out) is not np.float32:
+            raise ValueError(f"the ort backend writes fp32 outputs, got an out buffer of {io.out.dtype}")
+        self._io = io
+        self._bindings.clear()
+
+    def prepare(self, batches: Sequence[int]) -> None:
+        for b in batches:
+            if b not in self._bindings:
+                self._bindings[b] = self._binding(b)
+
+    def _binding(self, batch: int) -> Any:
+        io = self._io
+        if io is None:
+            raise RuntimeError("bind() the buffers before prepare()")
+        kind, index = ("cpu", 0) if self.device == "cpu" else ("cuda", int(self.device.split(":")[1]))
+        binding = self.session.io_binding()
+        for name, buf in (("x", io.x), ("t", io.t), ("y", io.y)):
+            binding.bind_input(name, kind, index, _np_dtype(buf), [batch, *buf.shape[1:]], _address(buf))
+        out = io.out
+        binding.bind_output("out", kind, index, np.float32, [batch, *out.shape[1:]], _address(out))
+        return binding
+
+    def forward(self, batch: int) -> None:
+        binding = self._bindings.get(batch)
+        if binding is None:  # outside the pipeline's loop (tests, one-off calls)
+            binding = self._bindings[batch] = self._binding(batch)
+        self.session.run_with_iobinding(binding, self._run_options)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "graph": str(self.path), "providers": self.session.get_providers()}
+
+    def close(self) -> None:
+        self._bindings.clear()
+        self.session = None
+
+
+def _address(buf: Any) -> int:
+    return int(buf.ctypes.data) if isinstance(buf, np.ndarray) else int(buf.ptr)
+
+
+def _np_dtype(buf: Any) -> Any:
+    return buf.dtype.type if isinstance(buf, np.ndarray) else _ORT_DTYPES[buf.dtype]

@@ -1,0 +1,244 @@
+"""`flexidit-trt run` as one library call: choose the model and backend, sample, write the outputs.
+
+    summary = run(RunOptions(budget=0.5, out=Path("samples/x")))
+
+Everything the user can get wrong is checked before sampling starts (labels, budget, steps, --out), so a
+bad input costs a second, prints one line and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..diffusion import make_sampler
+from .backend import RunError, RunOptionError
+from .outputs import check_out_dir, decode_latents, latents_as_images, staged_output, to_images, write_outputs
+from .pipeline import GenerateResult, Pipeline
+from .select import BACKENDS, installed
+
+DEFAULT_NUM_IMAGES = 10
+
+
+@dataclass
+class RunOptions:
+    budget: float = 0.5
+    model: str | None = None
+    checkpoint: Path | None = None
+    workdir: Path = Path(".")
+    backend: str = "auto"
+    precision: str | None = None
+    steps: int | str = 250
+    sampler: str = "ddpm"
+    cfg_scale: float = 4.0
+    guidance: str = "cfg"
+    class_labels: tuple[int, ...] | None = None
+    num_images: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    out: Path | None = None
+    vae: Path | None = None
+    device: str | None = None
+    compile: bool = False
+    progress: bool | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    result: GenerateResult
+    lines: list[str] = field(default_factory=list)  # what `run` prints
+
+
+def default_out(now: float | None = None) -> Path:
+    return Path("samples") / time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+
+
+def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) -> RunSummary:
+    """Sample and write samples.png, samples.npy and record.json into options.out (atomically)."""
+    start = time.perf_counter()
+    out = Path(options.out) if options.out is not None else default_out()
+    _check_options(options)
+    check_out_dir(out)  # before minutes of sampling
+    pipe = open_pipeline(options)
+    say(f"model: {pipe.spec.name}, {pipe.spec.weights}")
+    say(f"backend: {pipe.selection.backend} ({pipe.selection.reason})")
+    labels = resolve_labels(options.class_labels, options.num_images, pipe.spec.num_classes)
+    with pipe:
+        result = pipe.generate(
+            labels,
+            budget=options.budget,
+            steps=options.steps,
+            sampler=options.sampler,
+            guidance=options.guidance,
+            cfg_scale=options.cfg_scale,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            progress=options.progress,
+        )
+    record = result.record
+    record["options"]["cli"] = options.to_dict()
+    image, shows = _png_content(result.samples, pipe, options)
+    title = _title(pipe, record)
+    record["png"] = {"shows": shows, "title": title}
+    with staged_output(out) as stage:
+        record["timing"]["run_wall_s"] = time.perf_counter() - start
+        write_outputs(stage, result.samples, record, np.asarray(labels), title, image)
+    timing = record["timing"]
+    lines = [
+        record["plan"]["summary"],
+        f"{len(labels)} images in {timing['total_wall_s']:.2f} s sampling ({timing['run_wall_s']:.2f} s in all); "
+        + ", ".join(
+            f"p{p} step {v['step_ms_median']:.2f} ms"
+            for p, v in sorted(timing["by_patch"].items(), key=lambda kv: int(kv[0]))
+        ),
+        f"png: {shows}",
+        f"wrote {out}/samples.png, samples.npy, record.json",
+    ]
+    if pipe.spec.random_weights:
+        lines.insert(0, "random weights: these samples show the pipeline, not a trained model")
+    return RunSummary(out, result, lines)
+
+
+def _check_options(options: RunOptions) -> None:
+    if options.backend not in BACKENDS:
+        raise RunOptionError(f"backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
+    if options.num_images is not None and options.num_images < 1:
+        raise RunOptionError(f"--num-images must be at least 1, got {options.num_images}")
+    if isinstance(options.budget, bool) or not 0.0 < float(options.budget) <= 1.0:
+        raise RunOptionError(
+            f"budget must be a fraction of the static model's compute in (0, 1], got {options.budget}"
+        )
+    try:
+        make_sampler(options.sampler, options.steps)
+    except ValueError as err:
+        raise RunOptionError(str(err)) from None
+    if options.vae is not None and not Path(options.vae).is_dir():
+        raise RunOptionError(f"--vae {options.vae} is not a folder (a local diffusers AutoencoderKL)")
+
+
+def resolve_labels(labels: tuple[int, ...] | None, num_images: int | None, num_classes: int) -> list[int]:
+    """--class-labels repeated to --num-images; without labels, classes 0, 1, 2, ... in turn."""
+    n = num_images if num_images is not None else (len(labels) if labels else DEFAULT_NUM_IMAGES)
+    if n < 1:
+        raise RunOptionError(f"--num-images must be at least 1, got {n}")
+    if labels:
+        return [labels[i % len(labels)] for i in range(n)]
+    return [i % num_classes for i in range(n)]
+
+
+def open_pipeline(options: RunOptions) -> Pipeline:
+    """The pipeline `run` samples with: the default model, a named model's built artifacts, or a checkpoint."""
+    if options.model is None and options.checkpoint is None:
+        return _default_pipeline(options)
+    if options.model is not None:
+        name = _folder_name(options.workdir, options.model)
+    else:  # the checkpoint's config names the artifact folders, as `build` names them
+        name = _checkpoint_model_name(Path(options.checkpoint))
+    return Pipeline.from_workdir(
+        str(options.workdir),
+        name,
+        backend=options.backend,
+        device=options.device,
+        precision=options.precision,
+        compile=options.compile,
+        checkpoint=None if options.checkpoint is None else str(options.checkpoint),
+    )
+
+
+def _default_pipeline(options: RunOptions) -> Pipeline:
+    from .default_model import DEFAULT_NAME, default_checkpoint
+
+    if not installed("torch") or options.backend not in ("auto", "torch"):
+        # Engines of the default model, built like any other (`build --checkpoint <default weights>`).
+        path = default_checkpoint()
+        if path is None and not installed("torch"):
+            raise RunError(
+                "the default model (random weights until the trained one lands) needs torch: "
+                "pip install 'flexidit-trt[export]', or run a built model with --model NAME"
+            )
+        return Pipeline.from_workdir(
+            str(options.workdir),
+            DEFAULT_NAME,
+            backend=options.backend,
+            device=options.device,
+            precision=options.precision,
+            compile=options.compile,
+            checkpoint=None if path is None else str(path),
+        )
+    from .default_model import default_model
+
+    model, weights, random = default_model()
+    from .select import torch_pipeline
+
+    return torch_pipeline(
+        model,
+        backend="torch",
+        device=options.device,
+        precision=options.precision,
+        compile=options.compile,
+        weights=weights,
+        random_weights=random,
+        reason=(
+            "no model named: the embedded default model on the torch backend"
+            + (" (requested)" if options.backend == "torch" else "")
+        ),
+    )
+
+
+def _checkpoint_model_name(path: Path) -> str:
+    from ..artifacts import BuildError
+    from ..export.source import ModelSource
+
+    if not path.exists():
+        raise RunError(f"checkpoint not found: {path}")
+    source = ModelSource(None, (2, 4), checkpoint=path)
+    try:
+        source.resolve()
+    except BuildError as err:
+        raise RunError(str(err)) from None
+    return source.name
+
+
+def _folder_name(workdir: Path, name: str) -> str:
+    """The artifact folder of `name`: as given when it exists, else the canonical config name ("DiT-S/2"
+    → "dit_s"), spelled without torch where torch is absent."""
+    if (Path(workdir) / "export" / name).is_dir() or (Path(workdir) / "engines" / name).is_dir():
+        return name
+    if installed("torch"):
+        from ..export.source import canonical_name
+
+        try:
+            return canonical_name(name)
+        except Exception as err:
+            raise RunError(str(err)) from None
+    return name.lower().replace("-", "_").replace("/", "_")
+
+
+def _png_content(samples: np.ndarray, pipe: Pipeline, options: RunOptions) -> tuple[np.ndarray, str]:
+    if not pipe.spec.is_latent:
+        return to_images(samples), "images (pixel space, x in [-1, 1])"
+    if options.vae is not None:
+        return to_images(
+            decode_latents(samples, options.vae, pipe.device)
+        ), f"images decoded by the VAE {options.vae}"
+    return latents_as_images(
+        samples
+    ), "latents, not images (no --vae given): channels 0-2 as RGB, min-max scaled"
+
+
+def _title(pipe: Pipeline, record: dict) -> str:
+    plan = record["plan"]
+    weights = "RANDOM WEIGHTS" if pipe.spec.random_weights else os.path.basename(pipe.spec.weights)
+    return (
+        f"{pipe.spec.name} ({weights}) | budget {record['options']['budget']} -> "
+        f"{100 * plan['achieved_fraction']:.1f}% | {pipe.selection.backend} | seed {record['seed']}"
+    )

