@@ -200,3 +200,23 @@ def test_class_accuracy():
     assert class_accuracy(np.array([1, 2, 3, 3]), np.array([1, 2, 0, 3])) == 0.75
     with pytest.raises(ValueError):
         class_accuracy(np.array([1, 2]), np.array([1]))
+
+
+def test_fid_full_rank_equals_the_sqrtm_route_of_stylegan():
+    # Our trace through eigh must give what StyleGAN's scipy.linalg.sqrtm of the product gives, on
+    # non-negative (post-ReLU, like Inception's pool) features with more samples than dimensions.
+    # Measured: 3e-14 relative at d = 2048, n = 10,000.
+    import scipy.linalg
+
+    rng = np.random.default_rng(4)
+    d, n = 256, 2000
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    a = feature_stats(np.maximum(rng.standard_normal((n, d)) @ mix, 0))
+    b = feature_stats(np.maximum(rng.standard_normal((n, d)) @ mix * 1.05 + 0.01, 0))
+    assert a.centred is None and b.centred is None
+    by_sqrtm = (
+        np.sum((a.mu - b.mu) ** 2)
+        + np.trace(a.sigma + b.sigma - 2 * scipy.linalg.sqrtm(a.sigma @ b.sigma)).real
+    )
+    assert frechet_distance(a, b) == pytest.approx(by_sqrtm, rel=1e-11)
+    assert frechet_distance(b, a) == pytest.approx(by_sqrtm, rel=1e-11)

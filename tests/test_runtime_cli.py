@@ -36,12 +36,13 @@ def test_default_run_writes_three_outputs(tmp_path):
     result = invoke("--steps", "20", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["record.json", "samples.npy", "samples.png"]
-    assert "random weights" in result.output and "backend: torch" in result.output
+    assert "default model" in result.output and "random weights" not in result.output
+    assert "backend: torch" in result.output
     samples = np.load(out / "samples.npy")
     assert samples.dtype == np.float32 and samples.shape == (10, 1, 32, 32)  # one image per class
     rec = json.loads((out / "record.json").read_text())
-    assert rec["random_weights"] and "random weights" in rec["weights"]
-    assert "RANDOM WEIGHTS" in rec["png"]["title"] and rec["png"]["shows"].startswith("images")
+    assert not rec["random_weights"] and rec["weights"].endswith("default.safetensors")
+    assert "default.safetensors" in rec["png"]["title"] and rec["png"]["shows"].startswith("images")
     assert rec["options"]["labels"] == list(range(10)) and rec["options"]["cli"]["steps"] == 20
     assert len(rec["plan"]["patch_per_step"]) == 20 and rec["backend"]["why"]
     png = Image.open(out / "samples.png")
@@ -72,7 +73,7 @@ def test_failure_mid_run_leaves_no_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["--class-labels", "10"], 2, "class label 10 is outside default's classes 0..9"),
+        (["--class-labels", "10"], 2, "class label 10 is outside dit_fmnist's classes 0..9"),
         (["--class-labels", "-1"], 2, "class labels are integers >= 0"),
         (["--budget", "0"], 2, "budget must be a fraction"),
         (["--budget", "1.5"], 2, "budget must be a fraction"),
@@ -188,3 +189,13 @@ def kernels_free_sha(path):
     from flexidit_trt.artifacts import sha256_path
 
     return sha256_path(path)
+
+
+def test_missing_default_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        "flexidit_trt.runtime.default_model.DEFAULT_WEIGHTS", tmp_path / "gone" / "default.safetensors"
+    )
+    result = CliRunner().invoke(main, ["run", "--steps", "2", "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "embedded default model" in result.output and "missing" in result.output
+    assert not (tmp_path / "out").exists()

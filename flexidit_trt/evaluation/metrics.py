@@ -1,9 +1,11 @@
 """Sample-quality metrics on Inception features: FID, KID, k-NN precision and recall, class accuracy.
 
 - FID (Heusel et al. 2017): |mu_r - mu_g|² + tr(S_r + S_g - 2 (S_r S_g)^½), statistics in float64,
-  the covariance with N - 1 (np.cov, as the original TTUR code), the matrix root by scipy.linalg.sqrtm
-  and its real part, as StyleGAN's `frechet_inception_distance.py` does; with fewer samples than
-  feature dimensions (smoke tests) the same trace through an n×n eigenproblem (see _trace_sqrt_product).
+  the covariance with N - 1 (np.cov, as the original TTUR code). StyleGAN's `frechet_inception_distance.py`
+  takes tr (S_r S_g)^½ as the real part of scipy.linalg.sqrtm of the product; we take the same trace as
+  tr (S_r^½ S_g S_r^½)^½ through two symmetric eigenproblems (numpy only: scipy is not on the GPU image),
+  which tests/test_eval_metrics.py checks against sqrtm; with fewer samples than feature dimensions
+  (smoke tests) through an n×n eigenproblem (see _trace_sqrt_product).
 - KID (Bińkowski et al. 2018): the unbiased MMD² with the kernel k(x, y) = (x·y / d + 1)³, averaged over
   random subsets of m = min(n_r, n_g, max_subset_size) features from each side, drawn without
   replacement, exactly the estimator of StyleGAN's `kernel_inception_distance.py` (100 subsets of 1000).
@@ -50,21 +52,27 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 
 
 def _trace_sqrt_product(a: FeatureStats, b: FeatureStats) -> float:
-    """tr (S_a S_b)^½. The standard route is scipy's sqrtm of the d×d product, real part (StyleGAN's
-    code). When one side has n <= d samples, S = XᵀX with X its centred rows / √(n-1), and S_o·XᵀX has
-    the nonzero eigenvalues of the n×n symmetric PSD matrix X S_o Xᵀ: their square roots sum to the same
-    trace exactly, at O(n·d²) instead of a d×d Schur decomposition of a singular matrix (slow, and where
-    sqrtm loses accuracy)."""
+    """tr (S_a S_b)^½. S_a S_b is similar to the symmetric PSD S_a^½ S_b S_a^½, so the trace is the sum of
+    the square roots of that matrix's eigenvalues (eigh, float64). When one side has n <= d samples,
+    S = XᵀX with X its centred rows / √(n-1), and the n×n matrix X S_o Xᵀ has the same nonzero
+    eigenvalues: O(n·d²) instead of d×d, and no spurious roots of rounding-level eigenvalues."""
     small = [s for s in (a, b) if s.centred is not None]
-    if not small:
-        import scipy.linalg
-
-        return float(np.trace(scipy.linalg.sqrtm(a.sigma @ b.sigma)).real)
-    low = min(small, key=lambda s: s.count)
-    other = b if low is a else a
-    x = low.centred / np.sqrt(low.count - 1)
-    eigenvalues = np.linalg.eigvalsh(x @ other.sigma @ x.T)
+    if small:
+        low = min(small, key=lambda s: s.count)
+        other = b if low is a else a
+        x = low.centred / np.sqrt(low.count - 1)
+        product = x @ other.sigma @ x.T
+    else:
+        root = _psd_sqrt(a.sigma)
+        product = root @ b.sigma @ root
+    eigenvalues = np.linalg.eigvalsh(product)  # reads one triangle: product is symmetric up to rounding
     return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a PSD matrix (negative rounding-level eigenvalues clipped to 0)."""
+    w, v = np.linalg.eigh(matrix)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
 @dataclass(frozen=True)

@@ -307,13 +307,13 @@ def load_model(checkpoint: str | os.PathLike | None, patch_sizes: tuple[int, ...
 
 
 def default_checkpoint() -> Path:
-    """The packaged default model; evaluating random weights would mean nothing, so its absence is an error."""
-    from ..runtime.default_model import DEFAULT_WEIGHTS, default_checkpoint
+    """The packaged default model."""
+    from ..runtime.default_model import default_checkpoint
 
-    path = default_checkpoint()
-    if path is None:
-        raise EvalError(f"the packaged default model {DEFAULT_WEIGHTS} is not there yet: pass --checkpoint")
-    return path
+    try:
+        return default_checkpoint()
+    except FileNotFoundError as err:
+        raise EvalError(str(err)) from None
 
 
 def evaluate(model, options: EvalOptions, ctx: Distributed | None = None) -> EvalReport | None:

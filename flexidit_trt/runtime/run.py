@@ -155,16 +155,14 @@ def open_pipeline(options: RunOptions) -> Pipeline:
 
 
 def _default_pipeline(options: RunOptions) -> Pipeline:
-    from .default_model import DEFAULT_NAME, default_checkpoint
+    from .default_model import DEFAULT_NAME, default_checkpoint, default_model
 
+    try:
+        path = default_checkpoint()
+    except FileNotFoundError as err:
+        raise RunError(str(err)) from None
     if not installed("torch") or options.backend not in ("auto", "torch"):
         # Engines of the default model, built like any other (`build --checkpoint <default weights>`).
-        path = default_checkpoint()
-        if path is None and not installed("torch"):
-            raise RunError(
-                "the default model (random weights until the trained one lands) needs torch: "
-                "pip install 'flexidit-trt[export]', or run a built model with --model NAME"
-            )
         return Pipeline.from_workdir(
             str(options.workdir),
             DEFAULT_NAME,
@@ -172,13 +170,11 @@ def _default_pipeline(options: RunOptions) -> Pipeline:
             device=options.device,
             precision=options.precision,
             compile=options.compile,
-            checkpoint=None if path is None else str(path),
+            checkpoint=str(path),
         )
-    from .default_model import default_model
-
-    model, weights, random = default_model()
     from .select import torch_pipeline
 
+    model, weights = default_model()
     return torch_pipeline(
         model,
         backend="torch",
@@ -186,7 +182,7 @@ def _default_pipeline(options: RunOptions) -> Pipeline:
         precision=options.precision,
         compile=options.compile,
         weights=weights,
-        random_weights=random,
+        random_weights=False,
         reason=(
             "no model named: the embedded default model on the torch backend"
             + (" (requested)" if options.backend == "torch" else "")
