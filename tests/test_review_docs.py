@@ -29,6 +29,25 @@ def test_readme_setup_lines_are_a_code_block_under_the_title():
     assert lines[4] == ci  # the README says CI runs exactly its second line
 
 
+def test_readme_first_line_runs_the_default_model_at_half_budget():
+    # Issue 7: the first set-up line installs and runs `run --budget 0.5` on the embedded default.
+    assert README.splitlines()[3].endswith("&& flexidit-trt run --budget 0.5")
+
+
+def test_readme_pipeline_example_runs_as_written():
+    code = code_block_after(README, "## Running: `flexidit-trt run` and the `Pipeline`")
+    printed = re.search(r"\n# (\(.+)", code).group(1)
+    out = io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.getvalue().strip() == printed  # the comment is the real output
+
+
 def test_readme_sampling_example_runs_as_written():
     code = code_block_after(README, "## Sampling, guidance and the compute budget")
     printed = re.search(r"print\(p\.describe\(\)\)  # (.+)", code).group(1)
