@@ -346,14 +346,17 @@ def time_reference(model, args) -> list[dict]:
 
 def pool_memory(model, args) -> dict:
     """Memory that the eager pipeline's CUDA graphs reserve: one pool shared by both engines vs one pool
-    per engine, 8 images at budget 0.5 (p4 and p2 engines both at batch 16)."""
+    per engine, 8 images at budget 0.5 (p4 and p2 engines both at batch 16). Two measures: the graph
+    pools' own segments after the trajectory (graph_pool_bytes: the allocator's snapshot, per pool), and
+    the older peak of memory_reserved above the start, which also counts the general pool (the eager
+    warm-up, cached blocks), so it does not isolate the graphs."""
     import torch
 
     from flexidit_trt.runtime import Pipeline
     from flexidit_trt.runtime.pipeline import Selection
     from flexidit_trt.runtime.select import model_spec
     from flexidit_trt.runtime.torch_backend import TorchBackend
-    from flexidit_trt.runtime.torch_graphs import GraphPool
+    from flexidit_trt.runtime.torch_graphs import GraphPool, graph_pool_bytes
 
     out = {}
     for mode in ("shared", "per_engine"):
@@ -379,15 +382,22 @@ def pool_memory(model, args) -> dict:
         weights = torch.cuda.memory_reserved() - before
         record = generate(pipe, 0.5, 8, args).record
         torch.cuda.synchronize()
+        # The graphs are alive until pipe.close(): their pools' segments are still reserved here.
+        graphs = graph_pool_bytes(list(pools.values()))
         # The peak, not the reserve at the end: capture may hand cached blocks back before it finishes.
         total = torch.cuda.max_memory_reserved() - before
         out[mode] = {
-            "reserved_bytes": total,
+            "graph_pools": graphs,
+            "peak_reserved_bytes": total,
             "weights_reserved_bytes": weights,
-            "graphs_and_buffers_bytes": total - weights,
+            "peak_graphs_and_buffers_bytes": total - weights,
             "record_memory": record["memory"],
         }
-        log(f"memory, {mode} pool: {(total - weights) / 2**20:.1f} MiB for graphs + buffers")
+        log(
+            f"memory, {mode} pool: graph pools reserve {_pools_mib(graphs)}, "
+            f"{graphs['allocated_bytes'] / 2**20:.1f} MiB of it allocated; peak reserved "
+            f"{(total - weights) / 2**20:.1f} MiB for graphs + buffers + warm-up"
+        )
         pipe.close()
         del pipe, engines, pools, shared
     return out
@@ -735,10 +745,15 @@ def markdown(results: dict) -> str:
                 lines.append(f"  - compile {key}: {o['status']}: {o['tail']}")
     mem = results["stages"].get("pool_memory")
     if mem:
-        shared, per = mem["shared"]["graphs_and_buffers_bytes"], mem["per_engine"]["graphs_and_buffers_bytes"]
         lines.append(
-            f"- CUDA-graph memory (eager, 8 images, budget 0.5): shared pool {shared / 2**20:.0f} MiB, "
-            f"one pool per engine {per / 2**20:.0f} MiB"
+            f"- CUDA-graph pools' reserved memory (eager, 8 images, budget 0.5; allocator snapshot): shared "
+            f"pool {_pools_mib(mem['shared']['graph_pools'])}, one pool per engine "
+            f"{_pools_mib(mem['per_engine']['graph_pools'])}"
+        )
+        shared, per = (mem[k]["peak_graphs_and_buffers_bytes"] for k in ("shared", "per_engine"))
+        lines.append(
+            f"- peak reserved above the weights (graphs, buffers and the eager warm-up together): shared "
+            f"pool {shared / 2**20:.0f} MiB, one pool per engine {per / 2**20:.0f} MiB"
         )
     cold = results["stages"].get("torch_compiled_cold_warmup")
     warm = results["stages"].get("cache-warm")
@@ -820,6 +835,13 @@ def _sync(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def _pools_mib(graphs: dict) -> str:
+    """graph_pool_bytes' answer in words: the total reserved and, for several pools, each one's share."""
+    parts = [f"{r['reserved_bytes'] / 2**20:.1f}" for r in graphs["pools"]]
+    each = f" ({' + '.join(parts)})" if len(parts) > 1 else ""
+    return f"{graphs['reserved_bytes'] / 2**20:.1f} MiB{each}"
 
 
 def _pct(v) -> str:

@@ -89,13 +89,20 @@ class Run:
         }
         self.log(f"{gpu}, torch {torch.__version__}")
 
+    def reuse(self, given: Path | None, path: Path, key: str, stage: str) -> bool:
+        """Whether a stage's output was given (--classifier, --base): then it is copied to `path` in place
+        of running the stage, and the record's `key` says so."""
+        if given is None:
+            return False
+        shutil.copy(given, path)
+        self.record[key] = {"reused": str(given)}
+        self.log(f"{stage}: reused {given}")
+        return True
+
 
 def make_classifier(run: Run) -> Path:
     path = run.out / "classifier.safetensors"
-    if run.args.classifier is not None:
-        shutil.copy(run.args.classifier, path)
-        run.record["classifier"] = {"reused": str(run.args.classifier)}
-        run.log(f"classifier: reused {run.args.classifier}")
+    if run.reuse(run.args.classifier, path, "classifier", "classifier"):
         return path
     options = {"out": path, "epochs": run.args.classifier_epochs, "device": run.device, "seed": run.args.seed}
     result = train_classifier(ClassifierOptions(**{**options, "progress": False, **run.tiny_cls}))
@@ -111,10 +118,7 @@ def make_classifier(run: Run) -> Path:
 
 def make_base(run: Run) -> Path:
     path = run.out / "base.safetensors"
-    if run.args.base is not None:
-        shutil.copy(run.args.base, path)
-        run.record["train"] = {"reused": str(run.args.base)}
-        run.log(f"base: reused {run.args.base}")
+    if run.reuse(run.args.base, path, "train", "base"):
         return path
     flexify_runs = 2 if run.args.ab else 1
     reserve = flexify_runs * run.args.flexify_minutes + SAMPLING_RESERVE_MINUTES

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+from flexidit_trt.bench.reference import load_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_xl.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("export_xl", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tiny_run_writes_table_and_json(tmp_path, capsys, monkeypatch):
@@ -28,7 +22,7 @@ def test_tiny_run_writes_table_and_json(tmp_path, capsys, monkeypatch):
             built.append(prec) or real_graph_module(model, p, prec, *a, **k)
         ),
     )
-    script = load_script()
+    script = load_module(SCRIPT)
     code = script.main(
         [
             "--out",

@@ -23,12 +23,7 @@ SMALL = {"depth": 2, "hidden_size": 64, "num_heads": 2}
 LABELS = [0, 3, 7]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

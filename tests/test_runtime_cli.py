@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 from runtime_helpers import tiny_model
@@ -18,13 +17,7 @@ from flexidit_trt.runtime import outputs as outputs_module
 from flexidit_trt.runtime.backend import RunOptionError
 from flexidit_trt.runtime.select import torch_pipeline
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args: str):

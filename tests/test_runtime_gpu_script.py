@@ -5,27 +5,21 @@ up to the point where the aoti pipeline needs a GPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from flexidit_trt.bench.reference import load_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_gpu.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("runtime_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_tiny_cpu_run_writes_rows_ratios_and_table(tmp_path, capsys, monkeypatch):
     """10 s measured here (a shared, busy 2-core machine)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # the script sets its own
-    script = load_script()
+    script = load_module(SCRIPT)
     argv = [str(tmp_path / "out"), "--device", "cpu", "--tiny", "--model", "dit_s", "--steps", "4"]
     argv += [
         "--reps",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from runtime_helpers import reference_samples, rel_error, tiny_model
 
 from flexidit_trt import kernels
@@ -14,13 +13,7 @@ from flexidit_trt.runtime.backend import RunOptionError
 LABELS = [1, 2, 3, 4, 5]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny forwards: one intra-op thread is faster, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

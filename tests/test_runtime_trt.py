@@ -10,6 +10,7 @@ sizes). What this cannot show, and never ran anywhere: see the list at the top o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -211,6 +212,16 @@ def load(folder, p, fakes, **kw):
     return TrtBackend.load(folder, p, trt=trt, graphs=CudaGraphs(cudart), gpu=H100, **kw)
 
 
+@contextlib.contextmanager
+def bound(folder, p, fakes, batch: int, stream: int):
+    """The p engine loaded and bound at `batch` on `stream` in a fresh arena; (backend, its context)."""
+    trt, _ = fakes
+    backend = load(folder, p, fakes)
+    with Arena(1 << 20, "cpu") as arena:
+        backend.bind(io_buffers(arena, batch), arena.block(backend.activation_bytes(batch)), stream=stream)
+        yield backend, trt.engines[-1].contexts[0]
+
+
 def io_buffers(arena: Arena, batch: int, c=4, hw=4) -> IOBuffers:
     def array(shape, dtype, itemsize):
         n = itemsize
@@ -274,11 +285,8 @@ def test_every_context_gets_the_one_arena_block(engines, fakes):
 
 def test_prepare_warms_up_then_captures_one_graph_per_batch(engines, fakes):
     _, folder = engines
-    backend = load(folder, 2, fakes)
-    trt, cudart = fakes
-    with Arena(1 << 20, "cpu") as arena:
-        backend.bind(io_buffers(arena, 4), arena.block(backend.activation_bytes(4)), stream=7)
-        context = trt.engines[0].contexts[0]
+    _, cudart = fakes
+    with bound(folder, 2, fakes, batch=4, stream=7) as (backend, context):
         context.calls.clear()
         backend.prepare([1, 2, 3])
         enqueues = [c for c in context.calls if c[0] == "execute_async_v3"]
@@ -311,11 +319,8 @@ def test_prepare_warms_up_then_captures_one_graph_per_batch(engines, fakes):
 
 def test_enqueue_refused_during_capture_falls_back_to_plain_enqueues(engines, fakes):
     _, folder = engines
-    backend = load(folder, 4, fakes)
-    trt, cudart = fakes
-    with Arena(1 << 20, "cpu") as arena:
-        backend.bind(io_buffers(arena, 2), arena.block(backend.activation_bytes(2)), stream=9)
-        context = trt.engines[0].contexts[0]
+    _, cudart = fakes
+    with bound(folder, 4, fakes, batch=2, stream=9) as (backend, context):
         context.fail_enqueue_while_capturing = True
         backend.prepare([2, 1])
         assert [c[0] for c in cudart.calls].count("instantiate") == 0

@@ -21,20 +21,12 @@ from flexidit_trt.model import CheckpointError, FlexiDiT, get_config, load_check
 from flexidit_trt.model.dit import is_base_key
 from flexidit_trt.model.macs import forward_macs
 from flexidit_trt.training import flexify as flexify_module
-from flexidit_trt.training.data import DataError, find_data_dir
+from flexidit_trt.training.data import DataError
 from flexidit_trt.training.flexify import FlexifyOptions, flexify, weak_timestep_ranges
 from flexidit_trt.training.train import STATE_NAME, TrainError, TrainOptions, train
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "flexidit_trt" / "weights" / "default.safetensors"
 TINY = dict(depth=1, hidden_size=32, num_heads=2, subset=256, batch_size=16, warmup_steps=0, progress=False)
-
-
-@pytest.fixture(scope="module")
-def data_dir():
-    try:
-        return find_data_dir()
-    except DataError as err:
-        pytest.skip(f"Fashion-MNIST is not on this machine: {err}")
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,8 @@ from flexidit_trt.training.classifier import (
     save_classifier,
     train_classifier,
 )
-from flexidit_trt.training.data import DataError, find_data_dir, load_split
+from flexidit_trt.training.data import load_split
 from flexidit_trt.training.train import TrainError
-
-
-@pytest.fixture(scope="module")
-def data_dir():
-    try:
-        return find_data_dir()
-    except DataError as err:
-        pytest.skip(f"Fashion-MNIST is not on this machine: {err}")
 
 
 def test_classify_api_and_round_trip(tmp_path):

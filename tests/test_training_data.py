@@ -21,15 +21,7 @@ from flexidit_trt.training.data import (
 )
 
 
-@pytest.fixture(scope="module")
-def real_dir():
-    try:
-        return find_data_dir()
-    except DataError as err:
-        pytest.skip(f"Fashion-MNIST is not on this machine: {err}")
-
-
-def test_real_files_load_with_their_published_shapes(real_dir):
+def test_real_files_load_with_their_published_shapes(data_dir):
     train, test = load_split("train"), load_split("test")
     assert train.images.shape == (60000, 28, 28) and train.images.dtype == np.uint8
     assert test.images.shape == (10000, 28, 28)
@@ -39,7 +31,7 @@ def test_real_files_load_with_their_published_shapes(real_dir):
     assert train.labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]  # the release's first labels
 
 
-def test_model_input_is_padded_with_the_background(real_dir):
+def test_model_input_is_padded_with_the_background(data_dir):
     raw = load_split("test").images[:4]
     x = to_model_input(raw)
     assert x.shape == (4, 1, 32, 32) and x.dtype == torch.float32
@@ -65,10 +57,10 @@ LABELS = "train-labels-idx1-ubyte"
 
 
 @pytest.fixture
-def copy_dir(real_dir, tmp_path):
+def copy_dir(data_dir, tmp_path):
     """A folder with links to the real files, ready to have one replaced."""
     for stem in data.FILES:
-        (tmp_path / f"{stem}.gz").symlink_to(real_dir / f"{stem}.gz")
+        (tmp_path / f"{stem}.gz").symlink_to(data_dir / f"{stem}.gz")
     return tmp_path
 
 
@@ -103,8 +95,8 @@ def test_damaged_file_is_named_with_the_problem(copy_dir, payload, compress, mes
     assert str(path) in str(info.value)
 
 
-def test_wrong_bytes_in_a_well_formed_file_fail_the_hash(copy_dir, real_dir):
-    body = gzip.decompress((real_dir / f"{LABELS}.gz").read_bytes())
+def test_wrong_bytes_in_a_well_formed_file_fail_the_hash(copy_dir, data_dir):
+    body = gzip.decompress((data_dir / f"{LABELS}.gz").read_bytes())
     path = replace(copy_dir, LABELS, body)  # same content, re-compressed: a different file than published
     np.testing.assert_array_equal(  # the structure is fine ...
         np.frombuffer(body, np.uint8, offset=8), load_split("train").labels.astype(np.uint8)
@@ -142,10 +134,10 @@ def test_search_path_names_where_it_looked(monkeypatch, tmp_path):
     assert str(empty) in str(info.value)
 
 
-def test_unpacked_files_are_read_too(real_dir, tmp_path):
+def test_unpacked_files_are_read_too(data_dir, tmp_path):
     for stem in data.FILES:
         if stem.startswith("t10k"):
-            with gzip.open(real_dir / f"{stem}.gz") as src, open(tmp_path / stem, "wb") as dst:
+            with gzip.open(data_dir / f"{stem}.gz") as src, open(tmp_path / stem, "wb") as dst:
                 shutil.copyfileobj(src, dst)
     split = load_split("test", tmp_path)
     np.testing.assert_array_equal(split.images, load_split("test").images)

@@ -23,7 +23,8 @@ class ReferenceUnavailable(Exception):
 
 
 def load_module(path: Path = REFERENCE_SCRIPT) -> ModuleType:
-    """benchmarks/reference_sample.py as a module (its folder on sys.path for its reference_iddpm)."""
+    """A benchmarks/ script as a module, loaded once per process (its folder on sys.path while it loads,
+    for sibling imports such as reference_sample's reference_iddpm); by default reference_sample.py."""
     if not path.is_file():
         raise ReferenceUnavailable(
             f"{path} not found: the reference loop lives in the repository's benchmarks/ (run from a checkout)"

@@ -20,7 +20,8 @@ Document (schema 1):
                    total_wall_s), wall_s (its median), call (stats of the whole generate call), images_per_s,
                    loop_ms, forward_ms_sum, loop_overhead_fraction, outside_loop_ms, step_ms_by_patch,
                    steps_by_patch, memory (the record's), speedup_vs_static, speedup_vs_reference}],
-    memory {images, budget, shared_pool_bytes, pool_per_engine_bytes, how} | {not_measured},
+    memory {images, budget, shared_pool_bytes, pool_per_engine_bytes, [graph_pools, peak_reserved_bytes,] how}
+           | {not_measured},
     time_plans [{images, fraction, weak_steps, predicted_fraction, plan | unreachable,
                  macs_plan_weak_steps, macs_plan_measured_fraction, macs_plan_predicted_fraction, ...}]
   and the reference loop's adds trajectories [{images, wall, wall_s, images_per_s}].

@@ -253,6 +253,21 @@ class _Bench:
     def _labels(self, images: int) -> list[int]:
         return [(17 * i) % self.config.num_classes for i in range(images)]  # spread over the classes
 
+    def _generate(self, pipe: Pipeline, labels: list[int], budget: float) -> Any:
+        """One trajectory of `labels` (one batch) at `budget` with the bench's sampling options."""
+        opts = self.options
+        return pipe.generate(
+            labels,
+            budget=budget,
+            steps=opts.steps,
+            sampler=opts.sampler,
+            guidance=opts.guidance,
+            cfg_scale=opts.cfg_scale,
+            seed=opts.seed,
+            batch_size=len(labels),
+            progress=False,
+        )
+
     def _measured(self, name: str, label: str, measure: Callable[[], dict]) -> dict:
         """The results document of one baseline or backend: its measurements, or why it did not run, or
         the error it failed with (one backend's failure must not lose the others' results)."""
@@ -382,25 +397,11 @@ class _Bench:
         ones. Wall time is the record's, from the call to the samples on the host (the record's own
         bookkeeping after that, package versions and NVML, is not sampling); the whole call beside it."""
         opts, labels = self.options, self._labels(images)
-
-        def generate() -> Any:
-            return pipe.generate(
-                labels,
-                budget=budget,
-                steps=opts.steps,
-                sampler=opts.sampler,
-                guidance=opts.guidance,
-                cfg_scale=opts.cfg_scale,
-                seed=opts.seed,
-                batch_size=images,
-                progress=False,
-            )
-
-        generate()
+        self._generate(pipe, labels, budget)
         calls, walls = [], []
         for _ in range(opts.repeats):
             start = time.perf_counter()
-            result = generate()
+            result = self._generate(pipe, labels, budget)
             calls.append((time.perf_counter() - start) * 1e3)
             walls.append(result.record["timing"]["total_wall_s"] * 1e3)
         stats = summarize(walls)
@@ -463,7 +464,7 @@ class _Bench:
             return {"not_measured": "every budget ran one engine: give a budget below 1.0 to compare pools"}
         if self.device == "cpu":
             return {"not_measured": "CPU run: memory pools are a GPU matter"}
-        from ..runtime.torch_graphs import GraphPool, TorchGraphBackend
+        from ..runtime.torch_graphs import GraphPool, TorchGraphBackend, graph_pool_bytes
 
         engines = pipe.backends
         if all(not isinstance(b, TorchGraphBackend) for b in engines.values()):
@@ -480,7 +481,7 @@ class _Bench:
             return {"not_measured": f"{pipe.selection.backend} owns its device memory (one shared allocator)"}
         import torch
 
-        measured = {}
+        peak, pooled = {}, {}
         for layout in ("shared", "per_engine"):
             shared = GraphPool(self.device)
             pools = {p: shared if layout == "shared" else GraphPool(self.device) for p in engines}
@@ -508,33 +509,30 @@ class _Bench:
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_reserved(self.device)
             try:
-                probe.generate(
-                    self._labels(images),
-                    budget=budget,
-                    steps=opts.steps,
-                    sampler=opts.sampler,
-                    guidance=opts.guidance,
-                    cfg_scale=opts.cfg_scale,
-                    seed=opts.seed,
-                    batch_size=images,
-                    progress=False,
-                )
-                measured[layout] = torch.cuda.max_memory_reserved(self.device) - before
+                self._generate(probe, self._labels(images), budget)
+                peak[layout] = torch.cuda.max_memory_reserved(self.device) - before
+                # Before close(): the captured graphs still hold their pools' segments.
+                pooled[layout] = graph_pool_bytes(list({id(v): v for v in pools.values()}.values()))
             finally:
                 probe.close()
                 del probe, clones, pools, shared
                 self._release()
         self.say(
-            f"  memory at {images} images, budget {budget}: shared pool {measured['shared'] / 2**20:.0f} MiB, "
-            f"one pool per engine {measured['per_engine'] / 2**20:.0f} MiB"
+            f"  memory at {images} images, budget {budget}: graph pools reserve "
+            f"{pooled['shared']['reserved_bytes'] / 2**20:.0f} MiB shared, "
+            f"{pooled['per_engine']['reserved_bytes'] / 2**20:.0f} MiB one per engine (peak reserved "
+            f"{peak['shared'] / 2**20:.0f} / {peak['per_engine'] / 2**20:.0f} MiB)"
         )
         return {
             "images": images,
             "budget": budget,
-            "shared_pool_bytes": measured["shared"],
-            "pool_per_engine_bytes": measured["per_engine"],
-            "how": "the same engines re-captured in CUDA graphs either way; torch's peak reserved memory "
-            "during one trajectory, above what was reserved before it",
+            "shared_pool_bytes": pooled["shared"]["reserved_bytes"],
+            "pool_per_engine_bytes": pooled["per_engine"]["reserved_bytes"],
+            "graph_pools": pooled,
+            "peak_reserved_bytes": peak,
+            "how": "the same engines re-captured in CUDA graphs either way; the graph pools' own segments "
+            "after one trajectory (torch.cuda.memory_snapshot); peak_reserved_bytes: torch's peak reserved "
+            "memory during it above what was reserved before (eager warm-up and cache included)",
         }
 
     # -- the time planner on the measured latency ------------------------------------------------------------

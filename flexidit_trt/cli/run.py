@@ -29,7 +29,15 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 @main.command()
 @click.option(
-    "--budget", type=float, default=0.5, show_default=True, help="fraction of the static model's MACs, (0, 1]"
+    "--budget", type=float, default=None, help="fraction of the static model's MACs, (0, 1]  [default: 0.5]"
+)
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="seconds of sampling loop instead of --budget: the weak steps are chosen from the engines' step "
+    "latency, measured at the run's batch before sampling",
 )
 @click.option(
     "--model",

@@ -132,7 +132,7 @@ def plan_for_time(
     sizes = sorted(macs_by_patch)
     slower = [(a, b) for a, b in zip(sizes, sizes[1:], strict=False) if step_seconds[b] > step_seconds[a]]
     if fastest > fits or slower:
-        why = ""
+        why, in_seconds = "", "" if budget.seconds is not None else f" ({limit:.3g} s)"
         if slower:
             a, b = slower[0]
             why = (
@@ -140,7 +140,7 @@ def plan_for_time(
                 f"a p{a} step {1e3 * step_seconds[a]:.3g} ms"
             )
         raise ValueError(
-            f"time budget {budget.describe()} ({limit:.3g} s) is below the fastest schedule's predicted "
+            f"time budget {budget.describe()}{in_seconds} is below the fastest schedule's predicted "
             f"{min(fastest, static_s):.3g} s (static: {static_s:.3g} s){why}"
         )
     # Predicted time grows with the MACs budget (every finer step costs at least the coarser one it

@@ -68,6 +68,7 @@ from ..artifacts import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from .build import EngineRecord
 from .trt import GpuInfo, gpu_info
 
 if TYPE_CHECKING:
@@ -175,18 +176,9 @@ class AotiOptions:
 
 
 @dataclass
-class AotiRecord:
-    patch_size: int
-    path: Path
-    entry: dict
-    rebuilt: bool
-    reason: str
-
-
-@dataclass
 class AotiBuildResult:
     folder: Path | None
-    records: list[AotiRecord] = field(default_factory=list)
+    records: list[EngineRecord] = field(default_factory=list)  # one per package, the TensorRT build's record
     skipped: str | None = None
 
 
@@ -235,7 +227,7 @@ def build_aoti_engines(
     return result
 
 
-def _one_package(source, folder, manifest, p, options, target, force, compiler, say) -> AotiRecord:
+def _one_package(source, folder, manifest, p, options, target, force, compiler, say) -> EngineRecord:
     from ..export.graphs import _same_source, json_config  # the export's rule for "the same weights"
     from ..model.macs import forward_macs
 
@@ -247,13 +239,13 @@ def _one_package(source, folder, manifest, p, options, target, force, compiler, 
         reason = "package missing or modified"
     if reason is None and not isinstance(source, _InMemorySource) and _same_source(source, entry):
         say(Step(p, "reuse", f"reusing {path.name} (same weights)"))
-        return AotiRecord(p, path, {**entry, "checkpoint": source.describe()}, False, "same weights")
+        return EngineRecord(p, path, {**entry, "checkpoint": source.describe()}, False, "same weights")
 
     module = aoti_module(source.load(), p, options)
     weights_sha = sha256_state_dict(module.state_dict())
     if reason is None and entry.get("weights_sha256") == weights_sha:
         say(Step(p, "reuse", f"reusing {path.name} (same weights)"))
-        return AotiRecord(p, path, {**entry, "checkpoint": source.describe()}, False, "same weights")
+        return EngineRecord(p, path, {**entry, "checkpoint": source.describe()}, False, "same weights")
     reason = reason or "weights changed"
     say(Step(p, "build", f"compiling {path.name} with AOTInductor ({options.variant}; {reason})"))
     start = time.perf_counter()
@@ -293,7 +285,7 @@ def _one_package(source, folder, manifest, p, options, target, force, compiler, 
         "build_seconds": round(seconds, 3),
         "created": utc_now(),
     }
-    return AotiRecord(p, path, entry, True, reason)
+    return EngineRecord(p, path, entry, True, reason)
 
 
 def package_settings(p: int, options: AotiOptions, target: TorchTarget) -> dict:
@@ -386,17 +378,9 @@ def _static_libstdcxx_compiler() -> Iterator[str]:
 # -- loading ---------------------------------------------------------------------------------------------
 def read_aoti_manifest(folder: str | Path) -> dict:
     """The manifest of an AOTInductor engine folder; RunError when it is missing or foreign."""
-    from ..artifacts import ManifestError
-    from ..runtime.backend import RunError
+    from ..runtime.backend import read_engines_manifest
 
-    path = Path(folder) / MANIFEST_NAME
-    try:
-        manifest = read_manifest(path, AOTI_KIND, AOTI_SCHEMA)
-    except ManifestError as err:
-        raise RunError(str(err)) from None
-    if manifest is None:
-        raise RunError(f"no AOTInductor engines at {folder} (no {MANIFEST_NAME})")
-    return manifest
+    return read_engines_manifest(folder, AOTI_KIND, AOTI_SCHEMA, "AOTInductor")
 
 
 def check_aoti_entry(
@@ -410,7 +394,7 @@ def check_aoti_entry(
 ) -> dict:
     """The entry of `patch_size`, checked against this GPU, torch and (when given) the checkpoint, the
     static weights' hash and a batch; RunError naming the field that differs."""
-    from ..runtime.backend import RunError
+    from ..runtime.backend import RunError, check_built_for
 
     entry = manifest.get("engines", {}).get(str(patch_size))
     if entry is None:
@@ -426,16 +410,14 @@ def check_aoti_entry(
         ("gpu.name", built_gpu.get("name"), here_gpu.get("name")),
         ("torch", entry.get("torch"), have["torch"]),
     ]
-    if checkpoint_sha256 is not None:
-        checks.append(("checkpoint.sha256", entry.get("checkpoint", {}).get("sha256"), checkpoint_sha256))
-    if weights_sha256 is not None:
-        checks.append(("weights_sha256", entry.get("weights_sha256"), weights_sha256))
-    for name, built, here in checks:
-        if built != here:
-            raise RunError(
-                f"AOTInductor engine p{patch_size} was built for {name} {built!r}, this run has {here!r}: "
-                "rebuild it with `flexidit-trt build --engines aoti`"
-            )
+    check_built_for(
+        entry,
+        checks,
+        engine=f"AOTInductor engine p{patch_size}",
+        rebuild="flexidit-trt build --engines aoti",
+        checkpoint_sha256=checkpoint_sha256,
+        weights_sha256=weights_sha256,
+    )
     if batch is not None and not entry["batch_min"] <= batch <= entry["batch_max"]:
         raise RunError(
             f"batch {batch} is outside AOTInductor engine p{patch_size}'s range "

@@ -34,9 +34,12 @@ them at construction). `stream` is the run's one CUDA stream as an int handle (0
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from ..artifacts import MANIFEST_NAME, ManifestError, read_manifest
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8}
 
@@ -141,3 +144,40 @@ class RunOptionError(RunError):
     """Bad usage: an option value the run cannot take (a label outside the classes, a budget below the
     reachable one, 0 steps, a batch no engine covers...). The CLI exits with 2 for these, 1 for other
     RunErrors."""
+
+
+# -- engine manifests: shared by the TensorRT and AOTInductor backends (no torch here) ----------------------
+def read_engines_manifest(folder: str | Path, kind: str, schema: int, engines: str) -> dict:
+    """The manifest of an engine folder of `kind` ("no {engines} engines at ..." when it is missing);
+    RunError when it is missing, unreadable or foreign."""
+    try:
+        manifest = read_manifest(Path(folder) / MANIFEST_NAME, kind, schema)
+    except ManifestError as err:
+        raise RunError(str(err)) from None
+    if manifest is None:
+        raise RunError(f"no {engines} engines at {folder} (no {MANIFEST_NAME})")
+    return manifest
+
+
+def check_built_for(
+    entry: Mapping,
+    checks: list[tuple[str, Any, Any]],
+    *,
+    engine: str,
+    rebuild: str,
+    checkpoint_sha256: str | None = None,
+    weights_sha256: str | None = None,
+) -> None:
+    """RunError naming the first (field, built, here) of `checks` that differs, then the checkpoint's and
+    the static weights' hashes (when given) against the entry's: "{engine} was built for {field} ...,
+    this run has ...: rebuild it with `{rebuild}`"."""
+    checks = list(checks)
+    if checkpoint_sha256 is not None:
+        checks.append(("checkpoint.sha256", (entry.get("checkpoint") or {}).get("sha256"), checkpoint_sha256))
+    if weights_sha256 is not None:
+        checks.append(("weights_sha256", entry.get("weights_sha256"), weights_sha256))
+    for field, built, here in checks:
+        if built != here:
+            raise RunError(
+                f"{engine} was built for {field} {built!r}, this run has {here!r}: rebuild it with `{rebuild}`"
+            )

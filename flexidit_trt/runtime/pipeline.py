@@ -4,6 +4,12 @@
     result = pipe.generate([207, 360], budget=0.5, steps=250, seed=0)
     result.samples                                                 # fp32 [N, C, H, W]
     result.record                                                  # the run record (plan, timing, memory, ...)
+    pipe.generate([207], time_budget=2.0)   # weak steps chosen from the engines' measured step latency
+
+Time budget: before the loop, a few steps of the loop itself run at every patch size and each batch
+size of the run (forwards, update, copies, timed as the loop times them: CUDA events / perf_counter; the
+median step), and `plan_for_time` picks, among the MACs planner's schedules, the one with the most
+base-patch steps whose predicted loop time (the sum of its steps' latency over the run's batches) fits.
 
 The hot loop, per step i (everything on one stream, nothing allocated, no host synchronisation):
 
@@ -37,6 +43,7 @@ import numpy as np
 
 from .. import kernels
 from ..diffusion import Plan, Sampler, make_sampler, plan
+from ..diffusion.time_planner import TimeBudget, TimePlan, plan_for_time
 from .backend import DTYPE_BYTES, Backend, DeviceArray, IOBuffers, RunError, RunOptionError
 from .spec import ModelSpec
 
@@ -51,6 +58,9 @@ GUIDANCE = {
     "weak_to_strong": "weak_to_strong",
 }
 DEFAULT_MAX_BATCH = 64
+DEFAULT_BUDGET = 0.5  # the MACs budget when neither a budget nor a time budget is given
+_host_clock = time.perf_counter  # the CPU loop's clock (a module attribute: tests simulate engine latency)
+_TIMED_STEPS = 5  # loop steps timed per patch and batch size for a time budget, after one warm-up step
 
 
 @dataclass
@@ -184,7 +194,7 @@ class Pipeline:
     def generate(
         self,
         labels: Sequence[int] | np.ndarray,
-        budget: float = 0.5,
+        budget: float | None = None,
         steps: int | str = 250,
         sampler: str = "ddpm",
         guidance: str = "cfg",
@@ -192,8 +202,12 @@ class Pipeline:
         seed: int = 0,
         batch_size: int | None = None,
         progress: bool | None = False,
+        time_budget: float | None = None,
     ) -> GenerateResult:
-        """Sample one image per label. Raises RunError with one line for anything the caller can fix."""
+        """Sample one image per label. Raises RunError with one line for anything the caller can fix.
+
+        budget: the fraction of the static model's MACs (default 0.5); time_budget: seconds for the
+        sampling loop instead, the weak steps chosen from step latency measured now (not both)."""
         wall0 = time.perf_counter()
         labels = self._check_labels(labels)
         guidance_kind = GUIDANCE.get(guidance)
@@ -205,9 +219,15 @@ class Pipeline:
             )
         if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**64:
             raise RunOptionError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        macs_budget = resolve_budget(budget, time_budget)
         try:
             smp = make_sampler(sampler, steps)
-            schedule = plan(budget, len(smp), self.spec.macs_by_patch, guidance_kind)
+            # A time budget's schedule is chosen below, once the engines' step latency is measured.
+            schedule = (
+                plan(macs_budget, len(smp), self.spec.macs_by_patch, guidance_kind)
+                if macs_budget is not None
+                else None
+            )
         except ValueError as err:
             raise RunOptionError(str(err)) from None
         n = len(labels)
@@ -215,8 +235,12 @@ class Pipeline:
         chunks = [(i0, min(batch, n - i0)) for i0 in range(0, n, batch)]
         sizes = sorted({b for _, b in chunks})
         self._ensure_capacity(batch)
-        self._prepare(schedule, sizes)
         t_table = self._t_table(smp)
+        timed = None
+        if time_budget is not None:
+            timed, by_batch = self._plan_for_time(time_budget, smp, guidance_kind, cfg_scale, chunks, t_table)
+            schedule = timed.plan
+        self._prepare(schedule, sizes)
         programs = {b: self._program(schedule, smp, b, cfg_scale) for b in sizes}
 
         samples = np.empty((n, *self.spec.latent_shape), dtype=np.float32)
@@ -239,7 +263,8 @@ class Pipeline:
             options={
                 "num_images": n,
                 "labels": labels.tolist(),
-                "budget": budget,
+                "budget": macs_budget,
+                "time_budget": time_budget,
                 "steps": steps,
                 "sampler": sampler,
                 "guidance": guidance_kind,
@@ -249,6 +274,9 @@ class Pipeline:
             },
             timing=timer.summary(schedule, time.perf_counter() - wall0, len(chunks)),
         )
+        if timed is not None:
+            record["plan"]["time_budget"] = _time_record(timed, by_batch, len(smp), record["timing"]["clock"])
+            record["plan"]["time_budget"]["achieved_s"] = float(timer.loop_ms) / 1e3  # the loops, as budgeted
         return GenerateResult(samples, record)
 
     def close(self) -> None:
@@ -286,6 +314,56 @@ class Pipeline:
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise RunOptionError(f"batch size must be a positive int, got {batch_size!r}")
         return min(int(batch_size), n)
+
+    # -- the time budget ---------------------------------------------------------------------------------------
+    def _plan_for_time(
+        self,
+        seconds: float,
+        smp: Sampler,
+        guidance: str,
+        cfg_scale: float,
+        chunks: list[tuple[int, int]],
+        t_table: Any,
+    ) -> tuple[TimePlan, dict[int, dict[int, float]]]:
+        """The schedule with the most base-patch steps whose predicted loop time fits `seconds`, and the
+        step latency measured for it (seconds, by batch size and patch size)."""
+        by_batch = self._measure_steps(smp, guidance, cfg_scale, sorted({b for _, b in chunks}), t_table)
+        # Every batch runs every step of the schedule: a step of the run costs its latency summed over them.
+        step_s = {p: sum(by_batch[b][p] for _, b in chunks) for p in self.spec.macs_by_patch}
+        try:
+            return plan_for_time(
+                TimeBudget(seconds=seconds), len(smp), step_s, self.spec.macs_by_patch, guidance
+            ), by_batch
+        except ValueError as err:
+            measured = ", ".join(f"p{p} {1e3 * s:.3g} ms" for p, s in sorted(step_s.items()))
+            raise RunOptionError(
+                f"{err}; measured step latency ({len(chunks)} batch(es) of up to {chunks[0][1]} images): {measured}"
+            ) from None
+
+    def _measure_steps(
+        self, smp: Sampler, guidance: str, cfg_scale: float, sizes: list[int], t_table: Any
+    ) -> dict[int, dict[int, float]]:
+        """Seconds of one loop step, by batch size and patch size: the loop's own first steps (forwards,
+        update, copies) of the static schedule at each patch size, timed as the loop times them; the
+        median after one warm-up step. Leaves nothing behind: each batch's loop starts from its noise."""
+        warm, timed_steps = _measure_counts(len(smp))
+        labels = np.zeros(max(sizes), dtype=np.int64)
+        out: dict[int, dict[int, float]] = {b: {} for b in sizes}
+        for p in sorted(self.spec.macs_by_patch):
+            static = plan(None, len(smp), self.spec.macs_by_patch, guidance, schedule=(p,) * len(smp))
+            self._prepare(static, sizes)
+            for b in sizes:
+                timer = _Timer(self.device, self._stream, warm + timed_steps)
+                try:
+                    program = self._program(static, smp, b, cfg_scale)[: warm + timed_steps]
+                    self._run_chunk(program, labels[:b], 0, 0, t_table, timer, _Bar(None))
+                    if self._stream is not None:
+                        self._stream.synchronize()  # the events are read below
+                    timer.collect()
+                finally:
+                    timer.close()
+                out[b][p] = float(np.median(timer.step_ms[warm:])) / 1e3
+        return out
 
     # -- buffers -------------------------------------------------------------------------------------------------
     def _engine_batches(self, schedule: Plan, b: int) -> dict[int, set[int]]:
@@ -495,6 +573,45 @@ class Pipeline:
             self._stream.synchronize()
 
 
+def resolve_budget(budget: float | None, time_budget: float | None) -> float | None:
+    """The MACs budget a run plans with (None: the time budget plans); one of the two at most."""
+    if budget is not None and time_budget is not None:
+        raise RunOptionError(
+            f"give a MACs budget ({budget}) or a time budget ({time_budget} s), not both: the time budget "
+            "chooses the weak steps itself"
+        )
+    if time_budget is None:
+        return DEFAULT_BUDGET if budget is None else budget
+    try:
+        if isinstance(time_budget, bool) or not isinstance(time_budget, (int, float)):
+            raise TypeError
+        TimeBudget(seconds=time_budget)
+    except (TypeError, ValueError):
+        raise RunOptionError(f"a time budget must be positive seconds, got {time_budget!r}") from None
+    return None
+
+
+def _time_record(timed: TimePlan, by_batch: dict[int, dict[int, float]], steps: int, clock: str) -> dict:
+    """The record's account of a time budget (its achieved time is added after the loop)."""
+    warm, timed_steps = _measure_counts(steps)
+    return {
+        "limit_s": timed.limit_s,
+        "clock": clock,
+        "measured": f"median of {timed_steps} loop steps per patch and batch size, after {warm} warm-up",
+        # A step of the run: its latency summed over the run's batches (every batch runs every step).
+        "step_ms_by_patch": {str(p): 1e3 * s for p, s in sorted(timed.step_seconds.items())},
+        "step_ms_by_batch": {str(b): {str(p): 1e3 * s for p, s in ps.items()} for b, ps in by_batch.items()},
+        "weak_steps": timed.plan.weak_steps,
+        "predicted_s": timed.predicted_s,
+        "static_predicted_s": timed.static_s,
+    }
+
+
+def _measure_counts(steps: int) -> tuple[int, int]:
+    """(warm-up, timed) loop steps per patch and batch size when a time budget is measured."""
+    return (1, min(_TIMED_STEPS, steps - 1)) if steps > 1 else (0, 1)
+
+
 def _uses_cfg_batch(schedule: Plan, p: int) -> bool:
     if schedule.guidance == "none":
         return False
@@ -556,19 +673,19 @@ class _Timer:
         if self.gpu:
             self._starts[i].record(self.stream)
         else:
-            self._t_start[i] = time.perf_counter()
+            self._t_start[i] = _host_clock()
 
     def forward_end(self, i: int) -> None:
         if self.gpu:
             self._fwd_ends[i].record(self.stream)
         else:
-            self._t_fwd[i] = time.perf_counter()
+            self._t_fwd[i] = _host_clock()
 
     def end_chunk(self) -> None:
         if self.gpu:
             self._starts[self.steps].record(self.stream)
         else:
-            self._t_start[self.steps] = time.perf_counter()
+            self._t_start[self.steps] = _host_clock()
 
     def finished(self, i: int) -> bool:
         """Whether step i of this batch has finished on the device (never waits); only for steps whose

@@ -1,6 +1,7 @@
 """`flexidit-trt run` as one library call: choose the model and backend, sample, write the outputs.
 
     summary = run(RunOptions(budget=0.5, out=Path("samples/x")))
+    summary = run(RunOptions(time_budget=2.0))   # seconds of sampling loop: weak steps from measured latency
 
 Everything the user can get wrong is checked before sampling starts (labels, budget, steps, --out), so a
 bad input costs a second, prints one line and writes nothing.
@@ -19,7 +20,7 @@ import numpy as np
 from ..diffusion import make_sampler
 from .backend import RunError, RunOptionError
 from .outputs import check_out_dir, decode_latents, latents_as_images, staged_output, to_images, write_outputs
-from .pipeline import GenerateResult, Pipeline
+from .pipeline import GenerateResult, Pipeline, resolve_budget
 from .select import BACKENDS, installed
 
 DEFAULT_NUM_IMAGES = 10
@@ -27,7 +28,8 @@ DEFAULT_NUM_IMAGES = 10
 
 @dataclass
 class RunOptions:
-    budget: float = 0.5
+    budget: float | None = None  # fraction of the static MACs; None: 0.5, or the time budget's choice
+    time_budget: float | None = None  # seconds of sampling loop (instead of budget)
     model: str | None = None
     checkpoint: Path | None = None
     workdir: Path = Path(".")
@@ -76,6 +78,7 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
         result = pipe.generate(
             labels,
             budget=options.budget,
+            time_budget=options.time_budget,
             steps=options.steps,
             sampler=options.sampler,
             guidance=options.guidance,
@@ -95,6 +98,7 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     timing = record["timing"]
     lines = [
         record["plan"]["summary"],
+        *_time_budget_lines(record["plan"]),
         f"{len(labels)} images in {timing['total_wall_s']:.2f} s sampling ({timing['run_wall_s']:.2f} s in all); "
         + ", ".join(
             f"p{p} step {v['step_ms_median']:.2f} ms"
@@ -113,9 +117,10 @@ def _check_options(options: RunOptions) -> None:
         raise RunOptionError(f"backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
     if options.num_images is not None and options.num_images < 1:
         raise RunOptionError(f"--num-images must be at least 1, got {options.num_images}")
-    if isinstance(options.budget, bool) or not 0.0 < float(options.budget) <= 1.0:
+    budget = resolve_budget(options.budget, options.time_budget)
+    if budget is not None and (isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0):
         raise RunOptionError(
-            f"budget must be a fraction of the static model's compute in (0, 1], got {options.budget}"
+            f"budget must be a fraction of the static model's compute in (0, 1], got {budget}"
         )
     try:
         make_sampler(options.sampler, options.steps)
@@ -143,6 +148,10 @@ def open_pipeline(options: RunOptions) -> Pipeline:
         name = _folder_name(options.workdir, options.model)
     else:  # the checkpoint's config names the artifact folders, as `build` names them
         name = _checkpoint_model_name(Path(options.checkpoint))
+    return _workdir_pipeline(options, name, options.checkpoint)
+
+
+def _workdir_pipeline(options: RunOptions, name: str, checkpoint: Path | None) -> Pipeline:
     return Pipeline.from_workdir(
         str(options.workdir),
         name,
@@ -150,7 +159,7 @@ def open_pipeline(options: RunOptions) -> Pipeline:
         device=options.device,
         precision=options.precision,
         compile=options.compile,
-        checkpoint=None if options.checkpoint is None else str(options.checkpoint),
+        checkpoint=None if checkpoint is None else str(checkpoint),
     )
 
 
@@ -163,15 +172,7 @@ def _default_pipeline(options: RunOptions) -> Pipeline:
         raise RunError(str(err)) from None
     if not installed("torch") or options.backend not in ("auto", "torch"):
         # Engines of the default model, built like any other (`build --checkpoint <default weights>`).
-        return Pipeline.from_workdir(
-            str(options.workdir),
-            DEFAULT_NAME,
-            backend=options.backend,
-            device=options.device,
-            precision=options.precision,
-            compile=options.compile,
-            checkpoint=str(path),
-        )
+        return _workdir_pipeline(options, DEFAULT_NAME, path)
     from .select import torch_pipeline
 
     model, weights = default_model()
@@ -231,10 +232,27 @@ def _png_content(samples: np.ndarray, pipe: Pipeline, options: RunOptions) -> tu
     ), "latents, not images (no --vae given): channels 0-2 as RGB, min-max scaled"
 
 
+def _time_budget_lines(plan: dict) -> list[str]:
+    """What a time budget chose and measured (nothing for a MACs budget)."""
+    timed = plan.get("time_budget")
+    if timed is None:
+        return []
+    measured = ", ".join(
+        f"p{p} {ms:.3g} ms" for p, ms in sorted(timed["step_ms_by_patch"].items(), key=lambda kv: int(kv[0]))
+    )
+    return [
+        f"time budget {timed['limit_s']:g} s: predicted {timed['predicted_s']:.3g} s, achieved "
+        f"{timed['achieved_s']:.3g} s of sampling loop (static: {timed['static_predicted_s']:.3g} s); "
+        f"measured per step: {measured}"
+    ]
+
+
 def _title(pipe: Pipeline, record: dict) -> str:
     plan = record["plan"]
     weights = "RANDOM WEIGHTS" if pipe.spec.random_weights else os.path.basename(pipe.spec.weights)
+    timed = plan.get("time_budget")
+    budget = f"budget {record['options']['budget']}" if timed is None else f"time {timed['limit_s']:g} s"
     return (
-        f"{pipe.spec.name} ({weights}) | budget {record['options']['budget']} -> "
+        f"{pipe.spec.name} ({weights}) | {budget} -> "
         f"{100 * plan['achieved_fraction']:.1f}% | {pipe.selection.backend} | seed {record['seed']}"
     )

@@ -238,24 +238,29 @@ def choose_backend(
     )
 
 
-def _trt_built(workdir: Path, model_name: str, device: str) -> tuple[bool, str]:
-    if not installed("tensorrt"):
-        return False, "tensorrt not installed"
+def _engines_built(
+    workdir: Path, model_name: str, *, package: str, pattern: str, kind: str, backend: str
+) -> tuple[bool, str]:
+    """Whether `build` left engines of one kind (their manifest under a `<gpu>-<pattern>` folder)."""
+    if not installed(package):
+        return False, f"{package} not installed"
     folder = workdir / "engines" / model_name
-    plans = list(folder.glob(f"*-trt*/{MANIFEST_NAME}")) if folder.is_dir() else []
-    if not plans:
-        return False, f"no TensorRT engines under {folder} (`{build_command(model_name, 'trt')}`)"
-    return True, f"TensorRT engines under {folder}"
+    manifests = list(folder.glob(f"*-{pattern}*/{MANIFEST_NAME}")) if folder.is_dir() else []
+    if not manifests:
+        return False, f"no {kind} engines under {folder} (`{build_command(model_name, backend)}`)"
+    return True, f"{kind} engines under {folder}"
+
+
+def _trt_built(workdir: Path, model_name: str, device: str) -> tuple[bool, str]:
+    return _engines_built(
+        workdir, model_name, package="tensorrt", pattern="trt", kind="TensorRT", backend="trt"
+    )
 
 
 def _aoti_built(workdir: Path, model_name: str, device: str) -> tuple[bool, str]:
-    if not installed("torch"):
-        return False, "torch not installed"
-    folder = workdir / "engines" / model_name
-    packages = list(folder.glob(f"*-torch*/{MANIFEST_NAME}")) if folder.is_dir() else []
-    if not packages:
-        return False, f"no AOTInductor engines under {folder} (`{build_command(model_name, 'aoti')}`)"
-    return True, f"AOTInductor engines under {folder}"
+    return _engines_built(
+        workdir, model_name, package="torch", pattern="torch", kind="AOTInductor", backend="aoti"
+    )
 
 
 def _ort_built(workdir: Path, model_name: str, device: str) -> tuple[bool, str]:

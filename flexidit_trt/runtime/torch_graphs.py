@@ -34,6 +34,43 @@ class GraphPool:
                 self._handle = torch.cuda.graph_pool_handle()
         return self._handle
 
+    @property
+    def pool_id(self) -> tuple[int, int] | None:
+        """The pool's id as the allocator's snapshot spells a segment's `segment_pool_id`: a plain pair of
+        ints (graph_pool_handle() returns that pair; torch 2.13 types it as the `_POOL_HANDLE` NewType, the
+        pair itself at run time). None until first use: no graph was captured in it, so it holds nothing."""
+        return None if self._handle is None else (int(self._handle[0]), int(self._handle[1]))
+
+
+def graph_pool_bytes(pools: Sequence[GraphPool], segments: Sequence[dict] | None = None) -> dict[str, Any]:
+    """Device memory that the CUDA-graph pools among `pools` hold now, read from the caching allocator's
+    snapshot (`segments`: torch.cuda.memory_snapshot(), taken here when not given). A pool that several
+    engines share counts once. Per pool: reserved bytes, the `total_size` of the segments whose
+    `segment_pool_id` is the pool's id (what its graphs keep for replay; blocks freed during capture stay
+    in the pool), and allocated bytes, its blocks in state `active_allocated` (tensors still alive).
+    Neither the general pool (id (0, 0): weights, buffers, eager warm-up) nor any other pool counts,
+    unlike a peak of memory_reserved. Pool ids are process-wide, so every device's segments are read."""
+    per = {  # one entry per distinct pool, in the order given
+        p.pool_id: {"pool_id": list(p.pool_id), "reserved_bytes": 0, "allocated_bytes": 0, "segments": 0}
+        for p in pools
+        if p.pool_id is not None
+    }
+    if segments is None:
+        segments = torch.cuda.memory_snapshot() if per else []
+    for seg in segments:
+        entry = per.get(tuple(int(v) for v in seg["segment_pool_id"]))
+        if entry is None:
+            continue
+        entry["segments"] += 1
+        entry["reserved_bytes"] += seg["total_size"]
+        entry["allocated_bytes"] += sum(b["size"] for b in seg["blocks"] if b["state"] == "active_allocated")
+    rows = list(per.values())
+    return {
+        "reserved_bytes": sum(r["reserved_bytes"] for r in rows),
+        "allocated_bytes": sum(r["allocated_bytes"] for r in rows),
+        "pools": rows,
+    }
+
 
 def as_tensor(buf: Any, device: str) -> torch.Tensor:
     """A torch view (no copy) of a pipeline buffer: numpy on the CPU, DeviceArray on CUDA. bf16 buffers

@@ -47,11 +47,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import MANIFEST_NAME, ManifestError, read_manifest
+from ..artifacts import MANIFEST_NAME, ManifestError
 from ..engines.build import ENGINE_KIND, ENGINE_SCHEMA, engine_dir
 from ..engines.trt import GpuInfo, gpu_info
 from . import cuda
-from .backend import Backend, IOBuffers, RunError
+from .backend import Backend, IOBuffers, RunError, check_built_for, read_engines_manifest
 
 DEVICE_MEMORY_ALIGN = 256  # TensorRT's requirement for user-managed activation memory
 INPUTS = ("x", "t", "y")
@@ -61,14 +61,7 @@ OUTPUT = "out"
 # -- manifests: which engines, for which GPU / TensorRT / checkpoint ----------------------------------------
 def read_engine_manifest(folder: str | Path) -> dict:
     """The manifest of a TensorRT engine folder; RunError when it is missing, unreadable or foreign."""
-    path = Path(folder) / MANIFEST_NAME
-    try:
-        manifest = read_manifest(path, ENGINE_KIND, ENGINE_SCHEMA)
-    except ManifestError as err:
-        raise RunError(str(err)) from None
-    if manifest is None:
-        raise RunError(f"no TensorRT engines at {folder} (no {MANIFEST_NAME})")
-    return manifest
+    return read_engines_manifest(folder, ENGINE_KIND, ENGINE_SCHEMA, "TensorRT")
 
 
 def check_engine_entry(
@@ -92,16 +85,14 @@ def check_engine_entry(
         ("gpu.name", built_gpu.get("name"), gpu.name),
         ("tensorrt", entry.get("tensorrt"), trt_version),
     ]
-    if checkpoint_sha256 is not None:
-        checks.append(("checkpoint.sha256", (entry.get("checkpoint") or {}).get("sha256"), checkpoint_sha256))
-    if weights_sha256 is not None:
-        checks.append(("weights_sha256", entry.get("weights_sha256"), weights_sha256))
-    for field, built, here in checks:
-        if built != here:
-            raise RunError(
-                f"TensorRT engine p{patch_size} was built for {field} {built!r}, this run has {here!r}: "
-                "rebuild it with `flexidit-trt build`"
-            )
+    check_built_for(
+        entry,
+        checks,
+        engine=f"TensorRT engine p{patch_size}",
+        rebuild="flexidit-trt build",
+        checkpoint_sha256=checkpoint_sha256,
+        weights_sha256=weights_sha256,
+    )
     return entry
 
 

@@ -37,7 +37,7 @@ from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
 from .data import load_split
 from .sampling import SampleOptions, sample_images
-from .train import BatchSchedule, TrainError, resolve_device
+from .train import BatchSchedule, TrainError, check_options, resolve_device
 
 TIMESTEP_MODES = ("weak", "all")
 
@@ -74,35 +74,34 @@ class FlexifyOptions:
     progress: bool = True
 
     def validate(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.minutes is None or self.minutes > 0, f"minutes must be > 0, got {self.minutes}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
-            (self.lora_rank >= 0, f"LoRA rank must be >= 0, got {self.lora_rank}"),
-            (
-                self.timesteps in TIMESTEP_MODES,
-                f"timesteps must be one of {', '.join(TIMESTEP_MODES)}, got {self.timesteps!r}",
-            ),
-            (0 <= self.null_fraction < 1, f"null fraction must be in [0, 1), got {self.null_fraction}"),
-            (
-                len(self.budgets) == 2 and 0 < self.budgets[0] <= self.budgets[1] <= 1,
-                f"budgets must be a range lo,hi with 0 < lo <= hi <= 1, got {self.budgets}",
-            ),
-            (not (self.self_distill and self.data is not None), "give --data or --self-distill, not both"),
-            (
-                self.self_distill_images >= 10,
-                f"self-distill images must be >= 10, got {self.self_distill_images}",
-            ),
-            (self.eval_images >= 1, f"eval images must be >= 1, got {self.eval_images}"),
-            (
-                Path(self.out).suffix == ".safetensors",
-                f"the output is a .safetensors file, got {Path(self.out).name}",
-            ),
-        ]
-        problems = [msg for ok, msg in checks if not ok]
-        if problems:
-            raise TrainError("; ".join(problems))
+        check_options(
+            self,
+            [
+                (self.lora_rank >= 0, f"LoRA rank must be >= 0, got {self.lora_rank}"),
+                (
+                    self.timesteps in TIMESTEP_MODES,
+                    f"timesteps must be one of {', '.join(TIMESTEP_MODES)}, got {self.timesteps!r}",
+                ),
+                (0 <= self.null_fraction < 1, f"null fraction must be in [0, 1), got {self.null_fraction}"),
+                (
+                    len(self.budgets) == 2 and 0 < self.budgets[0] <= self.budgets[1] <= 1,
+                    f"budgets must be a range lo,hi with 0 < lo <= hi <= 1, got {self.budgets}",
+                ),
+                (
+                    not (self.self_distill and self.data is not None),
+                    "give --data or --self-distill, not both",
+                ),
+                (
+                    self.self_distill_images >= 10,
+                    f"self-distill images must be >= 10, got {self.self_distill_images}",
+                ),
+                (self.eval_images >= 1, f"eval images must be >= 1, got {self.eval_images}"),
+                (
+                    Path(self.out).suffix == ".safetensors",
+                    f"the output is a .safetensors file, got {Path(self.out).name}",
+                ),
+            ],
+        )
 
 
 @dataclass

@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ..model.config import DiTConfig
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split
 from .losses import DiffusionLoss
 
+if TYPE_CHECKING:
+    from .flexify import FlexifyOptions
+
 STATE_NAME = "state.pt"
 CHECKPOINT_NAME = "base.safetensors"
 LOSSES_NAME = "losses.json"
@@ -39,6 +43,22 @@ LOSSES_NAME = "losses.json"
 
 class TrainError(ValueError):
     """Options or a run folder that cannot be used; the message says which and why."""
+
+
+def check_options(options: TrainOptions | FlexifyOptions, checks: list[tuple[bool, str]]) -> None:
+    """TrainError listing every failed check: the loop checks (steps, time box, batch, lr) that
+    training and flexify share, then `checks` (ok, message) of the caller's own options."""
+    o = options
+    checks = [
+        (o.steps >= 1, f"steps must be >= 1, got {o.steps}"),
+        (o.minutes is None or o.minutes > 0, f"minutes must be > 0, got {o.minutes}"),
+        (o.batch_size >= 1, f"batch size must be >= 1, got {o.batch_size}"),
+        (o.lr > 0 and math.isfinite(o.lr), f"lr must be a positive number, got {o.lr}"),
+        *checks,
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    if problems:
+        raise TrainError("; ".join(problems))
 
 
 @dataclass
@@ -92,25 +112,21 @@ class TrainOptions:
     )
 
     def validate(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.minutes is None or self.minutes > 0, f"minutes must be > 0, got {self.minutes}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
-            (self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
-            (
-                0 < self.class_dropout < 1,
-                f"class dropout must be in (0, 1) (the null class serves CFG), got {self.class_dropout}",
-            ),
-            (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
-            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-        ]
-        problems = [msg for ok, msg in checks if not ok]
-        if problems:
-            raise TrainError("; ".join(problems))
+        check_options(
+            self,
+            [
+                (self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}"),
+                (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+                (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
+                (
+                    0 < self.class_dropout < 1,
+                    f"class dropout must be in (0, 1) (the null class serves CFG), got {self.class_dropout}",
+                ),
+                (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
+                (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+                (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            ],
+        )
 
     def model_config(self) -> DiTConfig:
         overrides = {
