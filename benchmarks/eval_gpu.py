@@ -2,6 +2,7 @@
 
     python3 benchmarks/eval_gpu.py OUT_DIR [--checkpoint FLEX] [--base BASE] [--inception PATH] [--data DIR]
                                    [--state DIR] [--only WAY[:BUDGET],...] [--time-limit S] [...]
+    torchrun --nproc-per-node N benchmarks/eval_gpu.py OUT_DIR ...     (every GPU of a host, over NCCL)
 
 Three ways, 10,000 samples per run, 250 DDPM steps, budgets 1.0 (seeds 0 and 1), 0.75, 0.6, 0.5, 0.4, 0.3:
   projection  the base weights, weak patch size by pseudo-inverse resize of the embeddings, no flexify,
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tarfile
 import time
@@ -225,6 +227,9 @@ def export_runs(args) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.monotonic()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 logs and writes
+        evaluate_all(args, start, lambda line="": None)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "eval_gpu.log", "a") as log:
 
@@ -238,13 +243,23 @@ def main(argv=None) -> int:
 
 
 def evaluate_all(args, start: float, say) -> None:
+    """The pending runs, on one GPU or, under torchrun, on all of a host's (each rank samples its share of
+    every run's chunks; rank 0 gathers, scores, saves and writes)."""
+    from flexidit_trt.evaluation.run import all_agree, distributed
+
+    with distributed(None) as ctx:
+        if args.import_runs and ctx.is_main:
+            import_runs(args.import_runs, args.state)
+        all_agree(True, ctx)  # the others wait for the import before they list what is pending
+        _evaluate(args, start, say, ctx)
+
+
+def _evaluate(args, start: float, say, ctx) -> None:
     import torch
     from tqdm import tqdm
 
-    from flexidit_trt.evaluation.run import Distributed, EvalOptions, Evaluator, Scorer
+    from flexidit_trt.evaluation.run import EvalOptions, Evaluator, Scorer
 
-    if args.import_runs:
-        import_runs(args.import_runs, args.state)
     args.settings = settings_key(args)
     only = parse_only(args.only)
     ways = [w for w in WAYS.values() if any(wanted(only, w.name, b) for b in w.budgets)]
@@ -259,9 +274,11 @@ def evaluate_all(args, start: float, say) -> None:
         ),
         key=lambda run: priority(run[0].name, run[1], run[2] - args.seed),
     )
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    on_gpu = ctx.device.type == "cuda"
     say(
-        f"== eval_gpu {time.strftime('%Y-%m-%d %H:%M:%S')} on {torch.cuda.get_device_name(0) if device != 'cpu' else 'cpu'}"
+        f"== eval_gpu {time.strftime('%Y-%m-%d %H:%M:%S')} on "
+        f"{f'{ctx.world} × ' + torch.cuda.get_device_name(ctx.device) if on_gpu else 'cpu'}"
+        + (f" ({ctx.world} processes)" if ctx.world > 1 and not on_gpu else "")
     )
     say(f"pending runs: {len(pending)} ({', '.join(f'{w.name}@{b}/s{s}' for w, b, s in pending) or 'none'})")
 
@@ -272,7 +289,7 @@ def evaluate_all(args, start: float, say) -> None:
         batch_size=args.batch_size,
         cfg_scale=args.cfg_scale,
         precision=args.precision,
-        device=device,
+        device=str(ctx.device),
         data_dir=args.data,
         cache_dir=args.state / "cache",
         resume_dir=args.state / "chunks",
@@ -283,13 +300,14 @@ def evaluate_all(args, start: float, say) -> None:
         budgets=(1.0,),
     )
     if pending:
-        ctx = Distributed(0, 1, torch.device(device))
         models = load_models(args, ways)
         t0 = time.monotonic()
         scorer = Scorer.load(base, ctx)
-        say(
-            f"reference set ({scorer.reference.count} test images) and networks: {time.monotonic() - t0:.1f} s"
-        )
+        if ctx.is_main:
+            say(
+                f"reference set ({scorer.reference.count} test images) and networks: "
+                f"{time.monotonic() - t0:.1f} s"
+            )
         evaluators: dict[str, tuple] = {}  # one per way, made on first use, kept: ways interleave
 
         def evaluator_for(way: Way):
@@ -309,7 +327,10 @@ def evaluate_all(args, start: float, say) -> None:
             return evaluators[way.name]
 
         with tqdm(
-            total=len(pending) * -(-args.num_samples // args.batch_size), desc="eval", unit="chunk"
+            total=len(pending) * -(-args.num_samples // args.batch_size),
+            desc="eval",
+            unit="chunk",
+            disable=not ctx.is_main,
         ) as bar:
             for way, budget, seed in pending:
                 evaluator, meta = evaluator_for(way)
@@ -317,6 +338,8 @@ def evaluate_all(args, start: float, say) -> None:
                 finished, run = evaluator.run(budget, seed, bar)
                 if not finished:
                     break
+                if not ctx.is_main:
+                    continue
                 result, grid = run
                 save_run(run_path(args, way.name, budget, seed), result, grid, meta)
                 say(
@@ -326,6 +349,8 @@ def evaluate_all(args, start: float, say) -> None:
                 )
         for evaluator, _ in evaluators.values():
             evaluator.close()
+    if not ctx.is_main:
+        return
     left = [(w, b, s) for w, b, s in pending if not run_path(args, w.name, b, s).is_file()]
     write_outputs(args, load_runs(args), left, say)
     say(f"wall time {time.monotonic() - start:.0f} s")
