@@ -22,7 +22,7 @@ Expected cost (computed from the config, not measured on a GPU yet): dit_fmnist 
 up to 10.1 static runs (the budgets' achieved fractions; w2s's shared 0.75 counted once) = 61 PFLOP.
 Assuming 50-150 TFLOP/s effective in bf16 for a model this narrow (its matmuls have K = 160 and the
 elementwise work between them is memory-bound), sampling takes 7-20 min; Inception on 190,000 images at
-299×299 (11.5 GFLOP each, fp32 without TF32, ~40 TFLOP/s) ~1 min; metrics (scipy sqrtm of 2048×2048 on
+299×299 (11.5 GFLOP each, fp32 without TF32, ~40 TFLOP/s) ~1 min; metrics (two float64 2048×2048 eigh on
 the host, KID and k-NN on the GPU) ~5-10 s per run, ~2-3 min. Total ~12-25 min: 2-3 calls of 540 s.
 
 Resumable: every finished chunk of samples goes to STATE/chunks, every finished run to STATE/runs, and
@@ -345,7 +345,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
                 say(
                     f"{way.name:>10} budget {budget:<4} seed {seed}: FID {result.fid:7.3f}  compute "
                     f"{result.achieved_fraction:.3f}  acc {100 * result.class_accuracy:.1f}%  "
-                    f"{result.images_per_second:.0f} img/s  ({time.monotonic() - t0:.0f} s)"
+                    f"{result.images_per_second:.0f} img/s/GPU  ({time.monotonic() - t0:.0f} s)"
                 )
         for evaluator, _ in evaluators.values():
             evaluator.close()

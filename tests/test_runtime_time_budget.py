@@ -166,7 +166,14 @@ def test_real_clock_plan_agrees_with_what_it_measured(pipe):
     # Three quarters of the static time just measured: reachable unless the weak step's measured latency
     # grows from ~0.4 to 0.75 of the base step's before the next call.
     limit = 0.75 * first["static_predicted_s"]
-    rec = pipe.generate(LABELS, steps=STEPS, batch_size=2, time_budget=limit).record
+    try:
+        rec = pipe.generate(LABELS, steps=STEPS, batch_size=2, time_budget=limit).record
+    except RunOptionError as err:
+        # A loaded machine can slow the weak step between the two calls: then the refusal must say why,
+        # with a fastest time above the limit.
+        fastest = float(re.search(r"fastest schedule's predicted ([0-9.e+-]+) s", str(err)).group(1))
+        assert fastest > limit, str(err)
+        return
     timed, step_s = rec["plan"]["time_budget"], step_seconds(rec)
     for p in (2, 4):  # a step of the run is its batches' steps together
         by_batch = [timed["step_ms_by_batch"][b][str(p)] for b in ("2", "1")]
@@ -211,3 +218,13 @@ def test_cli_bad_time_budget(tmp_path, args, message):
     result = invoke(*args, "--steps", "3", "--out", str(out))
     assert result.exit_code == 2 and message in result.output, result.output
     assert not out.exists()
+
+
+def test_time_budget_checks_guidance_against_the_patch_sizes_first():
+    # Review finding: with a time budget the first plan was made inside the latency measurement, outside
+    # the check that turns the planner's ValueError into one line; a MACs budget and a time budget now
+    # fail alike, before anything is measured.
+    with Pipeline.from_model(tiny_model(input_size=16, patch_sizes=(2,)), device="cpu") as only_base:
+        for kwargs in ({"budget": 0.5}, {"time_budget": 1.0}):
+            with pytest.raises(RunOptionError, match="weak_to_strong guidance needs a weak patch size"):
+                only_base.generate(LABELS, steps=3, guidance="weak-to-strong", **kwargs)

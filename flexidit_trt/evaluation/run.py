@@ -472,7 +472,7 @@ class Evaluator:
             "device": device,
             "options": _jsonable(asdict(replace(options, deadline=None, progress=True))),
             "metrics": {
-                "fid": "Fréchet distance of Inception pool3 statistics (float64, scipy.linalg.sqrtm)",
+                "fid": "Fréchet distance of Inception pool3 statistics (float64; tr (S_r^½ S_g S_r^½)^½ by numpy eigh)",
                 "kid": f"unbiased MMD², cubic kernel, {options.kid_subsets} subsets of <= {options.kid_subset_size}",
                 "precision_recall": f"Kynkäänniemi et al. 2019, k={options.pr_k}, on the Inception features",
                 "class_accuracy": "the classifier's argmax equals the label the sample was generated for",

@@ -29,7 +29,10 @@ def default_checkpoint() -> Path:
 
 def default_model() -> tuple[FlexiDiT, str]:
     """(model, where its weights come from in words)."""
-    from ..model import load_checkpoint
+    from ..model import CheckpointError, load_checkpoint
 
     path = default_checkpoint()
-    return load_checkpoint(path), f"default model {path}"
+    try:
+        return load_checkpoint(path), f"default model {path}"
+    except CheckpointError as err:  # a damaged install: said as one line, like a missing file
+        raise FileNotFoundError(f"the embedded default model is unreadable ({err}): reinstall flexidit-trt") from None

@@ -223,10 +223,9 @@ class Pipeline:
         try:
             smp = make_sampler(sampler, steps)
             # A time budget's schedule is chosen below, once the engines' step latency is measured.
-            schedule = (
-                plan(macs_budget, len(smp), self.spec.macs_by_patch, guidance_kind)
-                if macs_budget is not None
-                else None
+            # (budget 1.0 checks the patch sizes and guidance against the planner the same way).
+            schedule = plan(
+                1.0 if macs_budget is None else macs_budget, len(smp), self.spec.macs_by_patch, guidance_kind
             )
         except ValueError as err:
             raise RunOptionError(str(err)) from None

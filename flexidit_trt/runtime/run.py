@@ -175,7 +175,10 @@ def _default_pipeline(options: RunOptions) -> Pipeline:
         return _workdir_pipeline(options, DEFAULT_NAME, path)
     from .select import torch_pipeline
 
-    model, weights = default_model()
+    try:
+        model, weights = default_model()
+    except FileNotFoundError as err:
+        raise RunError(str(err)) from None
     return torch_pipeline(
         model,
         backend="torch",
@@ -243,7 +246,7 @@ def _time_budget_lines(plan: dict) -> list[str]:
     return [
         f"time budget {timed['limit_s']:g} s: predicted {timed['predicted_s']:.3g} s, achieved "
         f"{timed['achieved_s']:.3g} s of sampling loop (static: {timed['static_predicted_s']:.3g} s); "
-        f"measured per step: {measured}"
+        f"measured per step of the run (all {len(timed['step_ms_by_batch'])} batch size(s) together): {measured}"
     ]
 
 
