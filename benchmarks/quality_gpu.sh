@@ -27,7 +27,7 @@ case "$stage" in
     python3 -m pip install --no-build-isolation --no-deps -e . >"$out/install.log" 2>&1 || { tail -30 "$out/install.log"; exit 1; }
     python3 -m flexidit_trt flexify --checkpoint flexidit_trt/weights/default.safetensors --patch-sizes 2,4 \
       --minutes "$minutes" --steps 100000 --batch-size 512 --half --data .data/fashion-mnist \
-      --out /tmp/flexidit-next/default.safetensors 2>&1 | tee "$out/flexify.log" | grep -v "it/s"
+      --out /tmp/flexidit-next/default.safetensors 2>&1 | tee "$out/flexify.log" | grep -v "step/s"
     cp /tmp/flexidit-next/default.safetensors "$out/"
     ;;
   part) ;;
