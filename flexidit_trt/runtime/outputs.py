@@ -120,7 +120,7 @@ def decode_latents(latents: np.ndarray, vae_path: str | os.PathLike, device: str
 def grid_png(images: np.ndarray, labels: np.ndarray, title: str):
     """One row per class when classes repeat (columns: that class's images), else rows of up to 10;
     the title above. Returns a PIL image."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     n, h, w, _ = images.shape
     scale = max(1, -(-MIN_CELL // max(h, w)))
@@ -130,12 +130,17 @@ def grid_png(images: np.ndarray, labels: np.ndarray, title: str):
     else:
         rows = [list(range(i, min(i + 10, n))) for i in range(0, n, 10)]
     cols = max(len(r) for r in rows)
-    pad, top = 2, 18
+    pad, top = 2, 22
     cell_h, cell_w = h * scale, w * scale
     canvas = Image.new("RGB", (cols * (cell_w + pad) + pad, top + len(rows) * (cell_h + pad) + pad), "white")
     for r, row in enumerate(rows):
         for c, i in enumerate(row):
             tile = Image.fromarray(images[i]).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (pad + c * (cell_w + pad), top + pad + r * (cell_h + pad)))
-    ImageDraw.Draw(canvas).text((pad, 3), title, fill="black")
+    # Pillow's bundled scalable font (FreeType): the tiny bitmap default drops dots and spaces.
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1 (an environment pinned below our requirement): the bitmap font
+        font = ImageFont.load_default()
+    ImageDraw.Draw(canvas).text((pad, 3), title, fill="black", font=font)
     return canvas
