@@ -2,7 +2,9 @@
 # `flexidit-trt bench` on the device machine in one command: install the package (builds the CUDA
 # extension), run the bench's GPU tests, then DiT-XL/2 (random weights, bf16, 250 DDPM steps, CFG 4.0) at
 # 1 and 8 images and budgets 1.0 and 0.5 on every backend (the ones that cannot run here say why) with the
-# reference DiT loop in the same run. Prints the run's tables last.
+# reference DiT loop in the same run, then each torch engine's forward under torch.profiler (--profile:
+# eager, no CUDA graph; kernels per forward, busy vs wall, time by kernel category, the limit). Prints the
+# run's tables last.
 #
 # Usage (repo root, on the GPU machine):   bash benchmarks/bench_gpu.sh "$OUT" [more bench options]
 #   BUILD_AOTI=1 bash benchmarks/bench_gpu.sh "$OUT" --backends aoti
@@ -27,7 +29,7 @@ work=$(mktemp -d)  # engines built by BUILD_AOTI live outside the checkout
     exit 1
   }
   echo "install + extension build: $(($(date +%s) - t0)) s"
-  python3 -m pytest -q -m gpu tests/test_bench_gpu.py -rs 2>&1 | tail -4
+  python3 -m pytest -q -m gpu tests/test_bench_gpu.py tests/test_bench_profile.py -rs 2>&1 | tail -4
   if [ "${BUILD_AOTI:-0}" = 1 ]; then
     t1=$(date +%s)
     python3 -m flexidit_trt build --model dit_xl --aoti --precision bf16 --batch-sizes 1,8 --workdir "$work" 2>&1 | tail -8
@@ -35,7 +37,7 @@ work=$(mktemp -d)  # engines built by BUILD_AOTI live outside the checkout
   fi
   t2=$(date +%s)
   python3 -m flexidit_trt bench --model dit_xl --batch-sizes 1,8 --budgets 1.0,0.5 --steps 250 --precision bf16 \
-    --workdir "$work" --out "$out/results" "$@"
+    --workdir "$work" --out "$out/results" --profile "$@"
   echo "bench exit code $?, $(($(date +%s) - t2)) s"
   python3 -m flexidit_trt bench report --results "$out/results" >/dev/null && echo "report: $out/results/REPORT.md"
   tar -czf "$out/results.tgz" -C "$out" results && rm -rf "$out/results"

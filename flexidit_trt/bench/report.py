@@ -22,6 +22,13 @@ from .results import find_results, latest, read_results
 REPORT_NAME = "REPORT.md"
 BACKEND_ORDER = ("reference", "trt", "aoti", "torch", "torch-eager", "ort")
 DASH = "—"
+PROFILE_NOTE = (
+    "Eager launches, no CUDA graph, so every kernel is visible: the gap between device busy and wall time is "
+    "the launch and host overhead that the graphs of the forwards table remove. Category columns: shares of "
+    "the device time; limit: the largest part of the wall time."
+)
+TOP_IN_REPORT = 5  # of the 15 a results file keeps per profile
+KERNEL_NAME_CHARS = 90
 
 
 @dataclass
@@ -64,6 +71,8 @@ def markdown(docs: Sequence[dict]) -> str:
         ("Forwards: each engine alone, against its floor", _forwards(docs)),
         ("Device memory: one shared graph pool against one pool per engine", _memory(docs)),
         ("Time budgets: weak steps chosen from the measured step latency", _time_plans(docs)),
+        ("Profiles: each engine's forward under torch.profiler (eager, no CUDA graph)", _profiles(docs)),
+        (f"Top {TOP_IN_REPORT} kernels of each profile (by device time)", _top_kernels(docs)),
     ]
     out = []
     for title, table in sections:
@@ -218,6 +227,66 @@ def _time_plans(docs: Sequence[dict]) -> list[str]:
     return _table(header, rows)
 
 
+def _profiles(docs: Sequence[dict]) -> list[str]:
+    from .profile import CATEGORIES, CATEGORY_TITLES
+
+    rows = []
+    for d in docs:
+        profiles = d.get("profiles")
+        if isinstance(profiles, dict):
+            rows.append([d["machine"], d["backend"], DASH, DASH, f"not profiled: {profiles['not_profiled']}",
+                         *[""] * (len(CATEGORIES) + 1)])  # fmt: skip
+            continue
+        for f in profiles or []:
+            if "failed" in f:
+                rows.append([d["machine"], d["backend"], f["patch_size"], f["batch"], f"failed: {f['failed']}",
+                             *[""] * (len(CATEGORIES) + 1)])  # fmt: skip
+                continue
+            rows.append(
+                [
+                    d["machine"],
+                    d["backend"],
+                    f["patch_size"],
+                    f["batch"],
+                    f"{f['kernels_per_forward']:.0f}",
+                    f"{f['busy_us_per_forward']:.0f} / {f['wall_us_per_forward']:.0f} "
+                    f"({_pct(f['busy_fraction'])})",
+                    *(_pct(f["by_category"][c]["share"]) for c in CATEGORIES),
+                    f["limit"],
+                ]
+            )
+    header = ["machine", "backend", "patch", "batch", "kernels / forward", "device busy / wall µs",
+              *(CATEGORY_TITLES[c] for c in CATEGORIES), "limit"]  # fmt: skip
+    table = _table(header, rows)
+    return [PROFILE_NOTE, "", *table] if table else []
+
+
+def _top_kernels(docs: Sequence[dict]) -> list[str]:
+    rows = []
+    for d in docs:
+        profiles = d.get("profiles")
+        for f in profiles if isinstance(profiles, list) else []:
+            device_us = f.get("device_us_per_forward", 0.0) * f.get("runs", 0)
+            for rank, k in enumerate(f.get("top", [])[:TOP_IN_REPORT], start=1):
+                rows.append(
+                    [
+                        d["machine"],
+                        d["backend"],
+                        f["patch_size"],
+                        f["batch"],
+                        rank,
+                        _code(k["name"]),
+                        k["category"],
+                        f"{k['per_forward']:g}",
+                        f"{k['mean_us']:.1f}",
+                        _pct(k["total_us"] / device_us if device_us > 0 else None),
+                    ]
+                )
+    header = ["machine", "backend", "patch", "batch", "#", "kernel", "category", "calls / forward", "mean µs",
+              "of device time"]  # fmt: skip
+    return _table(header, rows)
+
+
 # -- plots ---------------------------------------------------------------------------------------------------
 def _pyplot() -> Any:
     import matplotlib
@@ -320,6 +389,13 @@ def _peak_bytes(memory: Any) -> int | None:
     if not isinstance(memory, dict):
         return None
     return memory.get("peak_device_bytes") or memory.get("host_peak_rss_bytes")
+
+
+def _code(name: str) -> str:
+    """A kernel name as a table cell: shortened (templates run to kilobytes), in a code span, pipes escaped."""
+    if len(name) > KERNEL_NAME_CHARS:
+        name = name[: KERNEL_NAME_CHARS - 1] + "…"
+    return "`" + name.replace("`", "'").replace("|", "\\|") + "`"
 
 
 def _times(x: float | None) -> str:

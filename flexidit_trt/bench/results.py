@@ -23,7 +23,15 @@ Document (schema 1):
     memory {images, budget, shared_pool_bytes, pool_per_engine_bytes, [graph_pools, peak_reserved_bytes,] how}
            | {not_measured},
     time_plans [{images, fraction, weak_steps, predicted_fraction, plan | unreachable,
-                 macs_plan_weak_steps, macs_plan_measured_fraction, macs_plan_predicted_fraction, ...}]
+                 macs_plan_weak_steps, macs_plan_measured_fraction, macs_plan_predicted_fraction, ...}],
+    with --profile (options.profile) also
+    profiles [{patch_size, batch (rows), images, device, activities, runs, rows (what they are), note,
+               kernels_per_forward, device_us_per_forward, busy_us_per_forward, wall_us_per_forward,
+               profiled_wall_us_per_forward, busy_fraction, by_category {gemm, attention,
+               norm_elementwise, copies, other: {us_per_forward, share}},
+               top [{name, category, count, per_forward, total_us, mean_us}], limit}
+              | {patch_size, batch, images, failed}]   (each engine's forward, eager: profile.py)
+             | {not_profiled} (engines that are not torch callables);
   and the reference loop's adds trajectories [{images, wall, wall_s, images_per_s}].
 """
 

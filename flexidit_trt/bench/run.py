@@ -14,7 +14,11 @@ the static model is every backend's baseline):
   (perf_counter on the CPU), median and spread, against its floor (floors.py);
 - device memory with the engines' graphs in one shared pool against one pool per engine (the torch
   backends: the same compiled engines re-captured both ways, torch's reserved memory measured);
-- the time planner's choice for each budget taken as a time fraction, from the measured step latency.
+- the time planner's choice for each budget taken as a time fraction, from the measured step latency;
+- with `profile`, each engine's forward at the same batches under torch.profiler (profile.py), eager
+  (no CUDA graph, so the kernels are visible): kernels per forward, device busy against wall time, time
+  by kernel category, the top kernels and the limit in words. Torch callables only (torch, torch-eager,
+  aoti); the others say why not.
 Unavailable backends get a file that says why ("not run: TensorRT is not installed here"), never numbers.
 A backend that fails mid-way gets a "failed" file with the error; the others still run.
 """
@@ -80,6 +84,7 @@ class BenchOptions:
     reference: bool = True
     repeats: int = 3  # timed trajectories per (images, budget)
     timing: TimingOptions = DEFAULT_TIMING
+    profile: bool = False  # each engine's forward under torch.profiler too (profile.py)
 
     def __post_init__(self) -> None:
         bad = [b for b in self.backends if b not in BACKENDS]
@@ -332,7 +337,7 @@ class _Bench:
                 trajectories += self._trajectories(name, pipe, images)
                 forwards += self._forwards(pipe, images)
             _speedups(trajectories, self.reference_wall)
-            return {
+            out = {
                 "why": pipe.selection.reason,
                 "engines": [b.describe() for b in pipe.backends.values()],
                 "forwards": forwards,
@@ -342,6 +347,9 @@ class _Bench:
                     trajectories, self.options, self.macs, lambda n, b: self._trajectory(pipe, n, b)
                 ),
             }
+            if self.options.profile:  # last: the timed numbers above are taken without the profiler
+                out["profiles"] = self._profiles(pipe)
+            return out
         finally:
             pipe.close()
 
@@ -428,14 +436,17 @@ class _Bench:
             "memory": record["memory"],
         }
 
+    def _forward_rows(self, images: int) -> tuple[int, ...]:
+        """The batches (rows) the trajectories run the engines at for `images` per batch."""
+        kind = GUIDANCE[self.options.guidance]
+        return {"cfg": (2 * images,), "none": (images,), "weak_to_strong": (images, 2 * images)}[kind]
+
     def _forwards(self, pipe: Pipeline, images: int) -> list[dict]:
         """Each engine alone at the batches the trajectories ran it at, against its floor."""
-        kind = GUIDANCE[self.options.guidance]
-        rows = {"cfg": (2 * images,), "none": (images,), "weak_to_strong": (images, 2 * images)}[kind]
         clock = HostClock() if self.device == "cpu" else EventClock(_stream(pipe))
         out = []
         for p, backend in pipe.backends.items():
-            for batch in rows:
+            for batch in self._forward_rows(images):
                 if not backend.covers(batch):
                     continue
                 backend.prepare([batch])
@@ -455,6 +466,54 @@ class _Bench:
                     f"{entry['over_floor']:.2f}x its {floor.bound} floor {floor.floor_ms:.3f} ms"
                 )
         return out
+
+    # -- the profile: one engine's forward under torch.profiler ----------------------------------------------
+    def _profiles(self, pipe: Pipeline) -> list[dict] | dict:
+        """Each engine's callable at each batch the forwards were timed at, under torch.profiler, eagerly
+        (profile.py). A profile that fails is recorded with its error: the timed numbers stay."""
+        from ..runtime.torch_graphs import TorchGraphBackend
+        from .profile import profile_forward
+
+        engines = pipe.backends
+        if not all(isinstance(b, TorchGraphBackend) for b in engines.values()):
+            return {
+                "not_profiled": f"the {pipe.selection.backend} engines are not torch callables; profile them "
+                "with Nsight Systems (nsys profile flexidit-trt bench ...)"
+            }
+        self._release()
+        out = []
+        for images in self.options.batch_sizes:
+            for p, backend in engines.items():
+                for batch in self._forward_rows(images):
+                    if not backend.covers(batch):
+                        continue
+                    entry: dict[str, Any] = {"patch_size": p, "batch": batch, "images": images}
+                    try:
+                        inputs = self._forward_inputs(pipe, batch)
+                        prof = profile_forward(backend.fn, inputs, device=self.device)
+                    except Exception as err:
+                        self.say(f"  profile p{p} batch {batch}: failed:\n{traceback.format_exc()}")
+                        out.append({**entry, "failed": f"{type(err).__name__}: {err}".splitlines()[0]})
+                        continue
+                    out.append({**entry, **prof.to_dict()})
+                    self.say(
+                        f"  profile p{p} batch {batch} (eager, no CUDA graph): {prof.kernels_per_forward:.0f} "
+                        f"kernels, device busy {prof.busy_us_per_forward:.0f} of {prof.wall_us_per_forward:.0f} "
+                        f"µs per forward; {prof.limit}"
+                    )
+        self._release()
+        return out
+
+    def _forward_inputs(self, pipe: Pipeline, batch: int) -> tuple[Any, ...]:
+        """Inputs of one engine call at `batch` rows with the dtypes, shapes and layout the pipeline binds
+        (a compiled engine must not recompile): x float32 latents, t float32 timesteps, y int64 labels."""
+        import torch
+
+        gen = torch.Generator().manual_seed(self.options.seed)
+        x = torch.randn(batch, *pipe.spec.latent_shape, generator=gen)
+        t = torch.rand(batch, generator=gen) * 1000  # the values do not change the kernels
+        y = torch.tensor(self._labels(batch), dtype=torch.int64)
+        return tuple(v.to(self.device) for v in (x, t, y))
 
     # -- memory: one shared pool against one per engine ------------------------------------------------------
     def _memory(self, pipe: Pipeline) -> dict:

@@ -114,6 +114,14 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option(
     "--warmup", type=click.IntRange(min=1), default=5, show_default=True, help="untimed forwards first"
 )
+@click.option(
+    "--profile/--no-profile",
+    default=False,
+    show_default=True,
+    help="also run each engine's forward at each batch size under torch.profiler, eagerly (no CUDA graph, "
+    "so the kernels are visible): kernels per forward, device busy vs wall, time by kernel category, top "
+    "kernels and the limit; stored under 'profiles' (torch, torch-eager and aoti backends)",
+)
 @click.pass_context
 def bench(ctx: click.Context, forward_runs: int, warmup: int, **options) -> None:
     """Latency of each backend per patch size, batch and budget, against the floor and the reference loop.
