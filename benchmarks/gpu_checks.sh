@@ -14,7 +14,7 @@ t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -e . >"$out/install.log" 2>&1 || { tail -40 "$out/install.log"; exit 1; }
 echo "extension build: $(( $(date +%s) - t0 )) s; has_cuda=$(python3 -c 'import flexidit_trt._C as c; print(c.has_cuda(), c.cuda_device_count())')"
 
-python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -rs 2>&1 | tee "$out/pytest_gpu.log" | tail -3
+python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_runtime_gpu.py tests/test_graph_pool_memory.py tests/test_bench_profile.py -rs 2>&1 | tee "$out/pytest_gpu.log" | tail -3
 cpu_suite=$(python3 -m pytest -q -m "not gpu" tests 2>&1 | tail -1); echo "$cpu_suite"
 
 python3 benchmarks/export_xl.py --out "$out/xl_p2"
