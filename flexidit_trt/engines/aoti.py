@@ -13,21 +13,16 @@ reused when its entry has the same settings, its file hashes to the recorded val
 the same (judged as export/graphs.py judges them: the same checkpoint or seeded random weights, else
 the hash of the static module's state).
 
-Known obstacle (GPU.md): with torch 2.11 + CUDA 13 on the GPU machine `aoti_load_package` crashed in
-`std::regex` (libstdc++'s locale code) inside the package's wrapper.so, called from
-`parse_device_str` when the model container is created; preloading the toolchain's libstdc++ made it
-load. That pattern (regex/locale crashes that a preloaded libstdc++ cures) is what a second copy of
-libstdc++'s symbols earlier in the process's global symbol scope typically produces: the wrapper's
-inlined `std::regex` code then mixes locale facets of two copies. A hypothesis, not established; so the
-build offers compile variants
-(`AOTI_VARIANTS`, option `variant` or env FLEXIDIT_AOTI_VARIANT) that benchmarks/runtime_gpu.py tries,
-each in its own process:
+The load crash GPU.md reported (torch 2.11 + CUDA 13: `aoti_load_package` died in `std::regex` inside
+the package's wrapper.so) has its cause established (benchmarks/NOTES.md, "why aoti_load_package
+crashes"): wrapper.so does not list libstdc++ among its NEEDED libraries, and the copy already in the
+process was opened RTLD_LOCAL, so the wrapper's regex/locale code bound to the wrong symbols.
+`load_aoti_engine` promotes that copy to the global scope first (`_make_libstdcxx_global`); DiT-XL/2
+packages then loaded and ran on an H100. The compile variants (`AOTI_VARIANTS`, option `variant` or env
+FLEXIDIT_AOTI_VARIANT) that the diagnosis tried stay available:
 - "default": torch's settings;
-- "no-pch": `aot_inductor.precompile_headers=False` (the wrapper compiled without the precompiled
-  header, in case a header built with other flags is the mismatch);
-- "static-libstdcxx": wrapper.so linked with `-static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL`,
-  so the wrapper's C++ runtime is its own, hidden copy and nothing in the process can interpose it (in
-  the ABI-compatible mode, torch's default, the wrapper calls libtorch through its C shim).
+- "no-pch": `aot_inductor.precompile_headers=False`;
+- "static-libstdcxx": wrapper.so linked with `-static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL`.
 The fallback, for a machine where no package loads: torch.compile with its portable cache artifacts,
 saved per GPU and torch version (`build_compile_cache` after a warm-up that compiles every shape, into
 `compile_cache.bin` beside the packages) and hot-loaded by `load_compile_cache` before the torch backend
