@@ -7,13 +7,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from dist_helpers import as_torchrun_rank, free_port
 
 from flexidit_trt.model import DiTConfig, FlexiDiT, save_checkpoint
 from flexidit_trt.training.classifier import FashionClassifier, save_classifier
@@ -115,7 +114,7 @@ def test_one_run_then_resume_from_runs_tar(tmp_path):
     # gathers and writes; the numbers are the one-process run's (chunks are seeded by index, not by rank).
     two = tmp_path / "two"
     args = [str(two), "--state", str(tmp_path / "state2"), *common]
-    torch.multiprocessing.spawn(_script_worker, args=(2, _free_port(), args), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_script_worker, args=(2, free_port(), args), nprocs=2, join=True)
     chunks = sorted(p.name for p in (tmp_path / "state2" / "chunks").rglob("chunk*.npz"))
     assert chunks == ["chunk00000.npz", "chunk00001.npz"]  # 4 samples in chunks of 2: one per rank
     log = (two / "eval_gpu.log").read_text()
@@ -126,13 +125,7 @@ def test_one_run_then_resume_from_runs_tar(tmp_path):
         assert runs[0][key] == pytest.approx(first["runs"][0][key], rel=1e-6, abs=1e-9), key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _script_worker(rank: int, world: int, port: int, args: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    as_torchrun_rank(rank, world, port)
     torch.set_num_threads(1)
     assert eval_gpu.main(args) == 0

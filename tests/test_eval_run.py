@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from dist_helpers import as_torchrun_rank, free_port
 
 from flexidit_trt.cli import main
 from flexidit_trt.evaluation import EvalOptions, OptionsError, evaluate, write_report
@@ -205,7 +204,7 @@ def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
 
     # Two gloo processes on the same saved chunks (rank r reads chunks r, r+2, …): the same numbers.
     out = tmp_path / "two.json"
-    torch.multiprocessing.spawn(_eval_worker, args=(2, _free_port(), options, str(out)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_eval_worker, args=(2, free_port(), options, str(out)), nprocs=2, join=True)
     two = json.loads(out.read_text())
     assert two["world"] == 2
     assert two["runs"] == [[r.fid, r.kid, r.precision, r.recall, r.class_accuracy] for r in report.runs]
@@ -241,14 +240,10 @@ def test_deadline_stops_before_sampling(files, tmp_path):
 
 
 # -- across processes --------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    as_torchrun_rank(rank, world, port)
     with run_mod.distributed("cpu") as ctx:
         rows = torch.arange(3 * (rank + 1) * 2, dtype=torch.float32).reshape(-1, 2) + 100 * rank
         gathered = run_mod.gather_rows(rows, ctx)
@@ -262,7 +257,7 @@ def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow  # two fresh processes importing torch: ~4 s
 def _eval_worker(rank: int, world: int, port: int, options: EvalOptions, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    as_torchrun_rank(rank, world, port)
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("a saved chunk was sampled again")
@@ -280,7 +275,7 @@ def _eval_worker(rank: int, world: int, port: int, options: EvalOptions, out: st
 
 def test_gather_and_agree_across_two_gloo_processes(tmp_path):
     out = str(tmp_path / "gathered.pt")
-    torch.multiprocessing.spawn(_gather_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_gather_worker, args=(2, free_port(), out), nprocs=2, join=True)
     result = torch.load(out)
     expected = torch.cat([torch.arange(6.0).reshape(3, 2), torch.arange(12.0).reshape(6, 2) + 100])
     assert torch.equal(result["rows"], expected)  # rank order, each rank's own length

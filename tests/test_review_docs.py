@@ -10,6 +10,7 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,33 +35,27 @@ def test_readme_first_line_runs_the_default_model_at_half_budget():
     assert README.splitlines()[3].endswith("&& flexidit-trt run --budget 0.5")
 
 
+def printed_by(code: str, namespace: dict) -> str:
+    """What a README example prints, run as written in `namespace`."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
+    return out.getvalue().strip()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_readme_pipeline_example_runs_as_written():
     code = code_block_after(README, "## Running: `flexidit-trt run` and the `Pipeline`")
     printed = re.search(r"\n# (\(.+)", code).group(1)
-    out = io.StringIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stdout(out):
-            exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
-    finally:
-        torch.set_num_threads(threads)
-    assert out.getvalue().strip() == printed  # the comment is the real output
+    assert printed_by(code, {}) == printed  # the comment is the real output
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # 100 forwards on tiny matrices: ~2 s on one thread
 def test_readme_sampling_example_runs_as_written():
     code = code_block_after(README, "## Sampling, guidance and the compute budget")
     printed = re.search(r"print\(p\.describe\(\)\)  # (.+)", code).group(1)
     namespace: dict = {}
-    out = io.StringIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 100 forwards on tiny matrices: ~2 s on one thread, 10x that when contended
-    try:
-        with contextlib.redirect_stdout(out):
-            exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
-    finally:
-        torch.set_num_threads(threads)
-    assert out.getvalue().strip() == printed  # the comment is the real output
+    assert printed_by(code, namespace) == printed  # the comment is the real output
     x, model = namespace["x"], namespace["model"]
     assert not model.training and not x.requires_grad  # eval() and no_grad(): no autograd graph grows
     assert x.shape == (4, 4, 8, 8) and bool(torch.isfinite(x).all())

@@ -571,7 +571,7 @@ class _Bench:
                 self._generate(probe, self._labels(images), budget)
                 peak[layout] = torch.cuda.max_memory_reserved(self.device) - before
                 # Before close(): the captured graphs still hold their pools' segments.
-                pooled[layout] = graph_pool_bytes(list({id(v): v for v in pools.values()}.values()))
+                pooled[layout] = graph_pool_bytes(list(pools.values()))  # a shared pool counts once
             finally:
                 probe.close()
                 del probe, clones, pools, shared
