@@ -4,6 +4,7 @@ bad inputs, and one real tiny run through the CLI (ort and torch-eager backends,
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -295,9 +296,9 @@ def test_results_reader_refuses_other_files(tiny_run, tmp_path) -> None:
     doc = read_results(tiny_run["files"][0])
     bad = tmp_path / "m"
     bad.mkdir()
-    (bad / "x.json").write_text(json.dumps({**doc, "schema": 99}))
+    (bad / "2026-01-01-torch.json").write_text(json.dumps({**doc, "schema": 99}))
     with pytest.raises(ManifestError, match="field 'schema' is 99"):
-        read_results(bad / "x.json")
+        read_results(bad / "2026-01-01-torch.json")
     # A document that did not run does not replace the same day's file that did.
     ok = next(read_results(p) for p in tiny_run["files"] if read_results(p)["status"] == "ok")
     kept = write_results(ok, tmp_path)
@@ -310,7 +311,7 @@ def test_results_reader_refuses_other_files(tiny_run, tmp_path) -> None:
         write_results({**doc, "status": "not run", "reason": None}, tmp_path)
     with pytest.raises(ManifestError, match="Out of range float"):
         write_results({**doc, "trajectories": [{"wall_s": float("nan")}]}, tmp_path)
-    assert find_results(tmp_path) == [bad / "x.json"]  # the refused documents left no file
+    assert find_results(tmp_path) == [bad / "2026-01-01-torch.json"]  # the refused documents left no file
 
 
 # -- bad inputs ----------------------------------------------------------------------------------------------
@@ -347,9 +348,12 @@ def test_report_without_results_or_with_a_stray_file(tmp_path) -> None:
     result = CliRunner().invoke(main, ["bench", "report", "--results", str(tmp_path)])
     assert result.exit_code == 1 and "no results files under" in result.output
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "notes.json").write_text("{}")
+    (tmp_path / "m" / "notes.json").write_text("{}")  # not named as a result: not read
     result = CliRunner().invoke(main, ["bench", "report", "--results", str(tmp_path)])
-    assert result.exit_code == 1 and "notes.json" in result.output and "'kind'" in result.output
+    assert result.exit_code == 1 and "no results files under" in result.output
+    (tmp_path / "m" / "2026-01-01-torch.json").write_text("{}")  # named as one: must be one
+    result = CliRunner().invoke(main, ["bench", "report", "--results", str(tmp_path)])
+    assert result.exit_code == 1 and "2026-01-01-torch.json" in result.output and "'kind'" in result.output
 
 
 def test_unwritable_out_fails_before_measuring(tmp_path) -> None:
@@ -358,3 +362,18 @@ def test_unwritable_out_fails_before_measuring(tmp_path) -> None:
     result = CliRunner().invoke(main, ["bench", *TINY_ARGS, "--steps", "4", "--out", str(blocker / "r")])
     assert result.exit_code == 1 and "cannot write to" in result.output, result.output
     assert "model:" not in result.output  # nothing was loaded or measured
+
+
+def test_report_skips_other_json_beside_the_results(tiny_run, tmp_path) -> None:
+    """benchmarks/results also holds run records and the eval's results.json; `bench report` on that
+    folder failed on the first of them (2026-12-01)."""
+    root = tmp_path / "results"
+    shutil.copytree(tiny_run["root"] / "results", root)  # the fixture's folder is shared by other tests
+    files = [root / p.relative_to(tiny_run["root"] / "results") for p in tiny_run["files"]]
+    machine = files[0].parent
+    (machine / "run_budget0.5_cpu.record.json").write_text(json.dumps({"kind": "flexidit-trt/run-record"}))
+    (root / "eval").mkdir()
+    (root / "eval" / "results.json").write_text("{}")
+    assert find_results(root) == files
+    report = build_report(root, tmp_path / "report")
+    assert report.files == files and "| reference |" in report.markdown

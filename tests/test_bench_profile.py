@@ -173,8 +173,10 @@ def test_gpu_rows_keep_kernels_and_copies_only(with_activity: bool) -> None:
         return kind if with_activity else None
 
     graph = "## Call CompiledFxGraph fw3evyze33 ##"
+    triton = "triton_per_fused_native_layer_norm_1"
     events = [
         _event("aten::addmm", "cpu", act("cpu_op"), 0.0, 5.0),
+        _event(triton, "cpu", act("cpu_op"), 5.0, 6.0),  # inductor records each Triton launch by name
         _event(graph, "cpu", act("cpu_op"), 0.0, 9.0),
         _event("ProfilerStep#1", "cpu", act("user_annotation"), 0.0, 9.0, annotation=True),
         _event("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", "cuda", act("kernel"), 10.0, 30.0),
@@ -186,14 +188,18 @@ def test_gpu_rows_keep_kernels_and_copies_only(with_activity: bool) -> None:
     if with_activity:  # only a torch that names activities can tell a sync event from a kernel
         events.append(_event("Event Sync", "cuda", "cuda_sync", 42.0, 50.0))
     rows, intervals = _rows(events, on_gpu=True)
-    assert rows == [
+    kernels = [
         ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", 20.0),
-        ("triton_per_fused_native_layer_norm_1", 10.0),
+        (triton, 10.0),
         ("Memcpy DtoD (Device -> Device)", 2.0),
     ]
-    assert _union_us(intervals) == 27.0  # 10..35 and 40..42: the overlap once
+    if with_activity:
+        assert rows == kernels
+        assert _union_us(intervals) == 27.0  # 10..35 and 40..42: the overlap once
+    else:  # no activity type: a kernel named like a CPU event cannot be told from a mirrored range
+        assert rows == [kernels[0], kernels[2]]
     cpu_rows, _ = _rows(events, on_gpu=False)
-    assert cpu_rows == [("aten::addmm", 5.0), (graph, 9.0)]  # CPU ops by self time, no annotations
+    assert cpu_rows == [("aten::addmm", 5.0), (triton, 1.0), (graph, 9.0)]  # CPU ops by self time
 
 
 # -- profile_forward on the CPU --------------------------------------------------------------------------------

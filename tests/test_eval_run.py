@@ -280,3 +280,19 @@ def test_gather_and_agree_across_two_gloo_processes(tmp_path):
     expected = torch.cat([torch.arange(6.0).reshape(3, 2), torch.arange(12.0).reshape(6, 2) + 100])
     assert torch.equal(result["rows"], expected)  # rank order, each rank's own length
     assert result["all"] is True and result["some"] is False
+
+
+@pytest.mark.parametrize(
+    ("values", "log"),
+    [
+        ([31.7, 33.0, 419.1], True),  # the H200 eval: projection only diverged, flexify did not
+        ([31.7, 33.0, 39.7], False),
+        ([0.0, 5.0, 100.0], False),  # a zero cannot sit on a log axis
+        ([12.0], False),
+        ([1.0, 10.0], False),  # exactly 10x stays linear
+    ],
+)
+def test_fid_and_kid_panels_turn_logarithmic_only_over_a_wide_range(values, log) -> None:
+    from flexidit_trt.evaluation.report import wide_range
+
+    assert wide_range(values) is log

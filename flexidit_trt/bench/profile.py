@@ -246,7 +246,9 @@ def _rows(events: Iterable[Any], on_gpu: bool) -> tuple[list[tuple[str, float]],
 
     events = list(events)
     # record_function ranges (torch.compile's "## Call CompiledFxGraph ... ##" among them) are mirrored onto
-    # the GPU timeline under the CPU range's name; no kernel is named like a CPU event.
+    # the GPU timeline under the CPU range's name. The activity type tells them from kernels; without it
+    # (older torch) a device event named like a CPU event is dropped, which would also drop Triton kernels:
+    # inductor records each launch on the CPU under the kernel's name (triton_heuristics.py).
     host_names = {e.name for e in events if e.device_type == DeviceType.CPU}
     rows, intervals = [], []
     for e in events:
@@ -254,9 +256,9 @@ def _rows(events: Iterable[Any], on_gpu: bool) -> tuple[list[tuple[str, float]],
             continue
         activity = getattr(e, "activity_type", None)  # absent on older torch: the device type decides
         if on_gpu:
-            if e.device_type != DeviceType.CUDA or e.name in host_names:
+            if e.device_type != DeviceType.CUDA:
                 continue
-            if activity is not None and activity not in _DEVICE_ACTIVITIES:
+            if activity not in _DEVICE_ACTIVITIES if activity is not None else e.name in host_names:
                 continue
             start, end = e.time_range.start, e.time_range.end
             rows.append((e.name, end - start))

@@ -38,6 +38,7 @@ Document (schema 1):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from ..artifacts import ManifestError, read_manifest, write_json_atomic
 
 RESULTS_KIND = "flexidit-trt/bench-results"
 RESULTS_SCHEMA = 1
+RESULTS_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-[a-z][a-z-]*\.json")  # results_path's names
 STATUSES = ("ok", "not run", "failed")
 REQUIRED = (
     "run_id",
@@ -80,9 +82,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
 
 
 def find_results(root: str | Path) -> list[Path]:
-    """Every `<machine>/<date>-<backend>.json` under `root`, sorted."""
+    """Every `<machine>/<date>-<backend>.json` under `root`, sorted. Other JSON beside them (a run record,
+    the eval's results.json, both under benchmarks/results too) is not a bench result and is skipped."""
     root = Path(root)
-    return sorted(p for p in root.glob("*/*.json") if not p.name.startswith("."))
+    return sorted(p for p in root.glob("*/*.json") if RESULTS_NAME.fullmatch(p.name))
 
 
 def latest(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import date as _date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..artifacts import BuildError, ensure_writable_dir, utc_now
 from ..diffusion import make_sampler, plan
@@ -47,6 +47,9 @@ from .floors import against_floor, forward_floor, weight_bytes
 from .measure import DEFAULT_TIMING, EventClock, HostClock, TimingOptions, summarize, time_calls, time_wall
 from .reference import ReferenceLoop, ReferenceUnavailable
 from .results import new_document, trajectory_step_seconds, write_results
+
+if TYPE_CHECKING:  # torch stays an optional import of the bench
+    from ..runtime.torch_graphs import GraphPool, TorchGraphBackend
 
 BACKENDS = ("trt", "aoti", "torch", "torch-eager", "ort")
 # The run order: each backend's file is written as it finishes, so a backend that takes the process down
@@ -355,10 +358,9 @@ class _Bench:
 
     def _pipeline(self, name: str) -> Pipeline:
         opts, device = self.options, self.device
-        if name == "trt" and not installed("tensorrt"):
-            raise _NotRun("TensorRT is not installed here")
-        if name in ("trt", "aoti") and device == "cpu":
-            raise _NotRun(f"the {name} backend runs engines on a CUDA GPU; this run is on the CPU")
+        why_not = unavailable(name, device)
+        if why_not:
+            raise _NotRun(why_not)
         max_batch = max(opts.batch_sizes)
         if name in ("torch", "torch-eager"):
             return Pipeline.from_model(
@@ -544,17 +546,7 @@ class _Bench:
         for layout in ("shared", "per_engine"):
             shared = GraphPool(self.device)
             pools = {p: shared if layout == "shared" else GraphPool(self.device) for p in engines}
-            clones = {
-                p: TorchGraphBackend(
-                    b.fn,
-                    patch_size=p,
-                    device=self.device,
-                    out_dtype=b.out_dtype,
-                    max_batch=b.max_batch,
-                    pool=pools[p],
-                )
-                for p, b in engines.items()
-            }
+            clones = {p: graph_clone(b, pools[p]) for p, b in engines.items()}
             probe = Pipeline(
                 pipe.spec,
                 clones,
@@ -702,3 +694,40 @@ def time_plans(
             )
             out.append(entry)
     return out
+
+
+def graph_clone(engine: TorchGraphBackend, pool: GraphPool | None) -> TorchGraphBackend:
+    """The same forward captured in another graph pool (the memory probe's shared vs per-engine layouts);
+    it keeps the engine's backend name for the run record."""
+    from ..runtime.torch_graphs import TorchGraphBackend
+
+    clone = TorchGraphBackend(
+        engine.fn,
+        patch_size=engine.patch_size,
+        device=engine.device,
+        out_dtype=engine.out_dtype,
+        max_batch=engine.max_batch,
+        pool=pool,
+    )
+    clone.name = engine.name
+    return clone
+
+
+def unavailable(backend: str, device: str) -> str | None:
+    """Why `backend` cannot run on `device` in this installation, before anything is built or loaded (a
+    missing runtime is the reason a reader needs, not the missing engines it would have loaded)."""
+    if backend == "trt" and not installed("tensorrt"):
+        return "TensorRT is not installed here"
+    if backend in ("trt", "aoti") and device == "cpu":
+        return f"the {backend} backend runs engines on a CUDA GPU; this run is on the CPU"
+    if backend == "ort" and device != "cpu":
+        if not installed("onnxruntime"):
+            return "onnxruntime is not installed here"
+        from ..runtime.ort_backend import cuda_provider_available
+
+        if not cuda_provider_available():
+            return (
+                "this onnxruntime has the CPU execution provider only; the ort cells on a GPU need "
+                "onnxruntime-gpu (a CUDA build matching the GPU's CUDA)"
+            )
+    return None

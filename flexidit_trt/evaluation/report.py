@@ -107,14 +107,14 @@ def plot_png(runs: list[RunResult]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("FID ↓", lambda r: r.fid),
-        ("KID ×10³ ↓", lambda r: 1e3 * r.kid),
-        ("precision / recall ↑", None),
-        ("class accuracy ↑", lambda r: 100 * r.class_accuracy),
+    panels = [  # title, value, log axis when the values span more than 10x
+        ("FID ↓", lambda r: r.fid, True),
+        ("KID ×10³ ↓", lambda r: 1e3 * r.kid, True),
+        ("precision / recall ↑", None, False),
+        ("class accuracy ↑", lambda r: 100 * r.class_accuracy, False),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), constrained_layout=True)
-    for ax, (title, value) in zip(axes, panels, strict=True):
+    for ax, (title, value, log_ok) in zip(axes, panels, strict=True):
         for i, series in enumerate(dict.fromkeys(r.series for r in runs)):
             first = _first_seed(r for r in runs if r.series == series)
             color = f"C{i}"
@@ -126,6 +126,9 @@ def plot_png(runs: list[RunResult]) -> bytes:
                 repeats = [r for r in runs if r.series == series and r not in first]
                 if repeats:
                     ax.plot(*_xy(repeats, value), "x", color=color, label=f"{series}, other seeds")
+        if log_ok and wide_range([value(r) for r in runs]):
+            ax.set_yscale("log")  # a diverged series (projection only: FID ~400) would flatten the rest
+            title += " (log scale)"
         ax.set_title(title)
         ax.set_xlabel("compute (fraction of the static model)")
         ax.grid(alpha=0.3)
@@ -134,6 +137,12 @@ def plot_png(runs: list[RunResult]) -> bytes:
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def wide_range(values: list[float], ratio: float = 10.0) -> bool:
+    """Whether positive values span more than `ratio` (then a panel reads better on a log axis)."""
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) > 1 and max(positive) > ratio * min(positive)
 
 
 def _first_seed(runs) -> list[RunResult]:

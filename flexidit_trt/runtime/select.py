@@ -69,7 +69,7 @@ def build_command(
     if kind == "trt":
         parts.append("--require-trt")
     elif kind == "aoti":
-        parts += ["--engines", "aoti"]
+        parts.append("--aoti")
     return " ".join(parts)
 
 

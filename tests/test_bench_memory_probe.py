@@ -1,0 +1,54 @@
+"""The bench's memory probe re-captures each engine in another graph pool. On the H200 (2026-12-01) its
+clones lacked the backend name the run record reads, so `bench` failed after every torch timing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexidit_trt.bench.run import graph_clone
+from flexidit_trt.cli import main
+from flexidit_trt.model import FlexiDiT
+from flexidit_trt.runtime.select import build_command
+from flexidit_trt.runtime.torch_backend import TorchBackend
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _tiny_backend() -> TorchBackend:
+    torch.manual_seed(0)
+    model = FlexiDiT.from_config("dit_s", init="random", depth=1, hidden_size=32, num_heads=2, input_size=8)
+    return TorchBackend.from_model(model, 2, max_batch=4)
+
+
+def test_clone_keeps_the_engine_and_its_name() -> None:
+    engine = _tiny_backend()
+    clone = graph_clone(engine, pool=None)
+    assert clone.describe()["backend"] == "torch" == engine.describe()["backend"]
+    assert clone.fn is engine.fn and clone is not engine
+    assert (clone.patch_size, clone.max_batch, clone.out_dtype) == (2, 4, engine.out_dtype)
+    assert not clone.use_graphs  # CPU: eager; on CUDA the probe passes a GraphPool
+
+
+@pytest.mark.parametrize("kind", ["trt", "aoti", "ort", "torch"])
+def test_build_commands_in_messages_parse(kind: str) -> None:
+    """Every `run`/`bench` hint names options `build` has (one said `--engines aoti`, which it has not)."""
+    args = build_command("dit_xl", kind, precision="bf16").split()[2:]
+    ctx = main.commands["build"].make_context("build", args)  # parses only; a wrong option raises here
+    assert "dit_xl" in ctx.params.values() and "bf16" in ctx.params.values()
+    assert ctx.params.get("aoti", False) == (kind == "aoti")
+
+
+def test_bench_names_the_missing_runtime_before_the_missing_engines(monkeypatch) -> None:
+    """On the H200 the ort cell said "no export manifest", but the real reason was an onnxruntime without
+    its CUDA provider: an export would not have helped."""
+    import flexidit_trt.runtime.ort_backend as ort_backend
+    from flexidit_trt.bench.run import unavailable
+
+    monkeypatch.setattr(ort_backend, "cuda_provider_available", lambda: False)
+    assert "CPU execution provider only" in unavailable("ort", "cuda:0")
+    assert unavailable("ort", "cpu") is None  # the CPU provider serves a CPU run
+    monkeypatch.setattr(ort_backend, "cuda_provider_available", lambda: True)
+    assert unavailable("ort", "cuda:0") is None
+    assert "CUDA GPU" in unavailable("aoti", "cpu")
+    assert unavailable("torch", "cpu") is None
