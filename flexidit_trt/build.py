@@ -6,6 +6,7 @@ build one TensorRT engine per patch size where TensorRT is present.
     report.removed    # StaleGraph: graphs of other patch sizes and settings this build deleted
     report.engines    # EngineBuildResult (records, or `skipped` with the reason)
     report.aoti       # AotiBuildResult with engines=("trt", "aoti") (None when not asked for)
+    report.compile_cache  # CompileCacheResult with "compile-cache" among the engines (else None)
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from .engines.profiles import engine_batches
 from .engines.trt import TrtStatus, build_plan
 
 if TYPE_CHECKING:
-    from .engines.aoti import AotiBuildResult, PackageCompiler
+    from .engines.aoti import AotiBuildResult, CompileCacheResult, PackageCompiler
     from .export.graphs import GraphRecord, StaleGraph
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
-ENGINE_KINDS = ("trt", "aoti")  # TensorRT plans; AOTInductor packages (engines/aoti.py)
+# TensorRT plans; AOTInductor packages; torch.compile's portable cache for `run --compile` (engines/aoti.py)
+ENGINE_KINDS = ("trt", "aoti", "compile-cache")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class BuildReport:
     engines: EngineBuildResult
     aoti: AotiBuildResult | None = None
     removed: list[StaleGraph] = field(default_factory=list)  # graphs deleted as made by other settings
+    compile_cache: CompileCacheResult | None = None
 
 
 class _Progress:
@@ -109,7 +112,9 @@ def build_artifacts(
     random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
     engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
-    package per patch size for this GPU, compile variant `aoti_variant`; skipped without a GPU);
+    package per patch size for this GPU, compile variant `aoti_variant`; "compile-cache": the torch
+    backend compiled at every engine batch and its portable torch.compile cache saved; both skipped
+    without a GPU);
     aoti_compiler: the package compile (a parameter for tests). Raises BuildError with a one-line reason
     for anything the caller can fix: OptionError where the options themselves are wrong or contradict
     the checkpoint (the CLI's exit code 2), another BuildError where the work failed (exit code 1).
@@ -184,9 +189,19 @@ def build_artifacts(
         if aoti_options is not None:
             aoti = _build_aoti(source, workdir, patch_sizes, aoti_options, force, bar, aoti_compiler)
             bar.finish_phase()
+        cache = None
+        if "compile-cache" in engines:
+            from .engines.aoti import build_torch_compile_cache
+
+            bar(Step(None, "build", "compile cache: torch.compile of every patch size at every batch"))
+            rows = engine_batches(batch_sizes, guidance)
+            cache = build_torch_compile_cache(source.load(), workdir, source.name, rows, precision)
+            bar.bar.update(len(patch_sizes))  # one step per patch size, as the other phases count
     finally:
         bar.close()
-    return BuildReport(source.name, source.label(), workdir, exported.graphs, plans, aoti, exported.removed)
+    return BuildReport(
+        source.name, source.label(), workdir, exported.graphs, plans, aoti, exported.removed, cache
+    )
 
 
 def _build_aoti(source, workdir, patch_sizes, options, force, bar, compiler) -> AotiBuildResult:
@@ -236,6 +251,16 @@ def report_lines(report: BuildReport) -> list[str]:
         lines.append(
             f"p{r.patch_size}  {r.path}  AOTInductor {e['precision']} batch {e['batch_min']}-{e['batch_max']}  "
             f"{e['bytes'] / 1e6:.1f} MB  {verb} ({r.reason})"
+        )
+    cache = report.compile_cache
+    if cache is not None and cache.skipped:
+        lines.append(f"compile cache: skipped ({cache.skipped})")
+    elif cache is not None:
+        e = cache.entry
+        lines.append(
+            f"compile cache  {cache.folder / e['file']}  {e['precision']} patch {e['patch_sizes']} batch "
+            f"{e['batches']}  {e['bytes'] / 1e6:.1f} MB  compiled in {e['build_seconds']:.1f} s (`run --compile` "
+            "loads it)"
         )
     return lines
 

@@ -30,13 +30,14 @@ def test_clone_keeps_the_engine_and_its_name() -> None:
     assert not clone.use_graphs  # CPU: eager; on CUDA the probe passes a GraphPool
 
 
-@pytest.mark.parametrize("kind", ["trt", "aoti", "ort", "torch"])
+@pytest.mark.parametrize("kind", ["trt", "aoti", "compile-cache", "ort", "torch"])
 def test_build_commands_in_messages_parse(kind: str) -> None:
     """Every `run`/`bench` hint names options `build` has (one said `--engines aoti`, which it has not)."""
     args = build_command("dit_xl", kind, precision="bf16").split()[2:]
     ctx = main.commands["build"].make_context("build", args)  # parses only; a wrong option raises here
     assert "dit_xl" in ctx.params.values() and "bf16" in ctx.params.values()
     assert ctx.params.get("aoti", False) == (kind == "aoti")
+    assert ctx.params.get("compile_cache", False) == (kind == "compile-cache")
 
 
 def test_bench_names_the_missing_runtime_before_the_missing_engines(monkeypatch) -> None:

@@ -252,7 +252,7 @@ def test_build_integration(tmp_path, monkeypatch):
     line = report_lines(report)[-2]
     assert line.startswith(f"p2  {report.aoti.records[0].path}  AOTInductor fp32 batch 1-8  ")
     assert "compiled in" in line and line.endswith("(new)")
-    with pytest.raises(BuildError, match="engines must be some of trt, aoti, got"):
+    with pytest.raises(BuildError, match="engines must be some of trt, aoti, compile-cache, got"):
         build_artifacts("dit_s", engines=("onnx",), **common)
     with pytest.raises(BuildError, match="--require-trt needs trt among the engines"):
         build_artifacts("dit_s", engines=("aoti",), require_trt=True, **common)

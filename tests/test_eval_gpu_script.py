@@ -119,7 +119,11 @@ def test_one_run_then_resume_from_runs_tar(tmp_path):
     assert chunks == ["chunk00000.npz", "chunk00001.npz"]  # 4 samples in chunks of 2: one per rank
     log = (two / "eval_gpu.log").read_text()
     assert "(2 processes)" in log and log.count("== eval_gpu") == 1  # rank 1 writes nothing
-    runs = json.loads((two / "results.json").read_text())["runs"]
+    written = json.loads((two / "results.json").read_text())
+    runs = written["runs"]
+    # How many processes sampled is in the report (the H200 run's table said "1 ×" for two GPUs).
+    assert written["meta"]["world_size"] == 2 and first["meta"]["world_size"] == 1
+    assert "; 2 × cpu." in (two / "results.md").read_text()
     # The same chunks; only CPU float summation order differs (one thread per worker here): FID moved 4e-8.
     for key in ("fid", "kid", "precision", "recall", "class_accuracy", "achieved_fraction"):
         assert runs[0][key] == pytest.approx(first["runs"][0][key], rel=1e-6, abs=1e-9), key

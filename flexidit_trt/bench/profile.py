@@ -258,7 +258,10 @@ def _rows(events: Iterable[Any], on_gpu: bool) -> tuple[list[tuple[str, float]],
         if on_gpu:
             if e.device_type != DeviceType.CUDA:
                 continue
-            if activity not in _DEVICE_ACTIVITIES if activity is not None else e.name in host_names:
+            if activity is None:
+                if e.name in host_names:
+                    continue
+            elif activity not in _DEVICE_ACTIVITIES:
                 continue
             start, end = e.time_range.start, e.time_range.end
             rows.append((e.name, end - start))

@@ -507,15 +507,9 @@ class _Bench:
         return out
 
     def _forward_inputs(self, pipe: Pipeline, batch: int) -> tuple[Any, ...]:
-        """Inputs of one engine call at `batch` rows with the dtypes, shapes and layout the pipeline binds
-        (a compiled engine must not recompile): x float32 latents, t float32 timesteps, y int64 labels."""
-        import torch
+        from ..runtime.torch_backend import engine_inputs
 
-        gen = torch.Generator().manual_seed(self.options.seed)
-        x = torch.randn(batch, *pipe.spec.latent_shape, generator=gen)
-        t = torch.rand(batch, generator=gen) * 1000  # the values do not change the kernels
-        y = torch.tensor(self._labels(batch), dtype=torch.int64)
-        return tuple(v.to(self.device) for v in (x, t, y))
+        return engine_inputs(pipe.spec, batch, self.device, seed=self.options.seed)
 
     # -- memory: one shared pool against one per engine ------------------------------------------------------
     def _memory(self, pipe: Pipeline) -> dict:
@@ -720,14 +714,10 @@ def unavailable(backend: str, device: str) -> str | None:
         return "TensorRT is not installed here"
     if backend in ("trt", "aoti") and device == "cpu":
         return f"the {backend} backend runs engines on a CUDA GPU; this run is on the CPU"
-    if backend == "ort" and device != "cpu":
+    if backend == "ort":
         if not installed("onnxruntime"):
             return "onnxruntime is not installed here"
-        from ..runtime.ort_backend import cuda_provider_available
+        from ..runtime.ort_backend import provider_missing
 
-        if not cuda_provider_available():
-            return (
-                "this onnxruntime has the CPU execution provider only; the ort cells on a GPU need "
-                "onnxruntime-gpu (a CUDA build matching the GPU's CUDA)"
-            )
+        return provider_missing(device)
     return None

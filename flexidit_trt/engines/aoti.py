@@ -37,7 +37,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -493,6 +493,64 @@ def build_compile_cache(
         manifest["updated"] = utc_now()
         write_json_atomic(folder / MANIFEST_NAME, manifest)
     return entry
+
+
+@dataclass
+class CompileCacheResult:
+    """`build --compile-cache`: the manifest entry written, or why nothing was (no GPU here)."""
+
+    entry: dict | None
+    folder: Path | None = None
+    skipped: str | None = None
+
+
+def build_torch_compile_cache(
+    model: FlexiDiT,
+    workdir: str | Path,
+    model_name: str,
+    rows: Sequence[int],
+    precision: str,
+    target: TorchTarget | None = None,
+) -> CompileCacheResult:
+    """The torch backend's compiled engines, warmed at every engine batch in `rows` and patch size exactly
+    as `run --compile` compiles them (runtime/torch_backend.py), saved as the portable cache beside the
+    AOTInductor packages. `target`: default this process's GPU; none visible → skipped, with the reason."""
+    import torch
+
+    from ..runtime.select import torch_pipeline
+    from ..runtime.torch_backend import engine_inputs
+
+    if target is None:
+        try:
+            target = torch_target("cuda")
+        except BuildError as err:
+            return CompileCacheResult(None, skipped=str(err))
+    rows = sorted({int(b) for b in rows})
+    device = "cuda" if target.device == "cuda" else "cpu"
+    pipe = torch_pipeline(
+        model, backend="torch", device=device, precision=precision, max_batch=max(rows), compile=True
+    )
+
+    @torch.no_grad()  # as the pipeline runs its engines: a compiled graph guards on grad mode
+    def warm() -> None:
+        for engine in pipe.backends.values():
+            for b in rows:
+                engine.fn(*engine_inputs(pipe.spec, b, engine.device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    folder = aoti_dir(workdir, model_name, target)
+    try:
+        description = {
+            "patch_sizes": sorted(pipe.backends),
+            "batches": rows,
+            "precision": precision,
+            "compile": {"fullgraph": True, "dynamic": False},
+        }
+        entry = build_compile_cache(warm, folder, model_name, target, description)
+    finally:
+        pipe.close()
+    return CompileCacheResult(entry, folder)
 
 
 def load_compile_cache(folder: str | Path, target: TorchTarget | None = None) -> dict | None:

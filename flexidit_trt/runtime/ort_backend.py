@@ -30,6 +30,13 @@ def cuda_provider_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def provider_missing(device: str) -> str | None:
+    """Why this onnxruntime cannot run on `device` (None: it can): a GPU needs onnxruntime-gpu."""
+    if device == "cpu" or cuda_provider_available():
+        return None
+    return "this onnxruntime has the CPU execution provider only; a GPU needs onnxruntime-gpu"
+
+
 def _register_env_allocator(ort: Any, device: str) -> None:
     """One arena allocator per device for every session of this process (sessions opt in with
     `session.use_env_allocators`), so engines of several patch sizes share their memory."""
@@ -80,11 +87,9 @@ class OrtBackend(Backend):
         if device == "cpu":
             providers: list[Any] = ["CPUExecutionProvider"]
         else:
-            if not cuda_provider_available():
-                raise RunError(
-                    "the ort backend on a GPU needs onnxruntime-gpu (this onnxruntime has the CPU provider "
-                    "only); use --device cpu or another backend"
-                )
+            missing = provider_missing(device)
+            if missing:
+                raise RunError(f"the ort backend: {missing}; use --device cpu or another backend")
             cuda_options = {"device_id": device.split(":")[1]}
             if stream:
                 cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(stream))

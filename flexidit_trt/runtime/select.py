@@ -70,6 +70,8 @@ def build_command(
         parts.append("--require-trt")
     elif kind == "aoti":
         parts.append("--aoti")
+    elif kind == "compile-cache":
+        parts.append("--compile-cache")
     return " ".join(parts)
 
 
@@ -267,11 +269,11 @@ def _ort_built(workdir: Path, model_name: str, device: str) -> tuple[bool, str]:
     path = export_dir(workdir, model_name) / MANIFEST_NAME
     if not path.exists():
         return False, f"no exported graphs at {path.parent}"
-    if device != "cpu":
-        from .ort_backend import cuda_provider_available
+    from .ort_backend import provider_missing
 
-        if not cuda_provider_available():
-            return False, "onnxruntime has no CUDA provider (install onnxruntime-gpu)"
+    missing = provider_missing(device)
+    if missing:
+        return False, missing
     return True, f"exported ONNX graphs under {path.parent} (ONNX Runtime)"
 
 
@@ -417,6 +419,8 @@ def _torch_from_workdir(
         raise RunOptionError(str(err)) from None
     except BuildError as err:
         raise RunError(str(err)) from None
+    if compile:
+        reason = f"{reason}; {_hot_load_compile_cache(workdir, model_name, device, precision)}"
     return torch_pipeline(
         model,
         backend="torch",
@@ -428,6 +432,33 @@ def _torch_from_workdir(
         random_weights=source.is_random,
         checkpoint_sha256=source.checkpoint_sha256(),
         reason=reason,
+    )
+
+
+def _hot_load_compile_cache(workdir: Path, model_name: str, device: str, precision: str | None) -> str:
+    """Load the torch.compile cache `build --compile-cache` saved for this GPU and torch, before anything
+    compiles (the compiles then hit it); the words for the selection reason either way."""
+    from ..engines.aoti import aoti_dir, load_compile_cache, torch_target
+
+    try:
+        target = torch_target(device)
+    except BuildError as err:
+        return f"no torch.compile cache ({err})"
+    folder = aoti_dir(workdir, model_name, target)
+    entry = load_compile_cache(folder, target)
+    if entry is None:
+        return (
+            f"no torch.compile cache for this {target.folder_name} under {folder}: compiling cold "
+            f"(`{build_command(model_name, 'compile-cache', precision=resolve_precision(precision, device))}`)"
+        )
+    run_precision = resolve_precision(precision, device)
+    note = (
+        ""
+        if entry.get("precision") == run_precision
+        else f"; it was built for {entry.get('precision')}, this run is {run_precision}: its compiles will miss"
+    )
+    return (
+        f"torch.compile cache loaded from {folder / entry['file']} ({entry['bytes'] / 2**20:.1f} MiB){note}"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..model import FlexiDiT
+from .spec import ModelSpec
 from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBackend
 
 
@@ -44,3 +45,14 @@ class TorchBackend(TorchGraphBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "compiled": self.compiled, "precision": self.precision}
+
+
+def engine_inputs(spec: ModelSpec, batch: int, device: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Inputs of one engine call at `batch` rows with the dtypes, shapes and layout the pipeline binds,
+    so a compiled engine fed them compiles what the pipeline will run: x float32 latents, t float32
+    timesteps, y int64 labels spread over the classes (their values do not change the kernels)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *spec.latent_shape, generator=gen)
+    t = torch.rand(batch, generator=gen) * 1000
+    y = (torch.arange(batch, dtype=torch.int64) * 17) % spec.num_classes
+    return tuple(v.to(device) for v in (x, t, y))
