@@ -149,8 +149,19 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), LoRALinear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
-        mod = self.adaLN_modulation[1](F.silu(c), adapter).to(x.dtype)
+    def modulation(self, c: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
+        """[N, 6·hidden]: shift, scale, gate for attention, then for the MLP (depends on t and y only)."""
+        return self.adaLN_modulation[1](F.silu(c), adapter)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor | None,
+        adapter: str | None = None,
+        mod: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """mod: this block's modulation computed ahead (then c is not read)."""
+        mod = (self.modulation(c, adapter) if mod is None else mod).to(x.dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), adapter)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp), adapter)
@@ -166,10 +177,20 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), LoRALinear(hidden_size, 2 * hidden_size))
 
+    def modulation(self, c: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
+        """[N, 2·hidden]: shift and scale of the final norm."""
+        return self.adaLN_modulation[1](F.silu(c), adapter)
+
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, linear: nn.Linear, adapter: str | None = None
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor | None,
+        linear: nn.Linear,
+        adapter: str | None = None,
+        mod: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation[1](F.silu(c), adapter).to(x.dtype).chunk(2, dim=1)
+        mod = (self.modulation(c, adapter) if mod is None else mod).to(x.dtype)
+        shift, scale = mod.chunk(2, dim=1)
         x = modulate(self.norm_final(x), shift, scale)
         return linear(x.to(linear.weight.dtype))
 
@@ -304,6 +325,31 @@ class FlexiDiT(nn.Module):
         for block in self.blocks:
             h = block(h, c, adapter)
         h = self.final_layer(h, c, linear, adapter)
+        return unpatchify(h, p, self.config.out_channels)
+
+    # -- the adaLN modulation computed ahead (it depends on t and y only, not on x) ------------------------
+    def modulation(self, t: torch.Tensor, y: torch.Tensor, patch_size: int | None = None) -> torch.Tensor:
+        """[N, depth·6·hidden + 2·hidden]: every block's modulation, then the final layer's, as `forward`
+        computes them at `patch_size` (its adapters), in the residual stream's dtype."""
+        p = patch_size or self.config.patch_size
+        adapter = adapter_key(p) if p != self.config.patch_size else None
+        c = self.t_embedder(t) + self.y_embedder(y)
+        parts = [block.modulation(c, adapter) for block in self.blocks]
+        parts.append(self.final_layer.modulation(c, adapter))
+        return torch.cat(parts, dim=1).to(self._residual_dtype())
+
+    def forward_modulated(
+        self, x: torch.Tensor, mod: torch.Tensor, patch_size: int | None = None
+    ) -> torch.Tensor:
+        """`forward` with the modulation given (from `modulation(t, y, patch_size)`): no adaLN GEMM runs."""
+        p = self.check_input(x, patch_size)
+        embedder, pos_embed, linear = self.patch_io(p)
+        adapter = adapter_key(p) if p != self.config.patch_size else None
+        h = (embedder(x) + pos_embed.to(embedder.proj.weight.dtype)).to(self._residual_dtype())
+        width = 6 * self.config.hidden_size
+        for i, block in enumerate(self.blocks):
+            h = block(h, None, adapter, mod=mod[:, i * width : (i + 1) * width])
+        h = self.final_layer(h, None, linear, adapter, mod=mod[:, len(self.blocks) * width :])
         return unpatchify(h, p, self.config.out_channels)
 
     def patch_io(self, patch_size: int) -> tuple[PatchEmbed, torch.Tensor, nn.Linear]:

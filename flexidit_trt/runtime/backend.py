@@ -112,6 +112,11 @@ class Backend(abc.ABC):
         """Warm up and capture what `forward` needs at each of `batches` (after `bind`, before the
         loop; called again for new batches, captured ones are kept)."""
 
+    def begin_chunk(self, timesteps: Any, labels: Any) -> None:  # noqa: B027  (optional)
+        """Before a chunk's loop: the timesteps of the steps this engine will run (float32, as `t` gets
+        them) and the chunk's label rows [labels; null labels] (host arrays). Engines that precompute
+        what depends on t and y only use it; others ignore it."""
+
     def covers(self, batch: int) -> bool:
         """Whether `forward(batch)` can run."""
         return 1 <= batch <= self.max_batch

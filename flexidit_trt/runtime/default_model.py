@@ -35,4 +35,6 @@ def default_model() -> tuple[FlexiDiT, str]:
     try:
         return load_checkpoint(path), f"default model {path}"
     except CheckpointError as err:  # a damaged install: said as one line, like a missing file
-        raise FileNotFoundError(f"the embedded default model is unreadable ({err}): reinstall flexidit-trt") from None
+        raise FileNotFoundError(
+            f"the embedded default model is unreadable ({err}): reinstall flexidit-trt"
+        ) from None

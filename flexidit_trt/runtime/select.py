@@ -90,9 +90,12 @@ def torch_pipeline(
     random_weights: bool | None = None,
     checkpoint_sha256: str | None = None,
     reason: str | None = None,
+    precompute_modulation: bool = False,
 ) -> Pipeline:
     """The torch backend over `model` (the only backend a model in memory has: engines need a workdir).
-    shared_pool=False gives every engine its own CUDA-graph pool (to measure what sharing saves)."""
+    shared_pool=False gives every engine its own CUDA-graph pool (to measure what sharing saves).
+    precompute_modulation: each chunk's adaLN modulation computed ahead in one batched pass
+    (runtime/torch_backend.py)."""
     if backend not in ("auto", "torch"):
         raise RunError(
             f"backend {backend!r} runs built engines: use Pipeline.from_workdir (or `run --model NAME`) after "
@@ -113,6 +116,7 @@ def torch_pipeline(
             compile=compile,
             pool=pool if shared_pool or pool is None else GraphPool(device),
             cuda_graphs=cuda_graphs,
+            precompute_modulation=precompute_modulation,
         )
         for p in model.patch_sizes
     }
@@ -123,7 +127,8 @@ def torch_pipeline(
         mode = "compiled (torch.compile)" if compile else "eager"
         graphs = " in CUDA graphs" + (" sharing one pool" if shared_pool else ", one pool per engine")
         graphs = graphs if device != "cpu" and cuda_graphs else ""
-        reason = f"model given in memory: torch backend, {mode}{graphs}, on {device}"
+        premod = ", adaLN modulation precomputed per chunk" if precompute_modulation else ""
+        reason = f"model given in memory: torch backend, {mode}{graphs}{premod}, on {device}"
         if backend == "torch":
             reason = "requested; " + reason
     return Pipeline(
