@@ -53,19 +53,39 @@ def test_forward_modulated_is_forward_exactly(patch_size: int) -> None:
     assert not torch.allclose(model.modulation(t, y, 2), model.modulation(t, y, 4))
 
 
-def test_table_finds_each_step_and_grows_once() -> None:
+def test_table_finds_each_step_and_only_grows() -> None:
     static = _model().static(4)
-    table = ModulationTable(static.modulation, "cpu")
+    width = (6 * 2 + 2) * 64
+    table = ModulationTable(static.modulation, width, torch.float32, "cpu")
     labels = np.array([3, 7, 1000, 1000])
     assert table.fill(np.array([999.0, 3.0, 500.0, 500.0], np.float32), labels) is True  # unsorted, repeated
+    assert table.table.shape == (3, 4, width)
     assert table.fill(np.array([20.0, 10.0], np.float32), labels[:2]) is False  # fits: same storage
-    assert table.fill(np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32), labels) is True  # more steps: moves
+    assert table.fill(np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32), labels[:2]) is True  # more steps
+    assert table.table.shape == (5, 4, width)  # the rows a captured bigger batch reads stay
+    assert table.reserve(1, 8) is True and table.table.shape == (5, 8, width)
+    assert table.reserve(5, 8) is False
+    table.fill(np.array([1.0, 3.0, 5.0], np.float32), labels)
     y = torch.as_tensor(labels)
     with torch.no_grad():
         for t in (1.0, 3.0, 5.0):
             got = table.lookup(torch.full((4,), t), 4)
             torch.testing.assert_close(got, static.modulation(torch.full((4,), t), y), rtol=1e-6, atol=1e-6)
-        assert table.lookup(torch.full((2,), 2.0), 2).shape == (2, 2 * 6 * 64 + 2 * 64)
+    with pytest.raises(RuntimeError, match="holds 8 rows, a forward of 9"):
+        table.lookup(torch.full((9,), 1.0), 9)
+
+
+def test_prepare_reserves_the_rows_of_every_batch_it_captures() -> None:
+    """A bigger batch than the table has rows (a later, larger generate; uneven chunks) must grow the table
+    before it is captured: on the GPU the capture would otherwise read past it."""
+    engine = TorchBackend.from_model(_model(), 2, precompute_modulation=True)
+    engine.prepare([4])
+    assert engine.table.table.shape[1] == 4
+    engine.begin_chunk(np.array([999.0, 500.0], np.float32), np.array([1, 2, 1000, 1000]))
+    engine.prepare([8])
+    assert engine.table.table.shape[:2] == (2, 8)
+    engine.close()
+    assert engine.table.table is None  # the pipeline's close frees the tables
 
 
 @pytest.mark.parametrize("patch_size", [2, 4])
@@ -74,7 +94,7 @@ def test_backend_forward_matches_the_ordinary_engine(patch_size: int) -> None:
     plain = TorchBackend.from_model(model, patch_size)
     premod = TorchBackend.from_model(model, patch_size, precompute_modulation=True)
     x, y = torch.randn(6, 4, 8, 8), np.array([1, 5, 9, 1000, 1000, 1000])
-    with pytest.raises(RuntimeError, match="begin_chunk"):
+    with pytest.raises(RuntimeError, match="holds 0 rows"):  # nothing reserved or filled yet
         premod.fn(x, torch.full((6,), 999.0), torch.as_tensor(y))
     premod.begin_chunk(np.array([999.0, 500.0, 3.0], np.float32), y)
     for t in (999.0, 500.0, 3.0):

@@ -138,7 +138,17 @@ class Mlp(nn.Module):
         return self.fc2(h, adapter).to(x.dtype)
 
 
-class DiTBlock(nn.Module):
+class AdaLNModulated(nn.Module):
+    """A module conditioned by adaLN: `adaLN_modulation` (SiLU, then a LoRALinear) turns c into its shifts,
+    scales (and gates); it depends on t and y only, so it can be computed ahead (`FlexiDiT.modulation`)."""
+
+    adaLN_modulation: nn.Sequential
+
+    def modulation(self, c: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
+        return self.adaLN_modulation[1](F.silu(c), adapter)
+
+
+class DiTBlock(AdaLNModulated):
     """adaLN-Zero transformer block: c gives shift/scale/gate for attention and for the MLP."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
@@ -149,10 +159,6 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), LoRALinear(hidden_size, 6 * hidden_size))
 
-    def modulation(self, c: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
-        """[N, 6·hidden]: shift, scale, gate for attention, then for the MLP (depends on t and y only)."""
-        return self.adaLN_modulation[1](F.silu(c), adapter)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -160,7 +166,8 @@ class DiTBlock(nn.Module):
         adapter: str | None = None,
         mod: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """mod: this block's modulation computed ahead (then c is not read)."""
+        """mod: this block's modulation ([N, 6·hidden]: shift, scale, gate for attention, then for the
+        MLP) computed ahead; then c is not read."""
         mod = (self.modulation(c, adapter) if mod is None else mod).to(x.dtype)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), adapter)
@@ -168,7 +175,7 @@ class DiTBlock(nn.Module):
         return x
 
 
-class FinalLayer(nn.Module):
+class FinalLayer(AdaLNModulated):
     """adaLN modulation then the per-token linear de-embedding to p·p·out_channels values."""
 
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
@@ -176,10 +183,6 @@ class FinalLayer(nn.Module):
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), LoRALinear(hidden_size, 2 * hidden_size))
-
-    def modulation(self, c: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
-        """[N, 2·hidden]: shift and scale of the final norm."""
-        return self.adaLN_modulation[1](F.silu(c), adapter)
 
     def forward(
         self,
@@ -321,7 +324,7 @@ class FlexiDiT(nn.Module):
         adapter = adapter_key(p) if p != self.config.patch_size else None
         h = embedder(x) + pos_embed.to(embedder.proj.weight.dtype)
         c = self.t_embedder(t) + self.y_embedder(y)
-        h = h.to(self._residual_dtype())
+        h = h.to(self.residual_dtype())
         for block in self.blocks:
             h = block(h, c, adapter)
         h = self.final_layer(h, c, linear, adapter)
@@ -336,7 +339,7 @@ class FlexiDiT(nn.Module):
         c = self.t_embedder(t) + self.y_embedder(y)
         parts = [block.modulation(c, adapter) for block in self.blocks]
         parts.append(self.final_layer.modulation(c, adapter))
-        return torch.cat(parts, dim=1).to(self._residual_dtype())
+        return torch.cat(parts, dim=1).to(self.residual_dtype())
 
     def forward_modulated(
         self, x: torch.Tensor, mod: torch.Tensor, patch_size: int | None = None
@@ -345,7 +348,7 @@ class FlexiDiT(nn.Module):
         p = self.check_input(x, patch_size)
         embedder, pos_embed, linear = self.patch_io(p)
         adapter = adapter_key(p) if p != self.config.patch_size else None
-        h = (embedder(x) + pos_embed.to(embedder.proj.weight.dtype)).to(self._residual_dtype())
+        h = (embedder(x) + pos_embed.to(embedder.proj.weight.dtype)).to(self.residual_dtype())
         width = 6 * self.config.hidden_size
         for i, block in enumerate(self.blocks):
             h = block(h, None, adapter, mod=mod[:, i * width : (i + 1) * width])
@@ -375,7 +378,7 @@ class FlexiDiT(nn.Module):
             )
         return p
 
-    def _residual_dtype(self) -> torch.dtype:
+    def residual_dtype(self) -> torch.dtype:
         # The residual stream runs in the dtype of the norms' neighbours: the adaLN linears. With
         # `static(..., fp32_residual=True)` they stay fp32 while attention and MLP weights are halved.
         return self.blocks[0].adaLN_modulation[1].weight.dtype if len(self.blocks) else torch.float32

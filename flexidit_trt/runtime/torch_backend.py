@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ class TorchBackend(TorchGraphBackend):
         if precompute_modulation:
             body = module.forward_modulated
             body = torch.compile(body, fullgraph=True, dynamic=False) if compile else body
-            table = ModulationTable(module.modulation, device)
+            cfg = module.config
+            width = (6 * cfg.depth + 2) * cfg.hidden_size  # FlexiDiT.modulation: every block's, the final's
+            table = ModulationTable(module.modulation, width, module.residual_dtype(), device)
             fn = table.forward_with(body)
         else:
             fn = torch.compile(module, fullgraph=True, dynamic=False) if compile else module
@@ -61,20 +64,24 @@ class TorchBackend(TorchGraphBackend):
         return backend
 
     def prepare(self, batches: Sequence[int]) -> None:
-        if self.table is not None and self.table.table is None and batches:
-            # Capture needs a table to read; the first chunk fills the real one (and captures again).
-            self.table.fill(np.zeros(1, np.float32), np.zeros(max(batches), np.int64))
+        if self.table is not None and batches:
+            # Capture reads the table: it must hold every row the batch reads before anything is captured.
+            self._on_stream(self.table.reserve, 1, max(batches))
         super().prepare(batches)
 
     def begin_chunk(self, timesteps: np.ndarray, labels: np.ndarray) -> None:
-        if self.table is None:
-            return
-        captured = sorted(self._graphs)
+        if self.table is not None:
+            self._on_stream(self.table.fill, timesteps, labels)
+
+    def _on_stream(self, change: Callable[..., bool], *args: Any) -> None:
+        """Change the table on the run's stream (ordered with the replays); if it moved, every captured graph
+        read the old address: capture them all again."""
         with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
-            moved = self.table.fill(timesteps, labels)
-        if moved and captured:  # the captured graphs read the old table's address: capture them again
+            moved = change(*args)
+        if moved and self._graphs:
+            captured = sorted(self._graphs)
             self._graphs.clear()
-            self.prepare(captured)
+            super().prepare(captured)
 
     def describe(self) -> dict:
         return {
@@ -84,52 +91,66 @@ class TorchBackend(TorchGraphBackend):
             "precomputed_modulation": self.table is not None,
         }
 
+    def close(self) -> None:
+        super().close()
+        if self.table is not None:
+            self.table.release()
+
 
 class ModulationTable:
     """Every step's adaLN modulation for a chunk's rows, [steps, rows, width], computed ahead in one batched
     pass per group of steps; a forward finds its step by its timestep (`searchsorted` on the device: no
-    host sync, fixed addresses, so CUDA graphs capture the lookup)."""
+    host sync, fixed addresses, so CUDA graphs capture the lookup). It only grows (steps and rows each to
+    the largest seen), so a captured graph stays valid until a fill or reserve says it moved."""
 
     STEPS_PER_PASS = 32  # bounds the pass's temporary memory (DiT-XL, 16 rows: ~0.2 GB per 32 steps)
 
-    def __init__(self, modulation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: str):
+    def __init__(
+        self,
+        modulation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        width: int,
+        dtype: torch.dtype,
+        device: str,
+    ):
         self.modulation = modulation
-        self.device = device
+        self.width, self.dtype, self.device = width, dtype, device
         self.table: torch.Tensor | None = None  # [steps, rows, width]
         self.timesteps: torch.Tensor | None = None  # [steps] ascending, +inf past the filled ones
 
+    def reserve(self, steps: int, rows: int) -> bool:
+        """Room for `steps` × `rows` (never less than now); True when the table moved (a new address)."""
+        have = (0, 0) if self.table is None else tuple(self.table.shape[:2])
+        if steps <= have[0] and rows <= have[1]:
+            return False
+        steps, rows = max(steps, have[0]), max(rows, have[1])
+        self.release()  # before the new one: never both alive (DiT-XL: up to 1.6 GB each)
+        self.table = torch.zeros(steps, rows, self.width, dtype=self.dtype, device=self.device)
+        self.timesteps = torch.full((steps,), float("inf"), dtype=torch.float32, device=self.device)
+        return True
+
     @torch.no_grad()
     def fill(self, timesteps: np.ndarray, labels: np.ndarray) -> bool:
-        """Compute the rows of `labels` at every one of `timesteps`; True when the table had to move (it
-        grows to the largest chunk seen, then stays)."""
+        """Compute the rows of `labels` at every one of `timesteps` (the steps one chunk runs on this
+        engine); True when the table had to move."""
         steps = np.unique(np.asarray(timesteps, dtype=np.float32))  # ascending, as searchsorted needs
         if steps.size == 0:
             return False
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
-        first = self.modulation(torch.full((1,), float(steps[0]), device=self.device), y[:1])
-        moved = (
-            self.table is None
-            or self.table.shape[0] < steps.size
-            or self.table.shape[1] < y.numel()
-            or self.table.dtype != first.dtype
-        )
-        if moved:
-            self.table = torch.empty(
-                steps.size, y.numel(), first.shape[1], dtype=first.dtype, device=self.device
-            )
-            self.timesteps = torch.empty(steps.size, dtype=torch.float32, device=self.device)
+        rows = y.numel()
+        moved = self.reserve(steps.size, rows)
         self.timesteps.fill_(float("inf"))
         self.timesteps[: steps.size] = torch.as_tensor(steps, device=self.device)
-        rows = y.numel()
         for i in range(0, steps.size, self.STEPS_PER_PASS):
             group = torch.as_tensor(steps[i : i + self.STEPS_PER_PASS], device=self.device)
-            t = group.repeat_interleave(rows)
-            mod = self.modulation(t, y.repeat(group.numel()))
+            mod = self.modulation(group.repeat_interleave(rows), y.repeat(group.numel()))
             self.table[i : i + group.numel(), :rows] = mod.view(group.numel(), rows, -1)
         return moved
 
     def lookup(self, t: torch.Tensor, rows: int) -> torch.Tensor:
         """The modulation of `rows` rows at the step whose timestep is t[0] (every row of a call has it)."""
+        if self.table is None or rows > self.table.shape[1]:
+            have = 0 if self.table is None else self.table.shape[1]
+            raise RuntimeError(f"the modulation table holds {have} rows, a forward of {rows} asked for more")
         slot = torch.searchsorted(self.timesteps, t[:1].float()).clamp_max(self.table.shape[0] - 1)
         return self.table.index_select(0, slot)[0, :rows]
 
@@ -137,11 +158,12 @@ class ModulationTable:
         """The engine's callable: (x, t, y) → body(x, modulation looked up by t); y was read by `fill`."""
 
         def forward(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            if self.table is None:
-                raise RuntimeError("begin_chunk() fills the modulation table before the first forward")
             return body(x, self.lookup(t, x.shape[0]))
 
         return forward
+
+    def release(self) -> None:
+        self.table = self.timesteps = None
 
 
 def engine_inputs(spec: ModelSpec, batch: int, device: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
