@@ -341,6 +341,11 @@ class FlexiDiT(nn.Module):
         parts.append(self.final_layer.modulation(c, adapter))
         return torch.cat(parts, dim=1).to(self.residual_dtype())
 
+    @property
+    def modulation_width(self) -> int:
+        """Columns of `modulation`: 6·hidden per block, then the final layer's 2·hidden."""
+        return (6 * len(self.blocks) + 2) * self.config.hidden_size
+
     def forward_modulated(
         self, x: torch.Tensor, mod: torch.Tensor, patch_size: int | None = None
     ) -> torch.Tensor:

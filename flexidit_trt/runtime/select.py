@@ -451,12 +451,12 @@ def _hot_load_compile_cache(workdir: Path, model_name: str, device: str, precisi
         return f"no torch.compile cache ({err})"
     folder = aoti_dir(workdir, model_name, target)
     entry = load_compile_cache(folder, target)
+    run_precision = resolve_precision(precision, device)
     if entry is None:
         return (
             f"no torch.compile cache for this {target.folder_name} under {folder}: compiling cold "
-            f"(`{build_command(model_name, 'compile-cache', precision=resolve_precision(precision, device))}`)"
+            f"(`{build_command(model_name, 'compile-cache', precision=run_precision)}`)"
         )
-    run_precision = resolve_precision(precision, device)
     note = (
         ""
         if entry.get("precision") == run_precision

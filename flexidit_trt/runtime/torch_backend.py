@@ -43,9 +43,9 @@ class TorchBackend(TorchGraphBackend):
         if precompute_modulation:
             body = module.forward_modulated
             body = torch.compile(body, fullgraph=True, dynamic=False) if compile else body
-            cfg = module.config
-            width = (6 * cfg.depth + 2) * cfg.hidden_size  # FlexiDiT.modulation: every block's, the final's
-            table = ModulationTable(module.modulation, width, module.residual_dtype(), device)
+            table = ModulationTable(
+                module.modulation, module.modulation_width, module.residual_dtype(), device
+            )
             fn = table.forward_with(body)
         else:
             fn = torch.compile(module, fullgraph=True, dynamic=False) if compile else module
