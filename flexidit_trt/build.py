@@ -103,6 +103,7 @@ def build_artifacts(
     plan_builder: PlanBuilder = build_plan,
     engines: tuple[str, ...] = ("trt",),
     aoti_variant: str | None = None,
+    aoti_gelu_epilogue: bool = False,
     aoti_compiler: PackageCompiler | None = None,
 ) -> BuildReport:
     """Export (and validate) the graphs, then build the engines; reuse whatever is current.
@@ -112,7 +113,8 @@ def build_artifacts(
     random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
     engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
-    package per patch size for this GPU, compile variant `aoti_variant`; "compile-cache": the torch
+    package per patch size for this GPU, compile variant `aoti_variant`, with `aoti_gelu_epilogue` each
+    MLP's fc1 + GELU as one GEMM; "compile-cache": the torch
     backend compiled at every engine batch and its portable torch.compile cache saved; both skipped
     without a GPU);
     aoti_compiler: the package compile (a parameter for tests). Raises BuildError with a one-line reason
@@ -152,7 +154,14 @@ def build_artifacts(
         from .engines.aoti import AotiOptions
 
         batch_max = max(engine_batches(batch_sizes, guidance))
-        aoti_options = AotiOptions(precision, 1, batch_max, variant=aoti_variant, fp32_residual=fp32_residual)
+        aoti_options = AotiOptions(
+            precision,
+            1,
+            batch_max,
+            variant=aoti_variant,
+            fp32_residual=fp32_residual,
+            gelu_epilogue=aoti_gelu_epilogue,
+        )
         aoti_options = aoti_options.resolved()
     bar = _Progress(total=len(patch_sizes) * (1 + len(engines)), enabled=progress)
     try:

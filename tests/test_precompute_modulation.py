@@ -120,7 +120,7 @@ def test_trajectories_match_with_every_guidance(guidance: str, sampler: str) -> 
     assert "adaLN modulation precomputed" in premod.selection.reason
 
 
-def test_bench_runs_torch_premod_beside_torch(tmp_path, monkeypatch) -> None:
+def test_bench_runs_the_torch_levers_side_by_side(tmp_path, monkeypatch) -> None:
     """The bench's variant in one run with the plain compiled backend (torch.compile replaced by the
     module itself: a real CPU compile takes a minute; on the GPU it is the real one)."""
     monkeypatch.setattr(torch, "compile", lambda module, **options: module)
@@ -147,13 +147,15 @@ def test_bench_runs_torch_premod_beside_torch(tmp_path, monkeypatch) -> None:
         "--warmup",
         "1",
     ]
-    args += ["--backends", "torch,torch-premod", "--out", str(tmp_path)]
+    args += ["--backends", "torch,torch-premod,torch-fused", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     docs = {d["backend"]: d for d in map(json.loads, (p.read_text() for p in tmp_path.glob("*/*.json")))}
-    assert docs["torch-premod"]["status"] == "ok" and docs["torch"]["status"] == "ok"
+    ran = [docs[name] for name in ("torch", "torch-premod", "torch-fused")]
+    assert [d["status"] for d in ran] == ["ok"] * 3
     assert "precomputed" in docs["torch-premod"]["label"]
-    assert len(docs["torch-premod"]["trajectories"]) == len(docs["torch"]["trajectories"]) == 2
+    assert "no GEMM epilogue" in docs["torch-fused"]["label"]  # on the CPU it is torch-premod, and says so
+    assert [len(d["trajectories"]) for d in ran] == [2] * 3
 
 
 @pytest.mark.gpu

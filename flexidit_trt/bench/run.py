@@ -51,10 +51,18 @@ from .results import new_document, trajectory_step_seconds, write_results
 if TYPE_CHECKING:  # torch stays an optional import of the bench
     from ..runtime.torch_graphs import GraphPool, TorchGraphBackend
 
-BACKENDS = ("trt", "aoti", "torch", "torch-premod", "torch-eager", "ort")
+# The torch engines the bench compares: one per lever, each adding to the one before (Pipeline.from_model's
+# options), so a lever's gain is the difference of two neighbouring columns.
+TORCH_VARIANTS: dict[str, dict[str, bool]] = {
+    "torch-eager": {"compile": False},
+    "torch": {"compile": True},
+    "torch-premod": {"compile": True, "precompute_modulation": True},
+    "torch-fused": {"compile": True, "precompute_modulation": True, "gelu_epilogue": True},
+}
+BACKENDS = ("trt", "aoti", "torch", "torch-premod", "torch-fused", "torch-eager", "ort")
 # The run order: each backend's file is written as it finishes, so a backend that takes the process down
 # (an AOTInductor package that crashes on load, GPU.md) goes last and loses no one else's numbers.
-DEFAULT_BACKENDS = ("torch-eager", "torch", "torch-premod", "ort", "trt", "aoti")
+DEFAULT_BACKENDS = ("torch-eager", "torch", "torch-premod", "torch-fused", "ort", "trt", "aoti")
 DEFAULT_OUT = Path("benchmarks/results")
 # torch.compile (dynamic=False) compiles each (patch, batch) shape of the one forward code object once;
 # dynamo's default limit of 8 fails a fullgraph compile (FailOnRecompileLimitHit) past 4 batch sizes.
@@ -362,16 +370,15 @@ class _Bench:
         if why_not:
             raise _NotRun(why_not)
         max_batch = max(opts.batch_sizes)
-        if name in ("torch", "torch-premod", "torch-eager"):
+        if name in TORCH_VARIANTS:
             return Pipeline.from_model(
                 self.model,
                 backend="torch",
                 device=device,
                 precision=self.precision,
                 max_batch=max_batch,
-                compile=name != "torch-eager",
                 weights=self.source.label(),
-                precompute_modulation=name == "torch-premod",
+                **TORCH_VARIANTS[name],
             )
         try:
             pipe = Pipeline.from_workdir(
@@ -603,6 +610,10 @@ def _label(name: str, device: str) -> str:
         "torch": "torch.compile" + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
         "torch-premod": "torch.compile, adaLN modulation precomputed per chunk"
         + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
+        "torch-fused": "torch.compile, adaLN modulation precomputed per chunk"
+        + (
+            ", fc1 + GELU in one GEMM, in CUDA graphs, one shared pool" if gpu else " (CPU: no GEMM epilogue)"
+        ),
         "torch-eager": "eager PyTorch" + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
         "ort": "ONNX Runtime " + ("CUDA provider" if gpu else "CPU provider"),
     }[name]

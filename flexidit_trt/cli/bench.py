@@ -49,10 +49,11 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option(
     "--backends",
     callback=parse_backends,
-    default="torch-eager,torch,torch-premod,ort,trt,aoti",
+    default="torch-eager,torch,torch-premod,torch-fused,ort,trt,aoti",
     show_default=True,
     help="run in this order (each file is written as its backend finishes); torch: torch.compile, "
     "torch-premod: the same with the adaLN modulation of every step computed ahead per chunk, "
+    "torch-fused: torch-premod with each MLP's fc1 + GELU as one GEMM (a cuBLASLt epilogue; CUDA only), "
     "torch-eager: eager kernels (all in CUDA graphs on a GPU); unavailable ones are recorded with the reason",
 )
 @click.option(
@@ -121,7 +122,7 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
     show_default=True,
     help="also run each engine's forward at each batch size under torch.profiler, eagerly (no CUDA graph, "
     "so the kernels are visible): kernels per forward, device busy vs wall, time by kernel category, top "
-    "kernels and the limit; stored under 'profiles' (torch, torch-premod, torch-eager and aoti backends)",
+    "kernels and the limit; stored under 'profiles' (the torch backends and aoti)",
 )
 @click.pass_context
 def bench(ctx: click.Context, forward_runs: int, warmup: int, **options) -> None:

@@ -157,6 +157,11 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     help="AOTInductor compile variant (engines/aoti.py)  [default: $FLEXIDIT_AOTI_VARIANT or default]",
 )
 @click.option(
+    "--aoti-gelu-epilogue",
+    is_flag=True,
+    help="AOTInductor packages run each MLP's fc1 + GELU as one cuBLASLt GEMM with a GELU epilogue",
+)
+@click.option(
     "--compile-cache",
     is_flag=True,
     help="also compile the torch backend at every engine batch on this GPU and save torch.compile's portable "

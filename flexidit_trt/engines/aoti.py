@@ -144,6 +144,7 @@ class AotiOptions:
     variant: str | None = None
     weights_in_package: bool = True
     fp32_residual: bool = False
+    gelu_epilogue: bool = False  # each MLP's fc1 + GELU as one cuBLASLt GEMM (model.Mlp; CUDA only)
 
     def resolved(self) -> AotiOptions:
         """These options checked, with the variant settled; BuildError naming the bad one."""
@@ -167,6 +168,7 @@ class AotiOptions:
             variant,
             self.weights_in_package,
             fp32_residual,
+            self.gelu_epilogue and self.device != "cpu",
         )
 
 
@@ -268,6 +270,7 @@ def _one_package(source, folder, manifest, p, options, target, force, compiler, 
         "batch_max": options.batch_max,
         "precision": options.precision,
         "fp32_residual": options.fp32_residual,
+        "gelu_epilogue": options.gelu_epilogue,
         "variant": options.variant,
         "weights_in_package": options.weights_in_package,
         "checkpoint": source.describe(),
@@ -289,6 +292,7 @@ def package_settings(p: int, options: AotiOptions, target: TorchTarget) -> dict:
         "patch_size": p,
         "precision": options.precision,
         "fp32_residual": options.fp32_residual,
+        "gelu_epilogue": options.gelu_epilogue,
         "batch_min": options.batch_min,
         "batch_max": options.batch_max,
         "variant": options.variant,
@@ -303,7 +307,9 @@ def aoti_module(model: FlexiDiT, patch_size: int, options: AotiOptions):
     same module the ONNX export traces, so its weights hash as the export manifest records them."""
     from ..export.onnx_export import graph_module
 
-    return graph_module(model, patch_size, options.precision, options.fp32_residual)
+    return graph_module(
+        model, patch_size, options.precision, options.fp32_residual, gelu_epilogue=options.gelu_epilogue
+    )
 
 
 def compile_package(module, package_path: Path, options: AotiOptions, device: str) -> None:

@@ -147,12 +147,14 @@ def graph_module(
     precision: str = "fp32",
     fp32_residual: bool = False,
     opset: int = DEFAULT_OPSET,
+    gelu_epilogue: bool = False,
 ) -> GraphModule:
-    """`model.static(p)` at `precision`, wrapped in the exported signature (the module export_onnx traces)."""
+    """`model.static(p)` at `precision`, wrapped in the exported signature (the module export_onnx traces).
+    gelu_epilogue: for the AOTInductor packages only (an ATen op, not an ONNX one; model.Mlp)."""
     precision, fp32_residual, _ = export_options(precision, fp32_residual, None)
     dtype = PRECISIONS[precision]
     try:
-        static = model.static(patch_size, dtype, fp32_residual=fp32_residual)
+        static = model.static(patch_size, dtype, fp32_residual=fp32_residual, gelu_epilogue=gelu_epilogue)
     except ValueError as err:
         raise BuildError(str(err)) from None
     if dtype == torch.bfloat16 and opset < 22:

@@ -126,7 +126,14 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 → tanh-GELU → fc2. Runs in its weights' dtype."""
+    """fc1 → tanh-GELU → fc2. Runs in its weights' dtype.
+
+    gelu_epilogue (a compiled engine's lever, CUDA only): fc1 and the GELU as one cuBLASLt GEMM whose
+    epilogue adds the bias and applies tanh-GELU, so the 4×-wide hidden activation is written once
+    instead of written, read and written again; compilers keep `_addmm_activation` as that one call.
+    Off by default: on the CPU the same op applies the exact GELU, not DiT's tanh one."""
+
+    gelu_epilogue = False
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -134,7 +141,13 @@ class Mlp(nn.Module):
         self.fc2 = LoRALinear(hidden, dim)
 
     def forward(self, x: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
-        h = F.gelu(self.fc1(x.to(self.fc1.weight.dtype), adapter), approximate="tanh")
+        h = x.to(self.fc1.weight.dtype)
+        if self.gelu_epilogue and h.is_cuda and adapter not in self.fc1.lora:
+            rows = h.reshape(-1, h.shape[-1])
+            h = torch._addmm_activation(self.fc1.bias, rows, self.fc1.weight.t(), use_gelu=True)
+            h = h.reshape(*x.shape[:-1], -1)
+        else:
+            h = F.gelu(self.fc1(h, adapter), approximate="tanh")
         return self.fc2(h, adapter).to(x.dtype)
 
 
@@ -400,13 +413,18 @@ class FlexiDiT(nn.Module):
 
     @torch.no_grad()
     def static(
-        self, patch_size: int, dtype: torch.dtype | None = None, fp32_residual: bool = False
+        self,
+        patch_size: int,
+        dtype: torch.dtype | None = None,
+        fp32_residual: bool = False,
+        gelu_epilogue: bool = False,
     ) -> FlexiDiT:
         """A plain single-patch-size model (reference key layout) with that size's LoRA folded in.
 
         dtype: cast the network to it; with fp32_residual the embedders, adaLN modulation, gates,
         norms and the residual stream stay fp32 and only attention and MLP run in `dtype` (the
-        layout that avoids fp16 overflow in DiT blocks).
+        layout that avoids fp16 overflow in DiT blocks). gelu_epilogue: every MLP's fc1 + GELU as one
+        GEMM with a GELU epilogue on CUDA (`Mlp`).
         """
         if patch_size not in self.config.patch_sizes:
             raise ValueError(
@@ -435,6 +453,8 @@ class FlexiDiT(nn.Module):
                 block.mlp.to(dtype)
         elif dtype is not None:
             model.to(dtype)
+        for block in model.blocks:
+            block.mlp.gelu_epilogue = gelu_epilogue
         return model
 
     # -- accounting --------------------------------------------------------------------------------------

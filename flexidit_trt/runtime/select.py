@@ -91,11 +91,12 @@ def torch_pipeline(
     checkpoint_sha256: str | None = None,
     reason: str | None = None,
     precompute_modulation: bool = False,
+    gelu_epilogue: bool = False,
 ) -> Pipeline:
     """The torch backend over `model` (the only backend a model in memory has: engines need a workdir).
     shared_pool=False gives every engine its own CUDA-graph pool (to measure what sharing saves).
     precompute_modulation: each chunk's adaLN modulation computed ahead in one batched pass
-    (runtime/torch_backend.py)."""
+    (runtime/torch_backend.py). gelu_epilogue: each MLP's fc1 + GELU as one GEMM on CUDA (model.Mlp)."""
     if backend not in ("auto", "torch"):
         raise RunError(
             f"backend {backend!r} runs built engines: use Pipeline.from_workdir (or `run --model NAME`) after "
@@ -117,6 +118,7 @@ def torch_pipeline(
             pool=pool if shared_pool or pool is None else GraphPool(device),
             cuda_graphs=cuda_graphs,
             precompute_modulation=precompute_modulation,
+            gelu_epilogue=gelu_epilogue,
         )
         for p in model.patch_sizes
     }
@@ -128,7 +130,8 @@ def torch_pipeline(
         graphs = " in CUDA graphs" + (" sharing one pool" if shared_pool else ", one pool per engine")
         graphs = graphs if device != "cpu" and cuda_graphs else ""
         premod = ", adaLN modulation precomputed per chunk" if precompute_modulation else ""
-        reason = f"model given in memory: torch backend, {mode}{graphs}{premod}, on {device}"
+        fused = ", fc1 + GELU in one GEMM" if gelu_epilogue and device != "cpu" else ""
+        reason = f"model given in memory: torch backend, {mode}{graphs}{premod}{fused}, on {device}"
         if backend == "torch":
             reason = "requested; " + reason
     return Pipeline(

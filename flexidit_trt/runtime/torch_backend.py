@@ -35,10 +35,13 @@ class TorchBackend(TorchGraphBackend):
         pool: GraphPool | None = None,
         cuda_graphs: bool = True,
         precompute_modulation: bool = False,
+        gelu_epilogue: bool = False,
     ) -> TorchBackend:
         dtype = TORCH_DTYPES[precision]
         # fp16 keeps the residual stream fp32 (DiT blocks overflow fp16 otherwise), as the export does.
-        module = model.static(patch_size, dtype=dtype, fp32_residual=precision == "fp16").to(device)
+        module = model.static(
+            patch_size, dtype=dtype, fp32_residual=precision == "fp16", gelu_epilogue=gelu_epilogue
+        ).to(device)
         table = None
         if precompute_modulation:
             body = module.forward_modulated
@@ -61,6 +64,7 @@ class TorchBackend(TorchGraphBackend):
         backend.compiled = compile
         backend.precision = precision
         backend.table = table
+        backend.gelu_epilogue = gelu_epilogue and device != "cpu"
         return backend
 
     def prepare(self, batches: Sequence[int]) -> None:
@@ -89,6 +93,7 @@ class TorchBackend(TorchGraphBackend):
             "compiled": self.compiled,
             "precision": self.precision,
             "precomputed_modulation": self.table is not None,
+            "gelu_epilogue": self.gelu_epilogue,
         }
 
     def close(self) -> None:

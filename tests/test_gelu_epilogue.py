@@ -1,0 +1,124 @@
+"""The GELU epilogue (issue 9's lever): each MLP's fc1 + tanh-GELU as one `aten._addmm_activation` call,
+which CUDA runs as one cuBLASLt GEMM with a bias + GELU epilogue. On the CPU the same op applies the exact
+GELU, so the model keeps the epilogue to CUDA; these tests pin that guard, the plumbing (static model,
+torch backend, pipeline, bench), and on a GPU the numerics against float64 and the compiled code."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flexidit_trt.model import FlexiDiT
+from flexidit_trt.runtime import Pipeline
+from flexidit_trt.runtime.torch_backend import TorchBackend
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _model(**overrides) -> FlexiDiT:
+    torch.manual_seed(0)
+    config = dict(depth=2, hidden_size=64, num_heads=2, input_size=8, patch_sizes=(2, 4), lora_rank=4)
+    model = FlexiDiT.from_config("dit_s", init="random", **{**config, **overrides})
+    for module in model.modules():  # zero-initialised adaLN would make every block the identity
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.05)
+    return model.eval()
+
+
+def _inputs(batch: int, dtype: torch.dtype, device: str = "cpu", size: int = 8):
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 4, size, size, generator=gen, dtype=torch.float64).to(device, dtype)
+    t = torch.linspace(999.0, 3.0, batch, dtype=torch.float64).to(device, dtype)
+    return x, t, torch.arange(batch, device=device) % 1001
+
+
+def test_the_cpu_op_is_the_exact_gelu_so_the_model_keeps_the_epilogue_to_cuda() -> None:
+    x, w, b = (
+        torch.randn(16, 8, dtype=torch.float64),
+        torch.randn(32, 8, dtype=torch.float64),
+        torch.randn(32),
+    )
+    b = b.double()
+    fused = torch._addmm_activation(b, x, w.t(), use_gelu=True)
+    h = x @ w.t() + b
+    assert torch.allclose(fused, F.gelu(h), rtol=1e-12, atol=1e-12)  # erf, not tanh, on the CPU
+    assert (fused - F.gelu(h, approximate="tanh")).abs().max() > 1e-5  # DiT's tanh GELU differs measurably
+
+    model = _model().double()
+    plain, fused_model = model.static(4), model.static(4, gelu_epilogue=True)
+    assert all(b.mlp.gelu_epilogue for b in fused_model.blocks) and not any(
+        b.mlp.gelu_epilogue for b in plain.blocks
+    )
+    x, t, y = _inputs(3, torch.float64)
+    with torch.no_grad():
+        assert torch.equal(fused_model(x, t, y), plain(x, t, y))  # on the CPU: the ordinary path, bit for bit
+
+
+def test_backend_pipeline_and_bench_carry_the_option() -> None:
+    engine = TorchBackend.from_model(_model(), 2, gelu_epilogue=True)
+    assert all(b.mlp.gelu_epilogue for b in engine.fn.blocks)
+    assert engine.describe()["gelu_epilogue"] is False  # the CPU runs the ordinary path, and says so
+    pipe = Pipeline.from_model(_model(), precision="fp32", gelu_epilogue=True, precompute_modulation=True)
+    try:
+        assert "fc1 + GELU" not in pipe.selection.reason  # not on the CPU
+        assert all(b.describe()["precomputed_modulation"] for b in pipe.backends.values())
+    finally:
+        pipe.close()
+
+    from flexidit_trt.bench.run import BACKENDS, TORCH_VARIANTS
+
+    assert set(TORCH_VARIANTS) <= set(BACKENDS)
+    # each lever adds to the one before: neighbouring columns differ by exactly one option
+    names = ["torch-eager", "torch", "torch-premod", "torch-fused"]
+    for before, after in itertools.pairwise(names):
+        changed = {
+            k
+            for k in {*TORCH_VARIANTS[before], *TORCH_VARIANTS[after]}
+            if TORCH_VARIANTS[before].get(k, False) != TORCH_VARIANTS[after].get(k, False)
+        }
+        assert len(changed) == 1, (before, after, changed)
+
+
+# -- on a GPU -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("patch_size", [2, 4])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_forward_with_the_epilogue_is_as_close_to_float64_as_without(patch_size: int) -> None:
+    """The epilogue applies GELU to the fp32 accumulator before rounding to bf16 (the ordinary path rounds
+    first), so its error against float64 should be no larger; and it must differ from the ordinary path,
+    or the epilogue did not run."""
+    model = _model(hidden_size=256, num_heads=4, input_size=16)
+    x, t, y = _inputs(4, torch.float64, "cuda", size=16)
+    with torch.no_grad():
+        want = model.double().static(patch_size).cuda()(x, t, y)
+        outs = {}
+        for fused in (False, True):
+            net = model.float().static(patch_size, dtype=torch.bfloat16, gelu_epilogue=fused).cuda()
+            outs[fused] = net(x.float(), t.float(), y).double()
+    errors = {k: float((v - want).abs().max() / want.abs().max()) for k, v in outs.items()}
+    assert not torch.equal(outs[True], outs[False])
+    assert errors[True] <= 1.1 * errors[False], errors  # bf16: ~1e-2 relative either way
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_forward_keeps_one_addmm_activation_per_block() -> None:
+    """Inductor has no decomposition for `_addmm_activation` and falls back to the ATen op (the cuBLASLt
+    call): the compiled code must hold one per block, or the compile split the epilogue off again."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = _model(hidden_size=256, num_heads=4, input_size=16, depth=3)
+    net = model.static(2, dtype=torch.bfloat16, gelu_epilogue=True).cuda()
+    x, t, y = _inputs(4, torch.float32, "cuda", size=16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(net, fullgraph=True, dynamic=False), x, t, y)
+        want = net(x, t, y)
+    source = "\n".join(code)
+    assert source.count("_addmm_activation") >= 3, source[:2000]
+    torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
