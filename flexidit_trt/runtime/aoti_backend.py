@@ -28,17 +28,23 @@ from .torch_graphs import GraphPool, TorchGraphBackend
 class AotiBackend(TorchGraphBackend):
     name = "aoti"
 
-    def __init__(self, runner, *, batch_min: int, path: Path, **kwargs):
+    def __init__(self, runner, *, batch_min: int, path: Path, gelu_epilogue: bool = False, **kwargs):
         super().__init__(lambda x, t, y: _single(runner(x, t, y)), **kwargs)
         self.runner = runner
         self.batch_min = batch_min
         self.path = path
+        self.gelu_epilogue = gelu_epilogue  # as the manifest records the package's build
 
     def covers(self, batch: int) -> bool:
         return self.batch_min <= batch <= self.max_batch
 
     def describe(self) -> dict:
-        return {**super().describe(), "package": str(self.path), "batch_min": self.batch_min}
+        return {
+            **super().describe(),
+            "package": str(self.path),
+            "batch_min": self.batch_min,
+            "gelu_epilogue": self.gelu_epilogue,
+        }
 
 
 def _single(out):
@@ -90,6 +96,7 @@ def aoti_pipeline(
             runner,
             batch_min=int(entry["batch_min"]),
             path=path,
+            gelu_epilogue=bool(entry.get("gelu_epilogue", False)),
             patch_size=p,
             device=device,
             out_dtype="float32",  # the packages keep the exported graph's fp32 signature
