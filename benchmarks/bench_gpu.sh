@@ -10,7 +10,7 @@
 #   BUILD_AOTI=1 bash benchmarks/bench_gpu.sh "$OUT" --backends aoti
 #     first builds the AOTInductor packages (`flexidit-trt build --aoti`, ~5 min for DiT-XL), then
 #     benches them: a second call of its own (a machine comes back bare, and both do not fit 10 minutes).
-#     AOTI_BUILD_ARGS="--aoti-gelu-epilogue" adds build options; GPU_TESTS=0 skips the GPU tests.
+#     AOTI_BUILD_ARGS adds build options (e.g. "--no-aoti-gelu-epilogue"); GPU_TESTS=0 skips the GPU tests.
 #
 # Comes back (the device tool returns at most 8 files): $OUT/bench.log, $OUT/install.log and
 # $OUT/results.tgz (results/<gpu>/<date>-<backend>.json, REPORT.md and the plots). Here:

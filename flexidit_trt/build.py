@@ -103,7 +103,7 @@ def build_artifacts(
     plan_builder: PlanBuilder = build_plan,
     engines: tuple[str, ...] = ("trt",),
     aoti_variant: str | None = None,
-    aoti_gelu_epilogue: bool = False,
+    aoti_gelu_epilogue: bool | None = None,
     aoti_compiler: PackageCompiler | None = None,
 ) -> BuildReport:
     """Export (and validate) the graphs, then build the engines; reuse whatever is current.
@@ -114,7 +114,7 @@ def build_artifacts(
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
     engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
     package per patch size for this GPU, compile variant `aoti_variant`, with `aoti_gelu_epilogue` each
-    MLP's fc1 + GELU as one GEMM; "compile-cache": the torch
+    MLP's fc1 + GELU as one GEMM (None: on for bf16/fp16); "compile-cache": the torch
     backend compiled at every engine batch and its portable torch.compile cache saved; both skipped
     without a GPU);
     aoti_compiler: the package compile (a parameter for tests). Raises BuildError with a one-line reason

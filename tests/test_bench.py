@@ -318,7 +318,10 @@ def test_results_reader_refuses_other_files(tiny_run, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--backends", "tensorrt"], "expected some of trt, aoti, torch, torch-premod, torch-fused, torch-eager, ort"),
+        (
+            ["--backends", "tensorrt"],
+            "expected some of trt, aoti, torch, torch-premod, torch-fused, torch-eager, ort",
+        ),
         (["--batch-sizes", "0"], "positive integers"),
         (["--budgets", "1.5"], "in (0, 1]"),
         (["--budgets", "0.1"], "lowest reachable budget"),

@@ -53,7 +53,12 @@ def stand_in_compiler(calls: list):
     def compile(module, package_path, options, device):
         epilogue = {block.mlp.gelu_epilogue for block in module.net.blocks}
         calls.append(
-            {"patch": module.config.patch_size, "variant": options.variant, "device": device, "gelu": epilogue}
+            {
+                "patch": module.config.patch_size,
+                "variant": options.variant,
+                "device": device,
+                "gelu": epilogue,
+            }
         )
         package_path.write_bytes(b"stand-in package (not AOTInductor) " + repr(options).encode())
 
@@ -104,7 +109,7 @@ def test_manifest_records_and_reuse_rules(tmp_path):
     folder = tmp_path / "engines" / "dit_s" / "nvidia-h100-80gb-hbm3-sm90-torch2.11.0+cu130"
     assert result.folder == folder
     assert [c["patch"] for c in calls] == [2, 4] and {c["device"] for c in calls} == {"cuda"}
-    assert all(c["gelu"] == {False} for c in calls)
+    assert all(c["gelu"] == {True} for c in calls)  # bf16 on CUDA: the GELU epilogue by default
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["kind"] == AOTI_KIND and manifest["schema"] == 1 and manifest["model"] == "dit_s"
     entry = manifest["engines"]["2"]
@@ -118,7 +123,7 @@ def test_manifest_records_and_reuse_rules(tmp_path):
     from flexidit_trt.artifacts import sha256_state_dict
 
     assert entry["weights_sha256"] == sha256_state_dict(static.state_dict())  # as the export records it
-    assert entry["variant"] == "no-pch" and entry["build_seconds"] >= 0 and entry["gelu_epilogue"] is False
+    assert entry["variant"] == "no-pch" and entry["build_seconds"] >= 0 and entry["gelu_epilogue"] is True
     assert entry["macs"] == tiny_source().load().macs(2)
     assert not list(folder.glob(".staging-*")) and not list(folder.glob(".*.tmp"))
 
@@ -137,11 +142,11 @@ def test_manifest_records_and_reuse_rules(tmp_path):
     assert build(source=tiny_source(seed=1), opts=other, sizes=(2,)) == [(2, True, "weights changed")]
     model = tiny_source(seed=1).load()  # the same weights handed over in memory: only the hash can tell
     assert build(source=model, opts=other, sizes=(2,)) == [(2, False, "same weights")]
-    fused = AotiOptions(precision="bf16", batch_min=1, batch_max=32, variant="no-pch", gelu_epilogue=True)
-    assert build(source=tiny_source(seed=1), opts=fused, sizes=(2,)) == [
-        (2, True, "changed gelu_epilogue False->True")
+    plain = AotiOptions(precision="bf16", batch_min=1, batch_max=32, variant="no-pch", gelu_epilogue=False)
+    assert build(source=tiny_source(seed=1), opts=plain, sizes=(2,)) == [
+        (2, True, "changed gelu_epilogue True->False")
     ]
-    assert calls[0]["gelu"] == {True}  # the compiled module's MLPs carry it
+    assert calls[0]["gelu"] == {False}  # the compiled module's MLPs carry the setting
     assert AotiOptions(device="cpu", gelu_epilogue=True).resolved().gelu_epilogue is False  # CUDA only
 
 

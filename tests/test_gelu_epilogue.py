@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flexidit_trt.model import FlexiDiT
+from flexidit_trt.engines.aoti import AotiOptions
+from flexidit_trt.model import FlexiDiT, gelu_epilogue_default
 from flexidit_trt.runtime import Pipeline
 from flexidit_trt.runtime.torch_backend import TorchBackend
 
@@ -59,14 +60,21 @@ def test_the_cpu_op_is_the_exact_gelu_so_the_model_keeps_the_epilogue_to_cuda() 
 
 def test_backend_pipeline_and_bench_carry_the_option() -> None:
     engine = TorchBackend.from_model(_model(), 2, gelu_epilogue=True)
-    assert all(b.mlp.gelu_epilogue for b in engine.fn.blocks)
-    assert engine.describe()["gelu_epilogue"] is False  # the CPU runs the ordinary path, and says so
+    assert not any(b.mlp.gelu_epilogue for b in engine.fn.blocks)  # CUDA only: the CPU engine never asks
+    assert engine.describe()["gelu_epilogue"] is False  # and says so
     pipe = Pipeline.from_model(_model(), precision="fp32", gelu_epilogue=True, precompute_modulation=True)
     try:
         assert "fc1 + GELU" not in pipe.selection.reason  # not on the CPU
         assert all(b.describe()["precomputed_modulation"] for b in pipe.backends.values())
     finally:
         pipe.close()
+
+    # The default (None): on where it measured faster, CUDA in half precision; fp32 keeps the parity path.
+    assert [gelu_epilogue_default(d, p) for d, p in [("cuda", "bf16"), ("cuda:1", "fp16")]] == [True, True]
+    assert [gelu_epilogue_default(d, p) for d, p in [("cuda", "fp32"), ("cpu", "bf16")]] == [False, False]
+    assert AotiOptions(precision="bf16").resolved().gelu_epilogue is True
+    assert AotiOptions(precision="fp32").resolved().gelu_epilogue is False
+    assert AotiOptions(precision="bf16", gelu_epilogue=False).resolved().gelu_epilogue is False
 
     from flexidit_trt.bench.run import BACKENDS, TORCH_VARIANTS
 
@@ -77,7 +85,7 @@ def test_backend_pipeline_and_bench_carry_the_option() -> None:
         changed = {
             k
             for k in {*TORCH_VARIANTS[before], *TORCH_VARIANTS[after]}
-            if TORCH_VARIANTS[before].get(k, False) != TORCH_VARIANTS[after].get(k, False)
+            if TORCH_VARIANTS[before][k] != TORCH_VARIANTS[after][k]
         }
         assert len(changed) == 1, (before, after, changed)
 

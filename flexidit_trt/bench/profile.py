@@ -238,6 +238,7 @@ def profile_forward(
 
 
 _DEVICE_ACTIVITIES = {"kernel", "gpu_memcpy", "gpu_memset"}
+TRITON_PREFIX = "triton_"  # inductor's kernel names: triton_poi_/triton_red_/triton_per_/triton_tem_...
 
 
 def _rows(events: Iterable[Any], on_gpu: bool) -> tuple[list[tuple[str, float]], list[tuple[float, float]]]:
@@ -245,11 +246,14 @@ def _rows(events: Iterable[Any], on_gpu: bool) -> tuple[list[tuple[str, float]],
     from torch.autograd import DeviceType
 
     events = list(events)
-    # record_function ranges (torch.compile's "## Call CompiledFxGraph ... ##" among them) are mirrored onto
-    # the GPU timeline under the CPU range's name. The activity type tells them from kernels; without it
-    # (older torch) a device event named like a CPU event is dropped, which would also drop Triton kernels:
-    # inductor records each launch on the CPU under the kernel's name (triton_heuristics.py).
-    host_names = {e.name for e in events if e.device_type == DeviceType.CPU}
+    # record_function ranges (torch.compile's "## Call CompiledFxGraph ... ##" among them) can be mirrored
+    # onto the GPU timeline under the CPU range's name. The activity type tells them from kernels; without
+    # it (torch 2.11's FunctionEvent has none) a device event named like a CPU event is dropped, except
+    # inductor's Triton kernels: each launch is recorded on the CPU under its kernel's name, so the name
+    # test alone dropped every one of them (benchmarks/profiler_probe.py, NOTES 2026-12-01).
+    host_names = {
+        e.name for e in events if e.device_type == DeviceType.CPU and not e.name.startswith(TRITON_PREFIX)
+    }
     rows, intervals = [], []
     for e in events:
         if getattr(e, "is_user_annotation", False):

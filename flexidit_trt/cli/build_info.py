@@ -157,9 +157,10 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     help="AOTInductor compile variant (engines/aoti.py)  [default: $FLEXIDIT_AOTI_VARIANT or default]",
 )
 @click.option(
-    "--aoti-gelu-epilogue",
-    is_flag=True,
-    help="AOTInductor packages run each MLP's fc1 + GELU as one cuBLASLt GEMM with a GELU epilogue",
+    "--aoti-gelu-epilogue/--no-aoti-gelu-epilogue",
+    default=None,
+    help="AOTInductor packages run each MLP's fc1 + GELU as one cuBLASLt GEMM with a GELU epilogue  "
+    "[default: on for bf16/fp16]",
 )
 @click.option(
     "--compile-cache",

@@ -144,11 +144,13 @@ class AotiOptions:
     variant: str | None = None
     weights_in_package: bool = True
     fp32_residual: bool = False
-    gelu_epilogue: bool = False  # each MLP's fc1 + GELU as one cuBLASLt GEMM (model.Mlp; CUDA only)
+    # each MLP's fc1 + GELU as one cuBLASLt GEMM (model.Mlp; CUDA only); None: model.gelu_epilogue_default
+    gelu_epilogue: bool | None = None
 
     def resolved(self) -> AotiOptions:
-        """These options checked, with the variant settled; BuildError naming the bad one."""
+        """These options checked, with the variant and the GELU epilogue settled; BuildError naming the bad one."""
         from ..export.onnx_export import export_options
+        from ..model import gelu_epilogue_default
 
         precision, fp32_residual, _ = export_options(self.precision, self.fp32_residual, None)
         if not 1 <= self.batch_min <= self.batch_max:
@@ -168,7 +170,9 @@ class AotiOptions:
             variant,
             self.weights_in_package,
             fp32_residual,
-            self.gelu_epilogue and self.device != "cpu",
+            gelu_epilogue_default(self.device, precision)
+            if self.gelu_epilogue is None
+            else self.gelu_epilogue and self.device != "cpu",
         )
 
 

@@ -2,7 +2,7 @@
 
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .config import CONFIGS, DiTConfig, get_config
-from .dit import FlexiDiT
+from .dit import FlexiDiT, gelu_epilogue_default
 from .macs import forward_macs
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "DiTConfig",
     "FlexiDiT",
     "forward_macs",
+    "gelu_epilogue_default",
     "get_config",
     "load_checkpoint",
     "save_checkpoint",

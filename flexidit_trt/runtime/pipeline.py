@@ -145,7 +145,7 @@ class Pipeline:
         shared_pool: bool = True,
         weights: str | None = None,
         precompute_modulation: bool = False,
-        gelu_epilogue: bool = False,
+        gelu_epilogue: bool | None = None,
     ) -> Pipeline:
         """A pipeline over a FlexiDiT in memory: the torch backend (auto picks it; engines need a workdir).
         cuda_graphs / shared_pool (GPU): replay each engine from CUDA graphs, all in one memory pool
@@ -153,7 +153,8 @@ class Pipeline:
         the weights (default: "random weights (given in memory)"). precompute_modulation: the adaLN
         modulation of every step computed before each chunk's loop in one batched pass (memory: steps ×
         rows × (depth·6 + 2)·hidden values; DiT-XL at 8 images: 1.6 GB per patch size in bf16).
-        gelu_epilogue: each MLP's fc1 and GELU as one cuBLASLt GEMM with a GELU epilogue (CUDA only)."""
+        gelu_epilogue: each MLP's fc1 and GELU as one cuBLASLt GEMM with a GELU epilogue (CUDA only; None:
+        on for bf16/fp16, `model.gelu_epilogue_default`)."""
         from .select import torch_pipeline
 
         return torch_pipeline(

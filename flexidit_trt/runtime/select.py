@@ -91,12 +91,13 @@ def torch_pipeline(
     checkpoint_sha256: str | None = None,
     reason: str | None = None,
     precompute_modulation: bool = False,
-    gelu_epilogue: bool = False,
+    gelu_epilogue: bool | None = None,
 ) -> Pipeline:
     """The torch backend over `model` (the only backend a model in memory has: engines need a workdir).
     shared_pool=False gives every engine its own CUDA-graph pool (to measure what sharing saves).
     precompute_modulation: each chunk's adaLN modulation computed ahead in one batched pass
-    (runtime/torch_backend.py). gelu_epilogue: each MLP's fc1 + GELU as one GEMM on CUDA (model.Mlp)."""
+    (runtime/torch_backend.py). gelu_epilogue: each MLP's fc1 + GELU as one GEMM on CUDA (model.Mlp; None:
+    on for bf16/fp16 on CUDA, `gelu_epilogue_default`)."""
     if backend not in ("auto", "torch"):
         raise RunError(
             f"backend {backend!r} runs built engines: use Pipeline.from_workdir (or `run --model NAME`) after "
@@ -130,7 +131,11 @@ def torch_pipeline(
         graphs = " in CUDA graphs" + (" sharing one pool" if shared_pool else ", one pool per engine")
         graphs = graphs if device != "cpu" and cuda_graphs else ""
         premod = ", adaLN modulation precomputed per chunk" if precompute_modulation else ""
-        fused = ", fc1 + GELU in one GEMM" if gelu_epilogue and device != "cpu" else ""
+        fused = (
+            ", fc1 + GELU in one GEMM"
+            if any(getattr(e, "gelu_epilogue", False) for e in engines.values())
+            else ""
+        )
         reason = f"model given in memory: torch backend, {mode}{graphs}{premod}{fused}, on {device}"
         if backend == "torch":
             reason = "requested; " + reason

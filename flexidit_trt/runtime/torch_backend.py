@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import FlexiDiT
+from ..model import FlexiDiT, gelu_epilogue_default
 from .spec import ModelSpec
 from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBackend
 
@@ -35,9 +35,13 @@ class TorchBackend(TorchGraphBackend):
         pool: GraphPool | None = None,
         cuda_graphs: bool = True,
         precompute_modulation: bool = False,
-        gelu_epilogue: bool = False,
+        gelu_epilogue: bool | None = None,
     ) -> TorchBackend:
+        """gelu_epilogue: None decides by device and precision (`gelu_epilogue_default`); CUDA only."""
         dtype = TORCH_DTYPES[precision]
+        if gelu_epilogue is None:
+            gelu_epilogue = gelu_epilogue_default(device, precision)
+        gelu_epilogue = gelu_epilogue and device != "cpu"
         # fp16 keeps the residual stream fp32 (DiT blocks overflow fp16 otherwise), as the export does.
         module = model.static(
             patch_size, dtype=dtype, fp32_residual=precision == "fp16", gelu_epilogue=gelu_epilogue
@@ -64,7 +68,7 @@ class TorchBackend(TorchGraphBackend):
         backend.compiled = compile
         backend.precision = precision
         backend.table = table
-        backend.gelu_epilogue = gelu_epilogue and device != "cpu"
+        backend.gelu_epilogue = gelu_epilogue
         return backend
 
     def prepare(self, batches: Sequence[int]) -> None:
