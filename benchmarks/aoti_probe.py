@@ -91,9 +91,13 @@ def main() -> None:
                 p = out / "unz" / n
                 print(f"--- {n}\n" + sh(f"ldd {p}"), flush=True)
                 print(sh(f"readelf -d {p} | grep -E 'NEEDED|RPATH|RUNPATH'"), flush=True)
-                print("regex/locale symbols (undefined U / defined T,W):\n" + sh(
-                    f"nm -D --defined-only {p} | grep -c -E 'regex|locale'; nm -D -u {p} | grep -E 'locale' | head -5"
-                ), flush=True)
+                print(
+                    "regex/locale symbols (undefined U / defined T,W):\n"
+                    + sh(
+                        f"nm -D --defined-only {p} | grep -c -E 'regex|locale'; nm -D -u {p} | grep -E 'locale' | head -5"
+                    ),
+                    flush=True,
+                )
     trials = []
     for name, path in packages.items():
         for label, env in [

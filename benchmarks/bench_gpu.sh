@@ -30,7 +30,7 @@ work=$(mktemp -d)  # engines built by BUILD_AOTI live outside the checkout
     exit 1
   }
   echo "install + extension build: $(($(date +%s) - t0)) s"
-  [ "${GPU_TESTS:-1}" = 0 ] || python3 -m pytest -q -m gpu tests/test_bench_gpu.py tests/test_bench_profile.py tests/test_graph_pool_memory.py tests/test_precompute_modulation.py tests/test_gelu_epilogue.py tests/test_runtime_gpu.py -rfs 2>&1 | grep -E "^(FAILED|SKIPPED|ERROR)|passed|failed|Error"
+  [ "${GPU_TESTS:-1}" = 0 ] || python3 -m pytest -q -m gpu tests/test_bench_gpu.py tests/test_bench_profile.py tests/test_graph_pool_memory.py tests/test_precompute_modulation.py tests/test_engine_levers.py tests/test_runtime_gpu.py -rfs 2>&1 | grep -E "^(FAILED|SKIPPED|ERROR)|passed|failed|Error"
   if [ "${BUILD_AOTI:-0}" = 1 ]; then
     t1=$(date +%s)
     # shellcheck disable=SC2086  # AOTI_BUILD_ARGS: more build options, word-split on purpose

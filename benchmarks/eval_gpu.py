@@ -373,7 +373,15 @@ def write_outputs(args, saved: dict, left: list, say) -> None:
     for _, (result, grid, meta) in saved.items():
         by_way.setdefault(result.series, []).append((result, grid))
         report.meta.setdefault("ways", {})[result.series] = meta.get("way")
-        for key in ("inception_sha256", "protocol", "world_size", "device", "reference", "checkpoint", "metrics"):
+        for key in (
+            "inception_sha256",
+            "protocol",
+            "world_size",
+            "device",
+            "reference",
+            "checkpoint",
+            "metrics",
+        ):
             report.meta.setdefault(key, meta.get(key))
         report.meta.setdefault(
             "options", {k: meta["options"][k] for k in ("num_samples", "steps", "sampler", "seed")}

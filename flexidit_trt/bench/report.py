@@ -20,7 +20,7 @@ from ..artifacts import atomic_path, write_bytes_atomic
 from .results import find_results, latest, read_results
 
 REPORT_NAME = "REPORT.md"
-BACKEND_ORDER = ("reference", "trt", "aoti", "torch-fused", "torch-premod", "torch", "torch-eager", "ort")
+BACKEND_ORDER = ("reference", "trt", "aoti", "torch-flash", "torch-fused", "torch-premod", "torch", "torch-eager", "ort")
 DASH = "—"
 PROFILE_NOTE = (
     "Eager launches, no CUDA graph, so every kernel is visible: the gap between device busy and wall time is "

@@ -54,16 +54,24 @@ if TYPE_CHECKING:  # torch stays an optional import of the bench
 # The torch engines the bench compares: one per lever, each adding to the one before (Pipeline.from_model's
 # options, every one given: `run` turns the GELU epilogue on by itself), so a lever's gain is the difference
 # of two neighbouring columns.
+_LEVERS = ("compile", "precompute_modulation", "gelu_epilogue", "flash_attention")
 TORCH_VARIANTS: dict[str, dict[str, bool]] = {
-    "torch-eager": {"compile": False, "precompute_modulation": False, "gelu_epilogue": False},
-    "torch": {"compile": True, "precompute_modulation": False, "gelu_epilogue": False},
-    "torch-premod": {"compile": True, "precompute_modulation": True, "gelu_epilogue": False},
-    "torch-fused": {"compile": True, "precompute_modulation": True, "gelu_epilogue": True},
+    name: dict(zip(_LEVERS, (i < on for i in range(len(_LEVERS))), strict=True))
+    for on, name in enumerate(("torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash"))
 }
-BACKENDS = ("trt", "aoti", "torch", "torch-premod", "torch-fused", "torch-eager", "ort")
+BACKENDS = ("trt", "aoti", "torch", "torch-premod", "torch-fused", "torch-flash", "torch-eager", "ort")
 # The run order: each backend's file is written as it finishes, so a backend that takes the process down
 # (an AOTInductor package that crashes on load, GPU.md) goes last and loses no one else's numbers.
-DEFAULT_BACKENDS = ("torch-eager", "torch", "torch-premod", "torch-fused", "ort", "trt", "aoti")
+DEFAULT_BACKENDS = (
+    "torch-eager",
+    "torch",
+    "torch-premod",
+    "torch-fused",
+    "torch-flash",
+    "ort",
+    "trt",
+    "aoti",
+)
 DEFAULT_OUT = Path("benchmarks/results")
 # torch.compile (dynamic=False) compiles each (patch, batch) shape of the one forward code object once;
 # dynamo's default limit of 8 fails a fullgraph compile (FailOnRecompileLimitHit) past 4 batch sizes.

@@ -92,6 +92,7 @@ def torch_pipeline(
     reason: str | None = None,
     precompute_modulation: bool = False,
     gelu_epilogue: bool | None = None,
+    flash_attention: bool = False,
 ) -> Pipeline:
     """The torch backend over `model` (the only backend a model in memory has: engines need a workdir).
     shared_pool=False gives every engine its own CUDA-graph pool (to measure what sharing saves).
@@ -120,6 +121,7 @@ def torch_pipeline(
             cuda_graphs=cuda_graphs,
             precompute_modulation=precompute_modulation,
             gelu_epilogue=gelu_epilogue,
+            flash_attention=flash_attention,
         )
         for p in model.patch_sizes
     }

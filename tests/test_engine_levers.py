@@ -1,7 +1,9 @@
-"""The GELU epilogue (issue 9's lever): each MLP's fc1 + tanh-GELU as one `aten._addmm_activation` call,
-which CUDA runs as one cuBLASLt GEMM with a bias + GELU epilogue. On the CPU the same op applies the exact
-GELU, so the model keeps the epilogue to CUDA; these tests pin that guard, the plumbing (static model,
-torch backend, pipeline, bench), and on a GPU the numerics against float64 and the compiled code."""
+"""Issue 9's engine levers besides the precomputed modulation (tests/test_precompute_modulation.py):
+- the GELU epilogue: each MLP's fc1 + tanh-GELU as one `aten._addmm_activation` call, which CUDA runs as one
+  cuBLASLt GEMM with a bias + GELU epilogue. On the CPU the same op applies the exact GELU, so the model keeps
+  the epilogue to CUDA; these tests pin that guard, the plumbing (static model, torch backend, pipeline,
+  bench), and on a GPU the numerics against float64 and the compiled code;
+- flash attention first in engines of few tokens (`Attention.sdpa_priority`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 
 from flexidit_trt.engines.aoti import AotiOptions
 from flexidit_trt.model import FlexiDiT, gelu_epilogue_default
+from flexidit_trt.model.dit import FLASH_FIRST
 from flexidit_trt.runtime import Pipeline
 from flexidit_trt.runtime.torch_backend import TorchBackend
 
@@ -80,7 +83,7 @@ def test_backend_pipeline_and_bench_carry_the_option() -> None:
 
     assert set(TORCH_VARIANTS) <= set(BACKENDS)
     # each lever adds to the one before: neighbouring columns differ by exactly one option
-    names = ["torch-eager", "torch", "torch-premod", "torch-fused"]
+    names = ["torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash"]
     for before, after in itertools.pairwise(names):
         changed = {
             k
@@ -90,7 +93,39 @@ def test_backend_pipeline_and_bench_carry_the_option() -> None:
         assert len(changed) == 1, (before, after, changed)
 
 
+def test_attention_priority_runs_the_same_attention() -> None:
+    """The priority list is a kernel choice, not different math: on the CPU (flash first picks the CPU flash
+    kernel) the forward stays within float32 rounding of the dispatcher's choice."""
+    model = _model()
+    plain, flash = model.static(4), model.static(4, sdpa_priority=FLASH_FIRST)
+    assert all(b.attn.sdpa_priority == FLASH_FIRST for b in flash.blocks)
+    assert all(b.attn.sdpa_priority is None for b in plain.blocks)
+    x, t, y = _inputs(3, torch.float32)
+    with torch.no_grad():
+        want, got = plain(x, t, y), flash(x, t, y)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+    engine = TorchBackend.from_model(model, 4, flash_attention=True)
+    assert engine.describe()["flash_attention"] is False  # CUDA only
+
+
 # -- on a GPU -------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_flash_first_only_in_engines_of_few_tokens_and_compiled_with_it() -> None:
+    from torch._inductor.utils import run_and_get_code
+
+    model = _model(hidden_size=256, num_heads=4, input_size=32)  # p4: 64 tokens, p2: 256
+    few = TorchBackend.from_model(model, 4, device="cuda", precision="bf16", flash_attention=True)
+    many = TorchBackend.from_model(model, 2, device="cuda", precision="bf16", flash_attention=True)
+    assert few.describe()["flash_attention"] is True and many.describe()["flash_attention"] is False
+    net = model.static(4, dtype=torch.bfloat16, sdpa_priority=FLASH_FIRST).cuda()
+    x, t, y = _inputs(4, torch.float32, "cuda", size=32)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(net, fullgraph=True, dynamic=False), x, t, y)
+        want = model.static(4, dtype=torch.bfloat16).cuda()(x, t, y)
+    assert "_scaled_dot_product_flash_attention" in "\n".join(code)
+    torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("patch_size", [2, 4])
