@@ -291,6 +291,30 @@ def test_report_merges_machines_and_keeps_the_newest(tiny_run, tmp_path) -> None
     assert (tmp_path / "r" / "REPORT.md").read_text() == text
 
 
+def test_report_marks_a_noisy_reference(tiny_run, tmp_path) -> None:
+    """A reference whose runs spread by more than 10% is marked with their range: every × reference taken
+    from it is that uncertain (the H200's 1-image reference once ran 3.57, 5.22 and 6.57 s)."""
+    docs = [read_results(p) for p in tiny_run["files"]]
+    ref = next(d for d in docs if d["backend"] == "reference")
+    wall = ref["trajectories"][0]["wall"]
+    wall.update(min_ms=3570.0, p25_ms=4393.0, median_ms=5217.0, p75_ms=5893.0, max_ms=6569.0)
+    wall.update(iqr_ms=1500.0, spread=1500.0 / 5217.0)
+    results = tmp_path / "results"
+    for doc in docs:
+        write_results(doc, results)
+    text = build_report(results).markdown
+    images = ref["trajectories"][0]["images"]
+    wall_s = ref["trajectories"][0]["wall_s"]
+    assert (
+        f"| {ref['machine']} | reference | {images} | — | — | {wall_s:.3f} ± 1.500 (noisy: runs 3.570–6.569 s) |"
+        in text
+    )
+    wall.update(p25_ms=5100.0, p75_ms=5300.0, iqr_ms=200.0, spread=200.0 / 5217.0)  # 3.8%: not marked
+    write_results(ref, results)
+    row = f"| {ref['machine']} | reference | {images} | — | — | {wall_s:.3f} ± 0.200 |"
+    assert row in build_report(results).markdown
+
+
 # -- the results format --------------------------------------------------------------------------------------
 def test_results_reader_refuses_other_files(tiny_run, tmp_path) -> None:
     doc = read_results(tiny_run["files"][0])

@@ -64,6 +64,19 @@ class Stats:
         return {**asdict(self), "iqr_ms": self.iqr_ms, "spread": self.spread}
 
 
+# Above this spread a timing is marked noisy where it is shown: a host-bound loop (the reference at 1 image) has
+# ranged 3.6-6.6 s within one run on an H200, and every "× reference" taken from it inherits that.
+NOISY_SPREAD = 0.10
+
+
+def noisy_note(wall: dict) -> str | None:
+    """' (noisy: runs a-b s)' for a timing's stats dict (Stats.to_dict) whose spread exceeds NOISY_SPREAD."""
+    spread = wall.get("spread")
+    if spread is None or spread <= NOISY_SPREAD:
+        return None
+    return f"noisy: runs {wall['min_ms'] / 1e3:.3f}–{wall['max_ms'] / 1e3:.3f} s"
+
+
 def summarize(samples_ms: Sequence[float]) -> Stats:
     """Median, mean, extremes and quartiles (numpy's linear interpolation) of the samples."""
     values = np.asarray(list(samples_ms), dtype=np.float64)

@@ -17,10 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_path, write_bytes_atomic
+from .measure import noisy_note
 from .results import find_results, latest, read_results
 
 REPORT_NAME = "REPORT.md"
-BACKEND_ORDER = ("reference", "trt", "aoti", "torch-flash", "torch-fused", "torch-premod", "torch", "torch-eager", "ort")
+BACKEND_ORDER = (
+    "reference",
+    "trt",
+    "aoti",
+    "torch-flash",
+    "torch-fused",
+    "torch-premod",
+    "torch",
+    "torch-eager",
+    "ort",
+)
 DASH = "—"
 PROFILE_NOTE = (
     "Eager launches, no CUDA graph, so every kernel is visible: the gap between device busy and wall time is "
@@ -138,7 +149,8 @@ def _trajectories(docs: Sequence[dict]) -> list[str]:
                     t["images"],
                     DASH if budget is None else f"{budget:g}",
                     t.get("weak_steps", DASH),
-                    f"{t['wall_s']:.3f} ± {t['wall']['iqr_ms'] / 1e3:.3f}",
+                    f"{t['wall_s']:.3f} ± {t['wall']['iqr_ms'] / 1e3:.3f}"
+                    + (f" ({note})" if (note := noisy_note(t["wall"])) else ""),
                     f"{t['images_per_s']:.2f}",
                     _times(t.get("speedup_vs_static")),
                     _times(t.get("speedup_vs_reference")),

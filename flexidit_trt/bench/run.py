@@ -44,7 +44,16 @@ from ..runtime.pipeline import GUIDANCE
 from ..runtime.select import installed, resolve_device, resolve_precision
 from . import hardware
 from .floors import against_floor, forward_floor, weight_bytes
-from .measure import DEFAULT_TIMING, EventClock, HostClock, TimingOptions, summarize, time_calls, time_wall
+from .measure import (
+    DEFAULT_TIMING,
+    EventClock,
+    HostClock,
+    TimingOptions,
+    noisy_note,
+    summarize,
+    time_calls,
+    time_wall,
+)
 from .reference import ReferenceLoop, ReferenceUnavailable
 from .results import new_document, trajectory_step_seconds, write_results
 
@@ -340,7 +349,11 @@ class _Bench:
                         "images_per_s": images / wall_s,
                     }
                 )
-                self.say(f"reference: {images} images {wall_s:.3f} s")
+                noisy = noisy_note(stats.to_dict())
+                self.say(
+                    f"reference: {images} images {wall_s:.3f} s"
+                    + (f" ({noisy}: its × reference ratios are as uncertain)" if noisy else "")
+                )
         finally:
             loop.close()
         return {"trajectories": trajectories}
