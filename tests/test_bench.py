@@ -315,6 +315,14 @@ def test_report_marks_a_noisy_reference(tiny_run, tmp_path) -> None:
     assert row in build_report(results).markdown
 
 
+def test_every_backend_has_a_label_on_either_device() -> None:
+    from flexidit_trt.bench.run import BACKENDS, _label
+
+    for device in ("cpu", "cuda"):
+        labels = [_label(name, device) for name in BACKENDS]
+        assert len(set(labels)) == len(BACKENDS) and all(labels), device
+
+
 # -- the results format --------------------------------------------------------------------------------------
 def test_results_reader_refuses_other_files(tiny_run, tmp_path) -> None:
     doc = read_results(tiny_run["files"][0])

@@ -147,15 +147,15 @@ def test_bench_runs_the_torch_levers_side_by_side(tmp_path, monkeypatch) -> None
         "--warmup",
         "1",
     ]
-    args += ["--backends", "torch,torch-premod,torch-fused", "--out", str(tmp_path)]
+    args += ["--backends", "torch,torch-premod,torch-fused,torch-flash", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     docs = {d["backend"]: d for d in map(json.loads, (p.read_text() for p in tmp_path.glob("*/*.json")))}
-    ran = [docs[name] for name in ("torch", "torch-premod", "torch-fused")]
-    assert [d["status"] for d in ran] == ["ok"] * 3
+    ran = [docs[name] for name in ("torch", "torch-premod", "torch-fused", "torch-flash")]
+    assert [d["status"] for d in ran] == ["ok"] * 4
     assert "precomputed" in docs["torch-premod"]["label"]
     assert "no GEMM epilogue" in docs["torch-fused"]["label"]  # on the CPU it is torch-premod, and says so
-    assert [len(d["trajectories"]) for d in ran] == [2] * 3
+    assert [len(d["trajectories"]) for d in ran] == [2] * 4
 
 
 @pytest.mark.gpu

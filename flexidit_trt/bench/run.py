@@ -626,17 +626,18 @@ class _Bench:
 # -- helpers -------------------------------------------------------------------------------------------------
 def _label(name: str, device: str) -> str:
     gpu = device != "cpu"
+    graphs = " in CUDA graphs, one shared pool" if gpu else " (CPU)"
+    premod = "torch.compile, adaLN modulation precomputed per chunk"
+    fused = premod + (", fc1 + GELU in one GEMM" if gpu else "")
     return {
         "trt": "TensorRT engines, one shared activation block, CUDA graphs",
         "aoti": "AOTInductor packages in CUDA graphs, one shared pool",
-        "torch": "torch.compile" + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
-        "torch-premod": "torch.compile, adaLN modulation precomputed per chunk"
-        + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
-        "torch-fused": "torch.compile, adaLN modulation precomputed per chunk"
-        + (
-            ", fc1 + GELU in one GEMM, in CUDA graphs, one shared pool" if gpu else " (CPU: no GEMM epilogue)"
-        ),
-        "torch-eager": "eager PyTorch" + (" in CUDA graphs, one shared pool" if gpu else " (CPU)"),
+        "torch": "torch.compile (GELU epilogue off)" + graphs,
+        "torch-premod": premod + graphs,
+        "torch-fused": fused + (graphs if gpu else " (CPU: no GEMM epilogue)"),
+        "torch-flash": fused
+        + (", flash attention in engines of <= 64 tokens" + graphs if gpu else " (CPU: as torch-premod)"),
+        "torch-eager": "eager PyTorch" + graphs,
         "ort": "ONNX Runtime " + ("CUDA provider" if gpu else "CPU provider"),
     }[name]
 

@@ -150,7 +150,7 @@ class AotiOptions:
     def resolved(self) -> AotiOptions:
         """These options checked, with the variant and the GELU epilogue settled; BuildError naming the bad one."""
         from ..export.onnx_export import export_options
-        from ..model import gelu_epilogue_default
+        from ..model.dit import resolve_levers
 
         precision, fp32_residual, _ = export_options(self.precision, self.fp32_residual, None)
         if not 1 <= self.batch_min <= self.batch_max:
@@ -170,9 +170,7 @@ class AotiOptions:
             variant,
             self.weights_in_package,
             fp32_residual,
-            gelu_epilogue_default(self.device, precision)
-            if self.gelu_epilogue is None
-            else self.gelu_epilogue and self.device != "cpu",
+            resolve_levers(self.device, precision, 0, self.gelu_epilogue, False)[0],
         )
 
 

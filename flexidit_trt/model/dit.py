@@ -109,10 +109,10 @@ class LoRALinear(nn.Linear):
 class Attention(nn.Module):
     """Multi-head self-attention (timm's, as DiT uses it). Runs in its weights' dtype.
 
-    sdpa_priority: the attention kernels to try first, in order (an engine's lever, `FlexiDiT.static`);
-    None leaves the choice to torch's dispatcher."""
+    sdpa_backends: the attention kernels the dispatcher may choose from (an engine's lever,
+    `FlexiDiT.static`); None leaves every kernel to it."""
 
-    sdpa_priority: tuple[SDPBackend, ...] | None = None
+    sdpa_backends: tuple[SDPBackend, ...] | None = None
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -127,10 +127,10 @@ class Attention(nn.Module):
             self.qkv(h, adapter).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         )
         q, k, v = qkv.unbind(0)
-        if self.sdpa_priority is None:
+        if self.sdpa_backends is None:
             h = F.scaled_dot_product_attention(q, k, v)
         else:
-            with sdpa_kernel(list(self.sdpa_priority), set_priority=True):
+            with sdpa_kernel(list(self.sdpa_backends)):
                 h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(1, 2).reshape(b, n, d)
         return self.proj(h, adapter).to(x.dtype)
@@ -162,22 +162,29 @@ class Mlp(nn.Module):
         return self.fc2(h, adapter).to(x.dtype)
 
 
-# Flash attention first, then the others in torch's order: at 64 tokens (patch 4 at 256 px) flash took 7.7 µs
-# per call against cuDNN's 11.9 on an H200, at 256 tokens 33.0 against 25.1 (benchmarks/attention_probe.py).
-FLASH_FIRST = (
-    SDPBackend.FLASH_ATTENTION,
-    SDPBackend.CUDNN_ATTENTION,
-    SDPBackend.EFFICIENT_ATTENTION,
-    SDPBackend.MATH,
-)
+# Every attention kernel but cuDNN's, so flash comes first whatever torch's priority order is (on Hopper
+# torch puts cuDNN first, lazily, at the process's first attention call; changing that order inside a
+# region can be undone by it). At 64 tokens (patch 4 at 256 px) flash took 7.7 µs per call against cuDNN's
+# 11.9 on an H200, at 256 tokens 33.0 against 25.1 (benchmarks/attention_probe.py).
+FLASH_FIRST = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 FLASH_MAX_TOKENS = 64  # the largest token count where flash measured faster
 
 
 def gelu_epilogue_default(device: str, precision: str) -> bool:
-    """Whether engines use `Mlp.gelu_epilogue` when not told: on CUDA in bf16/fp16, where it measured 5-7%
-    faster per forward on an H200 with no loss of accuracy (benchmarks/NOTES.md, 2026-12-01); fp32 keeps
-    the ordinary path (its numerics are the parity tests' reference)."""
-    return not str(device).startswith("cpu") and precision in ("bf16", "fp16")
+    """Whether engines use `Mlp.gelu_epilogue` when not told: on CUDA in bf16 (measured 5-7% faster per
+    forward on an H200, no loss of accuracy: benchmarks/NOTES.md, 2026-12-01) and fp16 (the same cuBLASLt
+    path, not measured); fp32 keeps the ordinary path (its numerics are the parity tests' reference)."""
+    return str(device).split(":")[0] == "cuda" and precision in ("bf16", "fp16")
+
+
+def resolve_levers(
+    device: str, precision: str, tokens: int, gelu_epilogue: bool | None, flash_attention: bool
+) -> tuple[bool, bool]:
+    """(GELU epilogue, flash attention first) for one engine: both CUDA only; the epilogue by
+    `gelu_epilogue_default` when None; flash only where it measured faster (≤ FLASH_MAX_TOKENS tokens)."""
+    cuda = str(device).split(":")[0] == "cuda"
+    epilogue = gelu_epilogue_default(device, precision) if gelu_epilogue is None else gelu_epilogue and cuda
+    return epilogue, flash_attention and cuda and tokens <= FLASH_MAX_TOKENS
 
 
 class AdaLNModulated(nn.Module):
@@ -447,14 +454,14 @@ class FlexiDiT(nn.Module):
         dtype: torch.dtype | None = None,
         fp32_residual: bool = False,
         gelu_epilogue: bool = False,
-        sdpa_priority: tuple[SDPBackend, ...] | None = None,
+        sdpa_backends: tuple[SDPBackend, ...] | None = None,
     ) -> FlexiDiT:
         """A plain single-patch-size model (reference key layout) with that size's LoRA folded in.
 
         dtype: cast the network to it; with fp32_residual the embedders, adaLN modulation, gates,
         norms and the residual stream stay fp32 and only attention and MLP run in `dtype` (the
         layout that avoids fp16 overflow in DiT blocks). gelu_epilogue: every MLP's fc1 + GELU as one
-        GEMM with a GELU epilogue on CUDA (`Mlp`). sdpa_priority: the attention kernels tried first
+        GEMM with a GELU epilogue on CUDA (`Mlp`). sdpa_backends: the attention kernels allowed
         (`Attention`; e.g. FLASH_FIRST).
         """
         if patch_size not in self.config.patch_sizes:
@@ -486,7 +493,7 @@ class FlexiDiT(nn.Module):
             model.to(dtype)
         for block in model.blocks:
             block.mlp.gelu_epilogue = gelu_epilogue
-            block.attn.sdpa_priority = sdpa_priority
+            block.attn.sdpa_backends = sdpa_backends
         return model
 
     # -- accounting --------------------------------------------------------------------------------------

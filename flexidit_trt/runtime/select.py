@@ -98,7 +98,8 @@ def torch_pipeline(
     shared_pool=False gives every engine its own CUDA-graph pool (to measure what sharing saves).
     precompute_modulation: each chunk's adaLN modulation computed ahead in one batched pass
     (runtime/torch_backend.py). gelu_epilogue: each MLP's fc1 + GELU as one GEMM on CUDA (model.Mlp; None:
-    on for bf16/fp16 on CUDA, `gelu_epilogue_default`)."""
+    on for bf16/fp16 on CUDA, `gelu_epilogue_default`). flash_attention: flash attention first in the
+    engines of ≤ 64 tokens (CUDA)."""
     if backend not in ("auto", "torch"):
         raise RunError(
             f"backend {backend!r} runs built engines: use Pipeline.from_workdir (or `run --model NAME`) after "
@@ -133,11 +134,13 @@ def torch_pipeline(
         graphs = " in CUDA graphs" + (" sharing one pool" if shared_pool else ", one pool per engine")
         graphs = graphs if device != "cpu" and cuda_graphs else ""
         premod = ", adaLN modulation precomputed per chunk" if precompute_modulation else ""
-        fused = (
-            ", fc1 + GELU in one GEMM"
-            if any(getattr(e, "gelu_epilogue", False) for e in engines.values())
-            else ""
-        )
+        fused = ""  # the levers as each engine settled them (CUDA only, flash only where tokens are few)
+        for text, attr in (
+            ("fc1 + GELU in one GEMM", "gelu_epilogue"),
+            ("flash attention", "flash_attention"),
+        ):
+            sizes = [str(p) for p, e in engines.items() if getattr(e, attr, False)]
+            fused += f", {text} at patch {'/'.join(sizes)}" if sizes else ""
         reason = f"model given in memory: torch backend, {mode}{graphs}{premod}{fused}, on {device}"
         if backend == "torch":
             reason = "requested; " + reason

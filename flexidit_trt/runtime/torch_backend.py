@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import FlexiDiT, gelu_epilogue_default
-from ..model.dit import FLASH_FIRST, FLASH_MAX_TOKENS
+from ..model import FlexiDiT
+from ..model.dit import FLASH_FIRST, resolve_levers
 from .spec import ModelSpec
 from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBackend
 
@@ -39,21 +39,19 @@ class TorchBackend(TorchGraphBackend):
         gelu_epilogue: bool | None = None,
         flash_attention: bool = False,
     ) -> TorchBackend:
-        """gelu_epilogue: None decides by device and precision (`gelu_epilogue_default`); CUDA only.
-        flash_attention: flash attention first where the engine has ≤ FLASH_MAX_TOKENS tokens (CUDA only;
-        where it measured faster than the dispatcher's cuDNN choice)."""
+        """gelu_epilogue (None: `gelu_epilogue_default`) and flash_attention (engines of ≤ 64 tokens): CUDA
+        only, settled by `model.dit.resolve_levers`."""
         dtype = TORCH_DTYPES[precision]
-        if gelu_epilogue is None:
-            gelu_epilogue = gelu_epilogue_default(device, precision)
-        gelu_epilogue = gelu_epilogue and device != "cpu"
+        gelu_epilogue, flash = resolve_levers(
+            device, precision, model.config.tokens(patch_size), gelu_epilogue, flash_attention
+        )
         # fp16 keeps the residual stream fp32 (DiT blocks overflow fp16 otherwise), as the export does.
-        flash = flash_attention and device != "cpu" and model.config.tokens(patch_size) <= FLASH_MAX_TOKENS
         module = model.static(
             patch_size,
             dtype=dtype,
             fp32_residual=precision == "fp16",
             gelu_epilogue=gelu_epilogue,
-            sdpa_priority=FLASH_FIRST if flash else None,
+            sdpa_backends=FLASH_FIRST if flash else None,
         ).to(device)
         table = None
         if precompute_modulation:
