@@ -150,7 +150,7 @@ class AotiOptions:
     def resolved(self) -> AotiOptions:
         """These options checked, with the variant and the GELU epilogue settled; BuildError naming the bad one."""
         from ..export.onnx_export import export_options
-        from ..model.dit import resolve_levers
+        from ..model.dit import use_gelu_epilogue
 
         precision, fp32_residual, _ = export_options(self.precision, self.fp32_residual, None)
         if not 1 <= self.batch_min <= self.batch_max:
@@ -170,7 +170,7 @@ class AotiOptions:
             variant,
             self.weights_in_package,
             fp32_residual,
-            resolve_levers(self.device, precision, 0, self.gelu_epilogue, False)[0],
+            use_gelu_epilogue(self.device, precision, self.gelu_epilogue),
         )
 
 

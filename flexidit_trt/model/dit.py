@@ -174,17 +174,25 @@ def gelu_epilogue_default(device: str, precision: str) -> bool:
     """Whether engines use `Mlp.gelu_epilogue` when not told: on CUDA in bf16 (measured 5-7% faster per
     forward on an H200, no loss of accuracy: benchmarks/NOTES.md, 2026-12-01) and fp16 (the same cuBLASLt
     path, not measured); fp32 keeps the ordinary path (its numerics are the parity tests' reference)."""
-    return str(device).split(":")[0] == "cuda" and precision in ("bf16", "fp16")
+    return _on_cuda(device) and precision in ("bf16", "fp16")
+
+
+def _on_cuda(device: str) -> bool:
+    return str(device).split(":")[0] == "cuda"
+
+
+def use_gelu_epilogue(device: str, precision: str, requested: bool | None) -> bool:
+    """Whether an engine runs `Mlp.gelu_epilogue`: CUDA only; `gelu_epilogue_default` when not requested."""
+    return gelu_epilogue_default(device, precision) if requested is None else requested and _on_cuda(device)
 
 
 def resolve_levers(
     device: str, precision: str, tokens: int, gelu_epilogue: bool | None, flash_attention: bool
 ) -> tuple[bool, bool]:
-    """(GELU epilogue, flash attention first) for one engine: both CUDA only; the epilogue by
-    `gelu_epilogue_default` when None; flash only where it measured faster (≤ FLASH_MAX_TOKENS tokens)."""
-    cuda = str(device).split(":")[0] == "cuda"
-    epilogue = gelu_epilogue_default(device, precision) if gelu_epilogue is None else gelu_epilogue and cuda
-    return epilogue, flash_attention and cuda and tokens <= FLASH_MAX_TOKENS
+    """(GELU epilogue, flash attention first) for one torch engine: `use_gelu_epilogue`, and flash only on
+    CUDA where it measured faster (≤ FLASH_MAX_TOKENS tokens)."""
+    flash = flash_attention and _on_cuda(device) and tokens <= FLASH_MAX_TOKENS
+    return use_gelu_epilogue(device, precision, gelu_epilogue), flash
 
 
 class AdaLNModulated(nn.Module):
