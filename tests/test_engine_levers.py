@@ -63,13 +63,15 @@ def test_the_cpu_op_is_the_exact_gelu_so_the_model_keeps_the_epilogue_to_cuda() 
 
 def test_the_levers_resolve_per_engine() -> None:
     """One rule for every engine kind: CUDA only; the epilogue by default in half precision (fp32 keeps the
-    parity path); flash only where it measured faster (≤ 64 tokens)."""
+    parity path); flash and max-autotune only in engines of ≤ 64 tokens (where flash measured faster and
+    the GEMMs ran furthest from peak)."""
     assert [gelu_epilogue_default(d, p) for d, p in [("cuda", "bf16"), ("cuda:1", "fp16")]] == [True, True]
     assert [gelu_epilogue_default(d, p) for d, p in [("cuda", "fp32"), ("cpu", "bf16")]] == [False, False]
-    assert resolve_levers("cuda:0", "fp32", 64, True, True) == (True, True)  # asked for: on, even in fp32
-    assert resolve_levers("cuda:0", "bf16", 65, None, True) == (True, False)  # flash: too many tokens
-    assert resolve_levers("cuda", "bf16", 16, False, False) == (False, False)
-    assert resolve_levers("cpu", "bf16", 16, True, True) == (False, False)  # never on the CPU
+    assert resolve_levers("cuda:0", "fp32", 64, True, True, True) == (True, True, True)  # asked: on in fp32
+    assert resolve_levers("cuda:0", "bf16", 65, None, True, True) == (True, False, False)  # too many tokens
+    assert resolve_levers("cuda", "bf16", 16, False, False) == (False, False, False)  # autotune: off unasked
+    assert resolve_levers("cuda", "bf16", 16, False, False, True) == (False, False, True)
+    assert resolve_levers("cpu", "bf16", 16, True, True, True) == (False, False, False)  # never on the CPU
 
 
 def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
@@ -77,7 +79,9 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
     levers off, so the rule is replaced by one that keeps what was asked: the plumbing is under test)."""
     import flexidit_trt.runtime.torch_backend as torch_backend
 
-    monkeypatch.setattr(torch_backend, "resolve_levers", lambda _d, _p, n, g, f: (bool(g), f and n <= 16))
+    monkeypatch.setattr(
+        torch_backend, "resolve_levers", lambda _d, _p, n, g, f, a: (bool(g), f and n <= 16, a and n <= 16)
+    )
     made, static = [], FlexiDiT.static
     monkeypatch.setattr(
         FlexiDiT, "static", lambda self, *a, **k: made.append(static(self, *a, **k)) or made[-1]
@@ -110,7 +114,7 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
 
     assert set(TORCH_VARIANTS) <= set(BACKENDS)
     # each lever adds to the one before: neighbouring columns differ by exactly one option
-    names = ["torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash"]
+    names = ["torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash", "torch-tuned"]
     for before, after in itertools.pairwise(names):
         changed = {
             k
@@ -118,6 +122,27 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
             if TORCH_VARIANTS[before][k] != TORCH_VARIANTS[after][k]
         }
         assert len(changed) == 1, (before, after, changed)
+
+
+def test_autotune_compiles_only_the_engines_of_few_tokens_with_max_autotune(monkeypatch) -> None:
+    """torch.compile is asked for inductor's max-autotune (without inductor's own CUDA graphs: the engine
+    replays its own) in the engines the rule picks, and only when compiling at all."""
+    import flexidit_trt.runtime.torch_backend as torch_backend
+
+    monkeypatch.setattr(  # the CPU would settle autotune off: keep what was asked for ≤ 4 tokens (patch 4)
+        torch_backend, "resolve_levers", lambda _d, _p, n, g, f, a: (bool(g), False, a and n <= 4)
+    )
+    modes = []
+    monkeypatch.setattr(torch_backend.torch, "compile", lambda fn, **kw: modes.append(kw["mode"]) or fn)
+    pipe = Pipeline.from_model(_model(), precision="fp32", compile=True, autotune=True)
+    try:
+        assert modes == [None, "max-autotune-no-cudagraphs"]  # patch 2 (16 tokens), patch 4 (4 tokens)
+        assert [e.describe()["autotune"] for e in pipe.backends.values()] == [False, True]
+        assert "max-autotune at patch 4" in pipe.selection.reason
+    finally:
+        pipe.close()
+    eager = TorchBackend.from_model(_model(), 4, autotune=True)  # nothing to tune without compile
+    assert eager.describe()["autotune"] is False
 
 
 def test_attention_priority_runs_the_same_attention() -> None:

@@ -56,7 +56,7 @@ def test_forward_modulated_is_forward_exactly(patch_size: int) -> None:
 def test_table_finds_each_step_and_only_grows() -> None:
     static = _model().static(4)
     width = (6 * 2 + 2) * 64
-    table = ModulationTable(static.modulation, width, torch.float32, "cpu")
+    table = ModulationTable(static.modulation_parts, width, torch.float32, "cpu")
     labels = np.array([3, 7, 1000, 1000])
     assert table.fill(np.array([999.0, 3.0, 500.0, 500.0], np.float32), labels) is True  # unsorted, repeated
     assert table.table.shape == (3, 4, width)
@@ -73,6 +73,29 @@ def test_table_finds_each_step_and_only_grows() -> None:
             torch.testing.assert_close(got, static.modulation(torch.full((4,), t), y), rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="holds 8 rows, a forward of 9"):
         table.lookup(torch.full((9,), 1.0), 9)
+
+
+def test_fill_is_one_pass_for_a_whole_trajectory_and_splits_only_past_its_bound(monkeypatch) -> None:
+    static = _model().static(2)
+    width, passes = (6 * 2 + 2) * 64, []
+
+    def parts(t: torch.Tensor, y: torch.Tensor):
+        passes.append(t.numel())
+        yield from static.modulation_parts(t, y)
+
+    steps, labels = np.linspace(999.0, 0.0, 250, dtype=np.float32), np.arange(16) * 61 % 1001
+    one = ModulationTable(parts, width, torch.float32, "cpu")
+    one.fill(steps, labels)
+    assert passes == [250 * 16]  # 8 images with CFG over 250 steps: one pass
+    passes.clear()
+    monkeypatch.setattr(ModulationTable, "ROWS_PER_PASS", 64)
+    split = ModulationTable(parts, width, torch.float32, "cpu")
+    split.fill(steps, labels)
+    assert passes == [64] * 62 + [2 * 16]  # 4 steps of 16 rows per pass, the last 2 steps alone
+    torch.testing.assert_close(split.table, one.table, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        want = static.modulation(torch.full((16,), float(steps[7])), torch.as_tensor(labels))
+    torch.testing.assert_close(one.lookup(torch.full((16,), float(steps[7])), 16), want, rtol=1e-6, atol=1e-6)
 
 
 def test_prepare_reserves_the_rows_of_every_batch_it_captures() -> None:

@@ -25,6 +25,7 @@ BACKEND_ORDER = (
     "reference",
     "trt",
     "aoti",
+    "torch-tuned",
     "torch-flash",
     "torch-fused",
     "torch-premod",

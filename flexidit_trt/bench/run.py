@@ -63,12 +63,24 @@ if TYPE_CHECKING:  # torch stays an optional import of the bench
 # The torch engines the bench compares: one per lever, each adding to the one before (Pipeline.from_model's
 # options, every one given: `run` turns the GELU epilogue on by itself), so a lever's gain is the difference
 # of two neighbouring columns.
-_LEVERS = ("compile", "precompute_modulation", "gelu_epilogue", "flash_attention")
+_LEVERS = ("compile", "precompute_modulation", "gelu_epilogue", "flash_attention", "autotune")
 TORCH_VARIANTS: dict[str, dict[str, bool]] = {
     name: dict(zip(_LEVERS, (i < on for i in range(len(_LEVERS))), strict=True))
-    for on, name in enumerate(("torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash"))
+    for on, name in enumerate(
+        ("torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash", "torch-tuned")
+    )
 }
-BACKENDS = ("trt", "aoti", "torch", "torch-premod", "torch-fused", "torch-flash", "torch-eager", "ort")
+BACKENDS = (
+    "trt",
+    "aoti",
+    "torch",
+    "torch-premod",
+    "torch-fused",
+    "torch-flash",
+    "torch-tuned",
+    "torch-eager",
+    "ort",
+)
 # The run order: each backend's file is written as it finishes, so a backend that takes the process down
 # (an AOTInductor package that crashes on load, GPU.md) goes last and loses no one else's numbers.
 DEFAULT_BACKENDS = (
@@ -77,6 +89,7 @@ DEFAULT_BACKENDS = (
     "torch-premod",
     "torch-fused",
     "torch-flash",
+    "torch-tuned",
     "ort",
     "trt",
     "aoti",
@@ -637,6 +650,12 @@ def _label(name: str, device: str) -> str:
         "torch-fused": fused + (graphs if gpu else " (CPU: no GEMM epilogue)"),
         "torch-flash": fused
         + (", flash attention in engines of <= 64 tokens" + graphs if gpu else " (CPU: as torch-premod)"),
+        "torch-tuned": fused
+        + (
+            ", flash attention and inductor max-autotune in engines of <= 64 tokens" + graphs
+            if gpu
+            else " (CPU: as torch-premod, nothing tuned)"
+        ),
         "torch-eager": "eager PyTorch" + graphs,
         "ort": "ONNX Runtime " + ("CUDA provider" if gpu else "CPU provider"),
     }[name]

@@ -167,7 +167,10 @@ class Mlp(nn.Module):
 # region can be undone by it). At 64 tokens (patch 4 at 256 px) flash took 7.7 µs per call against cuDNN's
 # 11.9 on an H200, at 256 tokens 33.0 against 25.1 (benchmarks/attention_probe.py).
 FLASH_FIRST = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
-FLASH_MAX_TOKENS = 64  # the largest token count where flash measured faster
+# Engines of at most this many tokens (patch 4 at 256 px) take the levers measured for them: flash is faster
+# there (not at 256 tokens), and their GEMMs ran at 78% of the matmul peak against patch 2's 97%, so only
+# they are worth inductor's minutes of max-autotune.
+FEW_TOKENS = 64
 
 
 def gelu_epilogue_default(device: str, precision: str) -> bool:
@@ -187,12 +190,17 @@ def use_gelu_epilogue(device: str, precision: str, requested: bool | None) -> bo
 
 
 def resolve_levers(
-    device: str, precision: str, tokens: int, gelu_epilogue: bool | None, flash_attention: bool
-) -> tuple[bool, bool]:
-    """(GELU epilogue, flash attention first) for one torch engine: `use_gelu_epilogue`, and flash only on
-    CUDA where it measured faster (≤ FLASH_MAX_TOKENS tokens)."""
-    flash = flash_attention and _on_cuda(device) and tokens <= FLASH_MAX_TOKENS
-    return use_gelu_epilogue(device, precision, gelu_epilogue), flash
+    device: str,
+    precision: str,
+    tokens: int,
+    gelu_epilogue: bool | None,
+    flash_attention: bool,
+    autotune: bool = False,
+) -> tuple[bool, bool, bool]:
+    """(GELU epilogue, flash attention first, max-autotune) for one torch engine: `use_gelu_epilogue`;
+    flash and autotune only on CUDA, in engines of ≤ FEW_TOKENS tokens."""
+    few = _on_cuda(device) and tokens <= FEW_TOKENS
+    return use_gelu_epilogue(device, precision, gelu_epilogue), flash_attention and few, autotune and few
 
 
 class AdaLNModulated(nn.Module):
@@ -391,12 +399,19 @@ class FlexiDiT(nn.Module):
     def modulation(self, t: torch.Tensor, y: torch.Tensor, patch_size: int | None = None) -> torch.Tensor:
         """[N, depth·6·hidden + 2·hidden]: every block's modulation, then the final layer's, as `forward`
         computes them at `patch_size` (its adapters), in the residual stream's dtype."""
+        return torch.cat(list(self.modulation_parts(t, y, patch_size)), dim=1).to(self.residual_dtype())
+
+    def modulation_parts(
+        self, t: torch.Tensor, y: torch.Tensor, patch_size: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """`modulation`'s column blocks one at a time ([N, 6·hidden] per block, then [N, 2·hidden]), in the
+        adaLN layers' dtype: a caller that stores them never holds the whole [N, width] twice."""
         p = patch_size or self.config.patch_size
         adapter = adapter_key(p) if p != self.config.patch_size else None
         c = self.t_embedder(t) + self.y_embedder(y)
-        parts = [block.modulation(c, adapter) for block in self.blocks]
-        parts.append(self.final_layer.modulation(c, adapter))
-        return torch.cat(parts, dim=1).to(self.residual_dtype())
+        for block in self.blocks:
+            yield block.modulation(c, adapter)
+        yield self.final_layer.modulation(c, adapter)
 
     @property
     def modulation_width(self) -> int:

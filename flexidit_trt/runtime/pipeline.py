@@ -147,6 +147,7 @@ class Pipeline:
         precompute_modulation: bool = False,
         gelu_epilogue: bool | None = None,
         flash_attention: bool = False,
+        autotune: bool = False,
     ) -> Pipeline:
         """A pipeline over a FlexiDiT in memory: the torch backend (auto picks it; engines need a workdir).
         cuda_graphs / shared_pool (GPU): replay each engine from CUDA graphs, all in one memory pool
@@ -156,7 +157,8 @@ class Pipeline:
         rows × (depth·6 + 2)·hidden values; DiT-XL at 8 images: 1.6 GB per patch size in bf16).
         gelu_epilogue: each MLP's fc1 and GELU as one cuBLASLt GEMM with a GELU epilogue (CUDA only; None:
         on for bf16/fp16, `model.gelu_epilogue_default`). flash_attention: flash attention first in the
-        engines of ≤ 64 tokens (CUDA; runtime/torch_backend.py)."""
+        engines of ≤ 64 tokens (CUDA; runtime/torch_backend.py); autotune: those engines compiled with
+        inductor's max-autotune (CUDA, with compile; minutes of tuning)."""
         from .select import torch_pipeline
 
         return torch_pipeline(
@@ -172,6 +174,7 @@ class Pipeline:
             precompute_modulation=precompute_modulation,
             gelu_epilogue=gelu_epilogue,
             flash_attention=flash_attention,
+            autotune=autotune,
         )
 
     @classmethod

@@ -93,13 +93,15 @@ def torch_pipeline(
     precompute_modulation: bool = False,
     gelu_epilogue: bool | None = None,
     flash_attention: bool = False,
+    autotune: bool = False,
 ) -> Pipeline:
     """The torch backend over `model` (the only backend a model in memory has: engines need a workdir).
     shared_pool=False gives every engine its own CUDA-graph pool (to measure what sharing saves).
     precompute_modulation: each chunk's adaLN modulation computed ahead in one batched pass
     (runtime/torch_backend.py). gelu_epilogue: each MLP's fc1 + GELU as one GEMM on CUDA (model.Mlp; None:
     on for bf16/fp16 on CUDA, `gelu_epilogue_default`). flash_attention: flash attention first in the
-    engines of ≤ 64 tokens (CUDA)."""
+    engines of ≤ 64 tokens (CUDA). autotune: those engines compiled with inductor's max-autotune (CUDA,
+    with compile)."""
     if backend not in ("auto", "torch"):
         raise RunError(
             f"backend {backend!r} runs built engines: use Pipeline.from_workdir (or `run --model NAME`) after "
@@ -123,6 +125,7 @@ def torch_pipeline(
             precompute_modulation=precompute_modulation,
             gelu_epilogue=gelu_epilogue,
             flash_attention=flash_attention,
+            autotune=autotune,
         )
         for p in model.patch_sizes
     }
@@ -138,6 +141,7 @@ def torch_pipeline(
         for text, attr in (
             ("fc1 + GELU in one GEMM", "gelu_epilogue"),
             ("flash attention", "flash_attention"),
+            ("max-autotune", "autotune"),
         ):
             sizes = [str(p) for p, e in engines.items() if getattr(e, attr, False)]
             fused += f", {text} at patch {'/'.join(sizes)}" if sizes else ""

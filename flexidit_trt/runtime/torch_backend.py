@@ -8,7 +8,7 @@ that depends on t and y only) is computed for every step of a chunk in one batch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,13 +38,18 @@ class TorchBackend(TorchGraphBackend):
         precompute_modulation: bool = False,
         gelu_epilogue: bool | None = None,
         flash_attention: bool = False,
+        autotune: bool = False,
     ) -> TorchBackend:
-        """gelu_epilogue (None: `gelu_epilogue_default`) and flash_attention (engines of ≤ 64 tokens): CUDA
-        only, settled by `model.dit.resolve_levers`."""
+        """gelu_epilogue (None: `gelu_epilogue_default`), flash_attention and autotune (inductor's
+        max-autotune: Triton GEMM templates and tuned reductions, minutes of compile; with compile): CUDA
+        only, flash and autotune in engines of ≤ 64 tokens, settled by `model.dit.resolve_levers`."""
         dtype = TORCH_DTYPES[precision]
-        gelu_epilogue, flash = resolve_levers(
-            device, precision, model.config.tokens(patch_size), gelu_epilogue, flash_attention
+        gelu_epilogue, flash, autotune = resolve_levers(
+            device, precision, model.config.tokens(patch_size), gelu_epilogue, flash_attention, autotune
         )
+        autotune = autotune and compile
+        # Our own CUDA graphs replay the engine, so inductor must not add its own.
+        mode = "max-autotune-no-cudagraphs" if autotune else None
         # fp16 keeps the residual stream fp32 (DiT blocks overflow fp16 otherwise), as the export does.
         module = model.static(
             patch_size,
@@ -56,13 +61,13 @@ class TorchBackend(TorchGraphBackend):
         table = None
         if precompute_modulation:
             body = module.forward_modulated
-            body = torch.compile(body, fullgraph=True, dynamic=False) if compile else body
+            body = torch.compile(body, fullgraph=True, dynamic=False, mode=mode) if compile else body
             table = ModulationTable(
-                module.modulation, module.modulation_width, module.residual_dtype(), device
+                module.modulation_parts, module.modulation_width, module.residual_dtype(), device
             )
             fn = table.forward_with(body)
         else:
-            fn = torch.compile(module, fullgraph=True, dynamic=False) if compile else module
+            fn = torch.compile(module, fullgraph=True, dynamic=False, mode=mode) if compile else module
         backend = cls(
             fn,
             patch_size=patch_size,
@@ -77,6 +82,7 @@ class TorchBackend(TorchGraphBackend):
         backend.table = table
         backend.gelu_epilogue = gelu_epilogue
         backend.flash_attention = flash
+        backend.autotune = autotune
         return backend
 
     def prepare(self, batches: Sequence[int]) -> None:
@@ -107,6 +113,7 @@ class TorchBackend(TorchGraphBackend):
             "precomputed_modulation": self.table is not None,
             "gelu_epilogue": self.gelu_epilogue,
             "flash_attention": self.flash_attention,
+            "autotune": self.autotune,
         }
 
     def close(self) -> None:
@@ -116,21 +123,25 @@ class TorchBackend(TorchGraphBackend):
 
 
 class ModulationTable:
-    """Every step's adaLN modulation for a chunk's rows, [steps, rows, width], computed ahead in one batched
-    pass per group of steps; a forward finds its step by its timestep (`searchsorted` on the device: no
-    host sync, fixed addresses, so CUDA graphs capture the lookup). It only grows (steps and rows each to
-    the largest seen), so a captured graph stays valid until a fill or reserve says it moved."""
+    """Every step's adaLN modulation for a chunk's rows, [steps, rows, width], computed ahead: all steps in
+    one batched pass, each layer's columns written into the table as they come (`modulation_parts`); a
+    forward finds its step by its timestep (`searchsorted` on the device: no host sync, fixed addresses, so
+    CUDA graphs capture the lookup). It only grows (steps and rows each to the largest seen), so a captured
+    graph stays valid until a fill or reserve says it moved."""
 
-    STEPS_PER_PASS = 32  # bounds the pass's temporary memory (DiT-XL, 16 rows: ~0.2 GB per 32 steps)
+    # Steps × rows per pass: bounds one layer's temporary (DiT-XL: 8192 × 6912 bf16, 0.11 GB). 250 steps of
+    # 8 images (16 rows) is one pass: the fill is ~60 launches whatever the steps, not ~60 and a host sync
+    # per 32 steps (on the H200 torch-premod spent 21-42 ms outside its loop against torch's 5-10 ms).
+    ROWS_PER_PASS = 8192
 
     def __init__(
         self,
-        modulation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        modulation_parts: Callable[[torch.Tensor, torch.Tensor], Iterator[torch.Tensor]],
         width: int,
         dtype: torch.dtype,
         device: str,
     ):
-        self.modulation = modulation
+        self.modulation_parts = modulation_parts
         self.width, self.dtype, self.device = width, dtype, device
         self.table: torch.Tensor | None = None  # [steps, rows, width]
         self.timesteps: torch.Tensor | None = None  # [steps] ascending, +inf past the filled ones
@@ -153,15 +164,23 @@ class ModulationTable:
         steps = np.unique(np.asarray(timesteps, dtype=np.float32))  # ascending, as searchsorted needs
         if steps.size == 0:
             return False
+        # One upload each: a pageable copy waits for the stream, so never one per pass.
         y = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+        t = torch.as_tensor(steps, device=self.device)
         rows = y.numel()
         moved = self.reserve(steps.size, rows)
         self.timesteps.fill_(float("inf"))
-        self.timesteps[: steps.size] = torch.as_tensor(steps, device=self.device)
-        for i in range(0, steps.size, self.STEPS_PER_PASS):
-            group = torch.as_tensor(steps[i : i + self.STEPS_PER_PASS], device=self.device)
-            mod = self.modulation(group.repeat_interleave(rows), y.repeat(group.numel()))
-            self.table[i : i + group.numel(), :rows] = mod.view(group.numel(), rows, -1)
+        self.timesteps[: steps.size] = t
+        per_pass = max(1, self.ROWS_PER_PASS // rows)
+        for i in range(0, steps.size, per_pass):
+            group = t[i : i + per_pass]
+            n, col = group.numel(), 0
+            for part in self.modulation_parts(group.repeat_interleave(rows), y.repeat(n)):
+                width = part.shape[1]  # the copy casts to the table's (residual) dtype, as `modulation` does
+                self.table[i : i + n, :rows, col : col + width] = part.view(n, rows, width)
+                col += width
+            if col != self.width:
+                raise RuntimeError(f"the modulation has {col} columns, the table {self.width}")
         return moved
 
     def lookup(self, t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -170,7 +189,7 @@ class ModulationTable:
             have = 0 if self.table is None else self.table.shape[1]
             raise RuntimeError(f"the modulation table holds {have} rows, a forward of {rows} asked for more")
         slot = torch.searchsorted(self.timesteps, t[:1].float()).clamp_max(self.table.shape[0] - 1)
-        return self.table.index_select(0, slot)[0, :rows]
+        return self.table[:, :rows].index_select(0, slot)[0]  # copies the rows asked for, not the capacity
 
     def forward_with(self, body: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
         """The engine's callable: (x, t, y) → body(x, modulation looked up by t); y was read by `fill`."""
