@@ -165,8 +165,8 @@ def test_flash_first_only_in_engines_of_few_tokens_and_compiled_with_it() -> Non
     from torch._inductor.utils import run_and_get_code
 
     model = _model(hidden_size=256, num_heads=4, input_size=32)  # p4: 64 tokens, p2: 256
-    few = TorchBackend.from_model(model, 4, device="cuda", precision="bf16", flash_attention=True)
-    many = TorchBackend.from_model(model, 2, device="cuda", precision="bf16", flash_attention=True)
+    engine = dict(device="cuda", precision="bf16", flash_attention=True, cuda_graphs=False)  # no pool needed
+    few, many = TorchBackend.from_model(model, 4, **engine), TorchBackend.from_model(model, 2, **engine)
     assert few.describe()["flash_attention"] is True and many.describe()["flash_attention"] is False
     net = model.static(4, dtype=torch.bfloat16, sdpa_backends=FLASH_FIRST).cuda()
     x, t, y = _inputs(4, torch.float32, "cuda", size=32)
