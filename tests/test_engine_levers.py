@@ -64,7 +64,7 @@ def test_the_cpu_op_is_the_exact_gelu_so_the_model_keeps_the_epilogue_to_cuda() 
 def test_the_levers_resolve_per_engine() -> None:
     """One rule for every engine kind: CUDA only; the epilogue by default in half precision (fp32 keeps the
     parity path); flash and max-autotune only in engines of ≤ 64 tokens (where flash measured faster and
-    the GEMMs ran furthest from peak)."""
+    the GEMMs ran furthest from peak), flash by default there, max-autotune (measured slower) only asked."""
     assert [gelu_epilogue_default(d, p) for d, p in [("cuda", "bf16"), ("cuda:1", "fp16")]] == [True, True]
     assert [gelu_epilogue_default(d, p) for d, p in [("cuda", "fp32"), ("cpu", "bf16")]] == [False, False]
     assert resolve_levers("cuda:0", "fp32", 64, True, True, True) == (True, True, True)  # asked: on in fp32
@@ -72,6 +72,9 @@ def test_the_levers_resolve_per_engine() -> None:
     assert resolve_levers("cuda", "bf16", 16, False, False) == (False, False, False)  # autotune: off unasked
     assert resolve_levers("cuda", "bf16", 16, False, False, True) == (False, False, True)
     assert resolve_levers("cpu", "bf16", 16, True, True, True) == (False, False, False)  # never on the CPU
+    assert resolve_levers("cuda", "bf16", 64, None, None) == (True, True, False)  # the defaults: flash on,
+    assert resolve_levers("cuda", "bf16", 256, None, None) == (True, False, False)  # where tokens are few
+    assert resolve_levers("cpu", "fp32", 16, None, None) == (False, False, False)
 
 
 def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:

@@ -49,13 +49,14 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option(
     "--backends",
     callback=parse_backends,
-    default="torch-eager,torch,torch-premod,torch-fused,torch-flash,torch-tuned,ort,trt,aoti",
+    default="torch-eager,torch,torch-premod,torch-fused,torch-flash,ort,trt,aoti",
     show_default=True,
     help="run in this order (each file is written as its backend finishes); torch: torch.compile, "
     "torch-premod: the same with the adaLN modulation of every step computed ahead per chunk, "
     "torch-fused: torch-premod with each MLP's fc1 + GELU as one GEMM (a cuBLASLt epilogue; CUDA only), "
     "torch-flash: torch-fused with flash attention first in engines of ≤ 64 tokens (CUDA only), "
-    "torch-tuned: torch-flash with those engines compiled by inductor's max-autotune (minutes more), "
+    "torch-tuned: torch-flash with those engines compiled by inductor's max-autotune (minutes more; "
+    "measured slower on an H200, so only when named), "
     "torch-eager: eager kernels (all in CUDA graphs on a GPU); unavailable ones are recorded with the reason",
 )
 @click.option(

@@ -194,13 +194,16 @@ def resolve_levers(
     precision: str,
     tokens: int,
     gelu_epilogue: bool | None,
-    flash_attention: bool,
+    flash_attention: bool | None,
     autotune: bool = False,
 ) -> tuple[bool, bool, bool]:
     """(GELU epilogue, flash attention first, max-autotune) for one torch engine: `use_gelu_epilogue`;
-    flash and autotune only on CUDA, in engines of ≤ FEW_TOKENS tokens."""
+    flash and autotune only on CUDA, in engines of ≤ FEW_TOKENS tokens. Flash is on there unless refused
+    (None): it measured faster at no cost (p4 forwards −5%, NOTES 2026-12-01); autotune measured slower,
+    so only when asked."""
     few = _on_cuda(device) and tokens <= FEW_TOKENS
-    return use_gelu_epilogue(device, precision, gelu_epilogue), flash_attention and few, autotune and few
+    flash = (flash_attention is None or flash_attention) and few
+    return use_gelu_epilogue(device, precision, gelu_epilogue), flash, autotune and few
 
 
 class AdaLNModulated(nn.Module):

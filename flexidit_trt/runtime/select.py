@@ -92,7 +92,7 @@ def torch_pipeline(
     reason: str | None = None,
     precompute_modulation: bool = False,
     gelu_epilogue: bool | None = None,
-    flash_attention: bool = False,
+    flash_attention: bool | None = None,
     autotune: bool = False,
 ) -> Pipeline:
     """The torch backend over `model` (the only backend a model in memory has: engines need a workdir).
@@ -100,7 +100,7 @@ def torch_pipeline(
     precompute_modulation: each chunk's adaLN modulation computed ahead in one batched pass
     (runtime/torch_backend.py). gelu_epilogue: each MLP's fc1 + GELU as one GEMM on CUDA (model.Mlp; None:
     on for bf16/fp16 on CUDA, `gelu_epilogue_default`). flash_attention: flash attention first in the
-    engines of ≤ 64 tokens (CUDA). autotune: those engines compiled with inductor's max-autotune (CUDA,
+    engines of ≤ 64 tokens (CUDA; None: on, False refuses it). autotune: those engines compiled with inductor's max-autotune (CUDA,
     with compile)."""
     if backend not in ("auto", "torch"):
         raise RunError(

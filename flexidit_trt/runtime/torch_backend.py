@@ -37,10 +37,10 @@ class TorchBackend(TorchGraphBackend):
         cuda_graphs: bool = True,
         precompute_modulation: bool = False,
         gelu_epilogue: bool | None = None,
-        flash_attention: bool = False,
+        flash_attention: bool | None = None,
         autotune: bool = False,
     ) -> TorchBackend:
-        """gelu_epilogue (None: `gelu_epilogue_default`), flash_attention and autotune (inductor's
+        """gelu_epilogue (None: `gelu_epilogue_default`), flash_attention (None: on) and autotune (inductor's
         max-autotune: Triton GEMM templates and tuned reductions, minutes of compile; with compile): CUDA
         only, flash and autotune in engines of ≤ 64 tokens, settled by `model.dit.resolve_levers`."""
         dtype = TORCH_DTYPES[precision]
