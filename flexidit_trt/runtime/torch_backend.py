@@ -48,8 +48,9 @@ class TorchBackend(TorchGraphBackend):
             device, precision, model.config.tokens(patch_size), gelu_epilogue, flash_attention, autotune
         )
         autotune = autotune and compile
-        # Our own CUDA graphs replay the engine, so inductor must not add its own.
-        mode = "max-autotune-no-cudagraphs" if autotune else None
+        options: dict[str, Any] = {"fullgraph": True, "dynamic": False}  # as `build --compile-cache` warms
+        if autotune:  # our own CUDA graphs replay the engine, so inductor must not add its own
+            options["mode"] = "max-autotune-no-cudagraphs"
         # fp16 keeps the residual stream fp32 (DiT blocks overflow fp16 otherwise), as the export does.
         module = model.static(
             patch_size,
@@ -61,13 +62,13 @@ class TorchBackend(TorchGraphBackend):
         table = None
         if precompute_modulation:
             body = module.forward_modulated
-            body = torch.compile(body, fullgraph=True, dynamic=False, mode=mode) if compile else body
+            body = torch.compile(body, **options) if compile else body
             table = ModulationTable(
                 module.modulation_parts, module.modulation_width, module.residual_dtype(), device
             )
             fn = table.forward_with(body)
         else:
-            fn = torch.compile(module, fullgraph=True, dynamic=False, mode=mode) if compile else module
+            fn = torch.compile(module, **options) if compile else module
         backend = cls(
             fn,
             patch_size=patch_size,
