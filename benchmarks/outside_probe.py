@@ -1,5 +1,5 @@
 """Where a trajectory's time outside its sampling loop goes (the bench's `outside_loop_ms`: the record's wall
-time less the loop's CUDA-event time). torch-premod/-fused/-flash spent 13-17 ms there against torch's 5-10
+time less the loop's CUDA-event time). torch-fused and torch-flash spent 13-17 ms there against torch's 5-10
 ms on an H200, after the modulation table's fill became one pass. DiT-XL/2, random bf16 weights, eager
 engines in CUDA graphs (the host work outside the loop is the same compiled or not), 250 DDPM steps, CFG:
 each variant's outside time over REPEATS calls, the table's fill alone (host time to return, then to the

@@ -74,6 +74,8 @@ def test_the_levers_resolve_per_engine() -> None:
     assert resolve_levers("cpu", "bf16", 16, True, True, True) == (False, False, False)  # never on the CPU
     assert resolve_levers("cuda", "bf16", 64, None, None) == (True, True, False)  # the defaults: flash on,
     assert resolve_levers("cuda", "bf16", 256, None, None) == (True, False, False)  # where tokens are few
+    assert resolve_levers("cuda", "fp16", 64, None, None) == (True, True, False)
+    assert resolve_levers("cuda", "fp32", 64, None, None) == (False, False, False)  # fp32: no flash kernel
     assert resolve_levers("cpu", "fp32", 16, None, None) == (False, False, False)
 
 
@@ -125,6 +127,21 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
             if TORCH_VARIANTS[before][k] != TORCH_VARIANTS[after][k]
         }
         assert len(changed) == 1, (before, after, changed)
+
+
+def test_run_and_the_python_api_leave_the_levers_to_the_rule(monkeypatch) -> None:
+    """`Pipeline.from_model` and `run`'s default pipeline ask for no lever, so each engine gets the rule's
+    defaults (the GELU epilogue and flash where they measured faster, no autotune)."""
+    import flexidit_trt.runtime.torch_backend as torch_backend
+    from flexidit_trt.runtime.run import RunOptions, open_pipeline
+
+    asked, rule = [], torch_backend.resolve_levers
+    monkeypatch.setattr(torch_backend, "resolve_levers", lambda *a: asked.append(a[3:]) or rule(*a))
+    with Pipeline.from_model(_model()):
+        pass
+    with open_pipeline(RunOptions(device="cpu")):
+        pass
+    assert asked == [(None, None, False)] * 4  # two engines each
 
 
 def test_autotune_compiles_only_the_engines_of_few_tokens_with_max_autotune(monkeypatch) -> None:

@@ -167,9 +167,9 @@ class Mlp(nn.Module):
 # region can be undone by it). At 64 tokens (patch 4 at 256 px) flash took 7.7 µs per call against cuDNN's
 # 11.9 on an H200, at 256 tokens 33.0 against 25.1 (benchmarks/attention_probe.py).
 FLASH_FIRST = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
-# Engines of at most this many tokens (patch 4 at 256 px) take the levers measured for them: flash is faster
-# there (not at 256 tokens), and their GEMMs ran at 78% of the matmul peak against patch 2's 97%, so only
-# they are worth inductor's minutes of max-autotune.
+# Engines of at most this many tokens (patch 4 at 256 px) take the levers aimed at them: flash is faster
+# there (not at 256 tokens); max-autotune was tried there because their GEMMs ran at 78% of the matmul peak
+# against patch 2's 97%, and measured slower (NOTES, 2026-12-01, third session).
 FEW_TOKENS = 64
 
 
@@ -198,11 +198,12 @@ def resolve_levers(
     autotune: bool = False,
 ) -> tuple[bool, bool, bool]:
     """(GELU epilogue, flash attention first, max-autotune) for one torch engine: `use_gelu_epilogue`;
-    flash and autotune only on CUDA, in engines of ≤ FEW_TOKENS tokens. Flash is on there unless refused
-    (None): it measured faster at no cost (p4 forwards −5%, NOTES 2026-12-01); autotune measured slower,
-    so only when asked."""
+    flash and autotune only on CUDA, in engines of ≤ FEW_TOKENS tokens. Flash is on by default (None) in
+    bf16/fp16, where it measured faster (p4 forwards −5% in bf16, NOTES 2026-12-01); False refuses it, and
+    fp32 (which flash kernels do not run) keeps the dispatcher's choice unless asked. Autotune measured
+    slower, so only when asked."""
     few = _on_cuda(device) and tokens <= FEW_TOKENS
-    flash = (flash_attention is None or flash_attention) and few
+    flash = (precision in ("bf16", "fp16") if flash_attention is None else flash_attention) and few
     return use_gelu_epilogue(device, precision, gelu_epilogue), flash, autotune and few
 
 

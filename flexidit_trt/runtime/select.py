@@ -100,8 +100,8 @@ def torch_pipeline(
     precompute_modulation: each chunk's adaLN modulation computed ahead in one batched pass
     (runtime/torch_backend.py). gelu_epilogue: each MLP's fc1 + GELU as one GEMM on CUDA (model.Mlp; None:
     on for bf16/fp16 on CUDA, `gelu_epilogue_default`). flash_attention: flash attention first in the
-    engines of ≤ 64 tokens (CUDA; None: on, False refuses it). autotune: those engines compiled with inductor's max-autotune (CUDA,
-    with compile)."""
+    engines of ≤ 64 tokens (CUDA; None: on in bf16/fp16, False refuses it). autotune: those engines
+    compiled with inductor's max-autotune (CUDA, with compile; measured slower)."""
     if backend not in ("auto", "torch"):
         raise RunError(
             f"backend {backend!r} runs built engines: use Pipeline.from_workdir (or `run --model NAME`) after "

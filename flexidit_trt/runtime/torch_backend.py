@@ -131,8 +131,9 @@ class ModulationTable:
     graph stays valid until a fill or reserve says it moved."""
 
     # Steps × rows per pass: bounds one layer's temporary (DiT-XL: 8192 × 6912 bf16, 0.11 GB). 250 steps of
-    # 8 images (16 rows) is one pass: the fill is ~60 launches whatever the steps, not ~60 and a host sync
-    # per 32 steps (on the H200 torch-premod spent 21-42 ms outside its loop against torch's 5-10 ms).
+    # 8 images (16 rows) is one pass: the fill is ~90 launches whatever the steps, not ~90 and a host sync
+    # per 32 steps (on an H200 the per-32-step fill had torch-premod spend 21-42 ms outside its loop against
+    # torch's 5-10 ms; with one pass torch-fused spent 13-17 ms, the fill itself ~2 ms of host time).
     ROWS_PER_PASS = 8192
 
     def __init__(
@@ -172,13 +173,13 @@ class ModulationTable:
         moved = self.reserve(steps.size, rows)
         self.timesteps.fill_(float("inf"))
         self.timesteps[: steps.size] = t
-        per_pass = max(1, self.ROWS_PER_PASS // rows)
+        per_pass = max(1, self.ROWS_PER_PASS // max(rows, 1))
         for i in range(0, steps.size, per_pass):
             group = t[i : i + per_pass]
             n, col = group.numel(), 0
             for part in self.modulation_parts(group.repeat_interleave(rows), y.repeat(n)):
                 width = part.shape[1]  # the copy casts to the table's (residual) dtype, as `modulation` does
-                self.table[i : i + n, :rows, col : col + width] = part.view(n, rows, width)
+                self.table[i : i + n, :rows, col : col + width] = part.reshape(n, rows, width)
                 col += width
             if col != self.width:
                 raise RuntimeError(f"the modulation has {col} columns, the table {self.width}")
