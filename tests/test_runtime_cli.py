@@ -202,3 +202,28 @@ def test_corrupt_default_weights_is_a_clear_error(tmp_path, monkeypatch):
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
     assert "embedded default model is unreadable" in result.output and "empty" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source", ["default", "checkpoint"])
+def test_precompute_modulation_reaches_the_torch_engines_and_keeps_the_samples(tmp_path, source):
+    """`run --precompute-modulation` on the embedded default model and on a workdir's torch backend: every
+    engine computes its modulation ahead, the samples stay those of the ordinary engines (fp32 on the CPU)."""
+    from flexidit_trt.model import save_checkpoint
+
+    args = ["--steps", "6", "--num-images", "3", "--seed", "4"]
+    if source == "checkpoint":
+        path = tmp_path / "tiny.safetensors"
+        save_checkpoint(tiny_model(seed=3), path)
+        args += ["--checkpoint", str(path), "--workdir", str(tmp_path)]
+    runs = {}
+    for flag in ([], ["--precompute-modulation"]):
+        out = tmp_path / f"out{len(runs)}"
+        result = invoke(*args, *flag, "--out", str(out))
+        assert result.exit_code == 0, result.output
+        rec = json.loads((out / "record.json").read_text())
+        runs[bool(flag)] = (np.load(out / "samples.npy"), rec)
+    (plain, plain_rec), (premod, premod_rec) = runs[False], runs[True]
+    assert [e["precomputed_modulation"] for e in premod_rec["backend"]["engines"]] == [True, True]
+    assert not any(e["precomputed_modulation"] for e in plain_rec["backend"]["engines"])
+    assert premod_rec["options"]["cli"]["precompute_modulation"] is True
+    np.testing.assert_allclose(premod, plain, rtol=0, atol=1e-5 * float(np.abs(plain).max()))

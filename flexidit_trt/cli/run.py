@@ -88,6 +88,13 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 )
 @click.option("--device", default=None, help="cpu, cuda, cuda:N  [default: the first GPU, else cpu]")
 @click.option("--compile", is_flag=True, help="torch backend: torch.compile the engines")
+@click.option(
+    "--precompute-modulation",
+    is_flag=True,
+    help="torch backend: every step's adaLN modulation computed before the loop, in one pass (2-5% faster "
+    "with --compile on an H200; holds steps x 2 x batch x (6 x depth + 2) x hidden values per patch size, "
+    "1.6 GB for DiT-XL at 8 images)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the run record as JSON")
 def run(as_json: bool, **options) -> None:
     """Sample images, switching between one engine per patch size mid-trajectory."""

@@ -188,10 +188,12 @@ class Pipeline:
         max_batch: int = DEFAULT_MAX_BATCH,
         compile: bool = False,
         checkpoint: str | None = None,
+        precompute_modulation: bool = False,
     ) -> Pipeline:
         """A pipeline over what `flexidit-trt build` made under `workdir` for `model_name`: TensorRT
         engines, AOTInductor packages or ONNX graphs, or the torch backend on the weights they were built
-        from. `checkpoint`: refuse engines built from other weights (their sha256 must match)."""
+        from. `checkpoint`: refuse engines built from other weights (their sha256 must match). compile and
+        precompute_modulation: the torch backend's options (`from_model`)."""
         from .select import workdir_pipeline
 
         return workdir_pipeline(
@@ -203,6 +205,7 @@ class Pipeline:
             max_batch=max_batch,
             compile=compile,
             checkpoint=checkpoint,
+            precompute_modulation=precompute_modulation,
         )
 
     # -- the public call -------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class RunOptions:
     vae: Path | None = None
     device: str | None = None
     compile: bool = False
+    precompute_modulation: bool = False
     progress: bool | None = None
 
     def to_dict(self) -> dict:
@@ -160,6 +161,7 @@ def _workdir_pipeline(options: RunOptions, name: str, checkpoint: Path | None) -
         precision=options.precision,
         compile=options.compile,
         checkpoint=None if checkpoint is None else str(checkpoint),
+        precompute_modulation=options.precompute_modulation,
     )
 
 
@@ -185,6 +187,7 @@ def _default_pipeline(options: RunOptions) -> Pipeline:
         device=options.device,
         precision=options.precision,
         compile=options.compile,
+        precompute_modulation=options.precompute_modulation,
         weights=weights,
         random_weights=False,
         reason=(

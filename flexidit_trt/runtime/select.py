@@ -189,7 +189,11 @@ def workdir_pipeline(
     max_batch: int = DEFAULT_MAX_BATCH,
     compile: bool = False,
     checkpoint: str | os.PathLike | None = None,
+    precompute_modulation: bool = False,
 ) -> Pipeline:
+    """compile and precompute_modulation: the torch backend's options (`torch_pipeline`), unused by the
+    engines `build` made."""
+    torch_options = {"compile": compile, "precompute_modulation": precompute_modulation}
     if backend not in BACKENDS:
         raise RunOptionError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     device = resolve_device(device)
@@ -198,7 +202,9 @@ def workdir_pipeline(
     while True:
         name, reason = choose_backend(backend, device, workdir, model_name, checkpoint, exclude=passed_over)
         try:
-            return _open(name, reason, workdir, model_name, device, precision, max_batch, compile, checkpoint)
+            return _open(
+                name, reason, workdir, model_name, device, precision, max_batch, torch_options, checkpoint
+            )
         except RunError as err:
             # auto: compiled engines that exist but cannot run here (another GPU, TensorRT or torch,
             # other weights, a package torch cannot load) pass the turn to the next backend, saying why.
@@ -207,7 +213,9 @@ def workdir_pipeline(
             passed_over.append(f"{name}: {err}")
 
 
-def _open(name, reason, workdir, model_name, device, precision, max_batch, compile, checkpoint) -> Pipeline:
+def _open(
+    name, reason, workdir, model_name, device, precision, max_batch, torch_options, checkpoint
+) -> Pipeline:
     from ..artifacts import sha256_path
 
     checkpoint_sha = sha256_path(checkpoint) if checkpoint is not None else None
@@ -219,7 +227,9 @@ def _open(name, reason, workdir, model_name, device, precision, max_batch, compi
         from .aoti_backend import aoti_pipeline
 
         return aoti_pipeline(workdir, model_name, device, precision, max_batch, checkpoint_sha, reason)
-    return _torch_from_workdir(workdir, model_name, device, precision, max_batch, compile, checkpoint, reason)
+    return _torch_from_workdir(
+        workdir, model_name, device, precision, max_batch, torch_options, checkpoint, reason
+    )
 
 
 def choose_backend(
@@ -408,7 +418,7 @@ def _trt_pipeline(workdir, model_name, device, precision, max_batch, checkpoint_
 
 
 def _torch_from_workdir(
-    workdir, model_name, device, precision, max_batch, compile, checkpoint, reason
+    workdir, model_name, device, precision, max_batch, torch_options, checkpoint, reason
 ) -> Pipeline:
     """The torch backend on the weights `build` used for `model_name` (its export manifest says which),
     or on `checkpoint`, or on the seeded random weights `build` would use."""
@@ -441,7 +451,7 @@ def _torch_from_workdir(
         raise RunOptionError(str(err)) from None
     except BuildError as err:
         raise RunError(str(err)) from None
-    if compile:
+    if torch_options["compile"]:
         reason = f"{reason}; {_hot_load_compile_cache(workdir, model_name, device, precision)}"
     return torch_pipeline(
         model,
@@ -449,7 +459,7 @@ def _torch_from_workdir(
         device=device,
         precision=precision,
         max_batch=max_batch,
-        compile=compile,
+        **torch_options,
         weights=source.label(),
         random_weights=source.is_random,
         checkpoint_sha256=source.checkpoint_sha256(),
