@@ -157,8 +157,8 @@ class Pipeline:
         rows × (depth·6 + 2)·hidden values; DiT-XL at 8 images: 1.6 GB per patch size in bf16).
         gelu_epilogue: each MLP's fc1 and GELU as one cuBLASLt GEMM with a GELU epilogue (CUDA only; None:
         on for bf16/fp16, `model.gelu_epilogue_default`). flash_attention: flash attention first in the
-        engines of ≤ 64 tokens (CUDA; None: on in bf16/fp16, False refuses it); autotune: those engines compiled with
-        inductor's max-autotune (CUDA, with compile; minutes of tuning)."""
+        engines of ≤ 64 tokens (CUDA; None: on in bf16/fp16, False refuses it); autotune: those engines
+        compiled with inductor's max-autotune (CUDA, with compile; minutes of tuning, measured slower)."""
         from .select import torch_pipeline
 
         return torch_pipeline(

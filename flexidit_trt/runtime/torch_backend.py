@@ -40,9 +40,10 @@ class TorchBackend(TorchGraphBackend):
         flash_attention: bool | None = None,
         autotune: bool = False,
     ) -> TorchBackend:
-        """gelu_epilogue (None: `gelu_epilogue_default`), flash_attention (None: on) and autotune (inductor's
-        max-autotune: Triton GEMM templates and tuned reductions, minutes of compile; with compile): CUDA
-        only, flash and autotune in engines of ≤ 64 tokens, settled by `model.dit.resolve_levers`."""
+        """gelu_epilogue (None: `gelu_epilogue_default`), flash_attention (None: on in bf16/fp16) and autotune
+        (inductor's max-autotune: Triton GEMM templates and tuned reductions, minutes of compile; with
+        compile): CUDA only, flash and autotune in engines of ≤ 64 tokens, settled by
+        `model.dit.resolve_levers`."""
         dtype = TORCH_DTYPES[precision]
         gelu_epilogue, flash, autotune = resolve_levers(
             device, precision, model.config.tokens(patch_size), gelu_epilogue, flash_attention, autotune
