@@ -526,7 +526,7 @@ def build_torch_compile_cache(
     import torch
 
     from ..runtime.select import torch_pipeline
-    from ..runtime.torch_backend import engine_inputs
+    from ..runtime.torch_backend import COMPILE_OPTIONS, engine_inputs
 
     if target is None:
         try:
@@ -553,7 +553,7 @@ def build_torch_compile_cache(
             "patch_sizes": sorted(pipe.backends),
             "batches": rows,
             "precision": precision,
-            "compile": {"fullgraph": True, "dynamic": False},
+            "compile": dict(COMPILE_OPTIONS),
         }
         entry = build_compile_cache(warm, folder, model_name, target, description)
     finally:

@@ -19,6 +19,9 @@ from ..model.dit import FLASH_FIRST, resolve_levers
 from .spec import ModelSpec
 from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBackend
 
+# How every torch engine is compiled (one shape per engine batch); `build --compile-cache` records it.
+COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False}
+
 
 class TorchBackend(TorchGraphBackend):
     name = "torch"
@@ -49,7 +52,7 @@ class TorchBackend(TorchGraphBackend):
             device, precision, model.config.tokens(patch_size), gelu_epilogue, flash_attention, autotune
         )
         autotune = autotune and compile
-        options: dict[str, Any] = {"fullgraph": True, "dynamic": False}  # as `build --compile-cache` warms
+        options: dict[str, Any] = dict(COMPILE_OPTIONS)
         if autotune:  # our own CUDA graphs replay the engine, so inductor must not add its own
             options["mode"] = "max-autotune-no-cudagraphs"
         # fp16 keeps the residual stream fp32 (DiT blocks overflow fp16 otherwise), as the export does.
