@@ -20,17 +20,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import FlexiditError, UsageError
+
 MANIFEST_NAME = "manifest.json"
 EXPORT_KIND = "flexidit-trt/onnx-export"
 EXPORT_SCHEMA = 1
 _CHUNK = 1 << 22
 
 
-class BuildError(Exception):
+class BuildError(FlexiditError):
     """A build cannot go on for a reason the user can fix; the message says which and how."""
 
 
-class OptionError(BuildError):
+class OptionError(BuildError, UsageError):
     """An option value, or options that contradict each other or the checkpoint: bad usage, which the
     CLI reports with exit code 2 (other BuildErrors are failures of the work: exit code 1)."""
 

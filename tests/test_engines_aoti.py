@@ -241,7 +241,7 @@ def test_static_libstdcxx_variant_adds_link_flags_to_shared_links_only(tmp_path,
 
 
 def test_build_integration(tmp_path, monkeypatch):
-    """`build --engines trt,aoti`: the packages follow the graphs; without a GPU the line says why."""
+    """`build --aoti`: the packages follow the graphs; without a GPU the line says why."""
     common = dict(
         overrides=dict(TINY),
         image_size=64,

@@ -14,11 +14,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..errors import FlexiditError
+
 REFERENCE_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_sample.py"
 WARMUP_STEPS = 5  # the warm-up trajectory: enough for cuBLAS / cuDNN set-up, not a whole loop
 
 
-class ReferenceUnavailable(Exception):
+class ReferenceUnavailable(FlexiditError):
     """The reference loop cannot run here; the message says why (the results file's "not run" cell)."""
 
 

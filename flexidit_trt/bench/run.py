@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ..artifacts import BuildError, ensure_writable_dir, utc_now
 from ..diffusion import make_sampler, plan
 from ..diffusion.time_planner import TimeBudget, plan_for_time, predict_seconds
+from ..errors import UsageError
 from ..runtime import Pipeline, RunError, Selection
 from ..runtime.pipeline import GUIDANCE
 from ..runtime.select import installed, resolve_device, resolve_precision
@@ -100,7 +101,7 @@ DEFAULT_OUT = Path("benchmarks/results")
 DYNAMO_RECOMPILE_LIMIT = 64
 
 
-class BenchOptionError(ValueError):
+class BenchOptionError(UsageError, ValueError):
     """A bench option is unusable (the CLI maps it to exit code 2)."""
 
 

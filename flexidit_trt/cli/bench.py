@@ -138,19 +138,12 @@ def bench(ctx: click.Context, forward_runs: int, warmup: int, **options) -> None
                 f"options {', '.join(given)} belong to the measurement, not to `bench report`"
             )
         return
-    from ..artifacts import BuildError, OptionError
-    from ..bench import BenchOptionError, BenchOptions, run_bench
+    from ..bench import BenchOptions, run_bench
     from ..bench.measure import TimingOptions
     from ..bench.report import markdown
-    from ..runtime.backend import RunError, RunOptionError
 
-    try:
-        opts = BenchOptions(**options, timing=TimingOptions(runs=forward_runs, warmup=warmup))
-        result = run_bench(opts)
-    except (BenchOptionError, OptionError, RunOptionError) as err:
-        raise click.UsageError(str(err)) from None
-    except (RunError, BuildError) as err:
-        raise click.ClickException(str(err)) from None
+    opts = BenchOptions(**options, timing=TimingOptions(runs=forward_runs, warmup=warmup))
+    result = run_bench(opts)
     click.echo(markdown(result.docs))
     for path in result.paths:
         click.echo(f"wrote {path}")
@@ -172,12 +165,11 @@ def bench(ctx: click.Context, forward_runs: int, warmup: int, **options) -> None
 )
 def report(results: Path, out: Path | None) -> None:
     """Merge every results file into one markdown report (REPORT.md) and PNG plots."""
-    from ..artifacts import ManifestError
     from ..bench.report import build_report
 
     try:
         made = build_report(results, out)
-    except (FileNotFoundError, ManifestError) as err:
+    except FileNotFoundError as err:
         raise click.ClickException(str(err)) from None
     click.echo(made.markdown)
     click.echo(f"wrote {made.markdown_path}" + "".join(f", {p}" for p in made.plots))

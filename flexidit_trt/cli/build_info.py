@@ -171,15 +171,9 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
 def build(model_name: str | None, aoti: bool, compile_cache: bool, **options) -> None:
     """Export one ONNX graph per patch size (validated), then build one TensorRT engine (and, with
     --aoti, one AOTInductor package) per patch size."""
-    from ..artifacts import BuildError, OptionError
     from ..build import build_artifacts, report_lines
 
     engines = ("trt", *(["aoti"] if aoti else []), *(["compile-cache"] if compile_cache else []))
-    try:
-        report = build_artifacts(model_name, engines=engines, **options)
-    except OptionError as err:
-        raise click.UsageError(str(err)) from None
-    except BuildError as err:
-        raise click.ClickException(str(err)) from None
+    report = build_artifacts(model_name, engines=engines, **options)
     for line in report_lines(report):
         click.echo(line)

@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
 from .. import __version__
+from ..errors import FlexiditError, UsageError
+
+
+@contextmanager
+def one_line_errors(ctx: click.Context) -> Iterator[None]:
+    """The one place the CLI maps library errors: a UsageError (an option or input to change) exits 2
+    with the command's usage, any other FlexiditError exits 1; both print their one-line message."""
+    try:
+        yield
+    except UsageError as err:
+        raise click.UsageError(str(err), ctx) from None
+    except FlexiditError as err:
+        raise click.ClickException(str(err)) from None
+
+
+class Command(click.Command):
+    """A command whose library errors go through `one_line_errors`."""
+
+    def invoke(self, ctx: click.Context):
+        with one_line_errors(ctx):
+            return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """A command group (its own callback too) whose commands and subgroups map errors the same way."""
+
+    command_class = Command
+
+    def invoke(self, ctx: click.Context):
+        with one_line_errors(ctx):
+            return super().invoke(ctx)
+
+
+Group.group_class = Group
 
 
 def parse_sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:
@@ -20,7 +57,7 @@ def parse_sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:
     return sizes
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flexidit-trt")
 def main() -> None:
     """FlexiDiT inference: one DiT, several patch sizes, one engine per patch size."""

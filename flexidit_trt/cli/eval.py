@@ -79,25 +79,12 @@ _path = click.Path(path_type=Path)
 @click.option("--label", default=None, help="series name in the table and plot  [default: the guidance]")
 def eval_command(checkpoint: Path | None, out: Path, guidance: str, **options) -> None:
     """FID, KID, precision/recall and class accuracy of samples at each compute budget."""
-    from ..evaluation import (
-        EvalError,
-        EvalOptions,
-        InceptionError,
-        OptionsError,
-        evaluate_checkpoint,
-        write_report,
-    )
+    from ..evaluation import EvalOptions, evaluate_checkpoint, write_report
     from ..evaluation.report import fmt_summary
-    from ..runtime import RunError
 
-    try:
-        opts = EvalOptions(guidance=GUIDANCE_NAMES[guidance], **options)
-        opts.validate()
-        report = evaluate_checkpoint(checkpoint, opts)
-    except OptionsError as err:
-        raise click.UsageError(str(err)) from None
-    except (EvalError, InceptionError, RunError) as err:
-        raise click.ClickException(str(err)) from None
+    opts = EvalOptions(guidance=GUIDANCE_NAMES[guidance], **options)
+    opts.validate()
+    report = evaluate_checkpoint(checkpoint, opts)
     if report is None:  # not rank 0
         return
     for line in fmt_summary(report):

@@ -98,18 +98,12 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--json", "as_json", is_flag=True, help="print the run record as JSON")
 def run(as_json: bool, **options) -> None:
     """Sample images, switching between one engine per patch size mid-trajectory."""
-    from ..runtime.backend import RunError, RunOptionError
     from ..runtime.run import RunOptions
     from ..runtime.run import run as run_samples
 
     opts = RunOptions(**options, progress=None if not as_json else False)
     say = (lambda line: None) if as_json else click.echo
-    try:
-        summary = run_samples(opts, say=say)
-    except RunOptionError as err:
-        raise click.UsageError(str(err)) from None
-    except RunError as err:
-        raise click.ClickException(str(err)) from None
+    summary = run_samples(opts, say=say)
     if as_json:
         click.echo(json.dumps(summary.result.record, indent=2, sort_keys=True, default=str))
         return

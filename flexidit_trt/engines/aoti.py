@@ -417,7 +417,7 @@ def check_aoti_entry(
         entry,
         checks,
         engine=f"AOTInductor engine p{patch_size}",
-        rebuild="flexidit-trt build --engines aoti",
+        rebuild=f"flexidit-trt build --model {manifest.get('model')} --aoti",
         checkpoint_sha256=checkpoint_sha256,
         weights_sha256=weights_sha256,
     )

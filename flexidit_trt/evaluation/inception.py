@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..artifacts import sha256_file
+from ..errors import FlexiditError
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_BYTES = 87_335_461
@@ -36,7 +37,7 @@ FEATURE_DIM = 2048
 INPUT_SIZE = 299
 
 
-class InceptionError(Exception):
+class InceptionError(FlexiditError):
     """The Inception file cannot be used (missing, wrong size or hash, unreadable); the message says how
     to get the right one."""
 

@@ -33,6 +33,7 @@ import torch
 
 from ..artifacts import atomic_path, sha256_json, sha256_state_dict
 from ..diffusion import plan
+from ..errors import FlexiditError, UsageError
 from ..training.data import to_uint8
 from .inception import FEATURE_DIM, FIDInception, load_inception
 from .metrics import (
@@ -49,11 +50,11 @@ GUIDANCE = ("cfg", "weak_to_strong", "none")
 CHUNK_SCHEMA = 1
 
 
-class EvalError(Exception):
+class EvalError(FlexiditError):
     """The evaluation cannot run for a reason the user can fix (missing data, weights, Inception file)."""
 
 
-class OptionsError(ValueError):
+class OptionsError(UsageError, ValueError):
     """Options that cannot be evaluated (a budget outside (0, 1] or below the reachable, no samples…)."""
 
 

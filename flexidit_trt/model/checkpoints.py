@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 
 from ..artifacts import atomic_path
+from ..errors import FlexiditError
 from .config import CONFIGS, DiTConfig
 from .dit import FlexiDiT, is_base_key
 
 FORMAT_TAG = "flexidit-trt/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FlexiditError, ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says exactly why."""
 
 

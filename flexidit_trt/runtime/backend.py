@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import MANIFEST_NAME, ManifestError, read_manifest
+from ..errors import FlexiditError, UsageError
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8}
 
@@ -139,13 +140,13 @@ class Backend(abc.ABC):
         """Release what the backend owns (contexts, graphs, sessions). Idempotent."""
 
 
-class RunError(Exception):
+class RunError(FlexiditError):
     """A run cannot go on for a reason the user can fix (bad input, engines missing or built for another
     GPU / version / checkpoint, out of memory); the message says which and how. The CLI prints it as
     one line."""
 
 
-class RunOptionError(RunError):
+class RunOptionError(RunError, UsageError):
     """Bad usage: an option value the run cannot take (a label outside the classes, a budget below the
     reachable one, 0 steps, a batch no engine covers...). The CLI exits with 2 for these, 1 for other
     RunErrors."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ..errors import FlexiditError
+
 
 def _cudart() -> Any:
     try:
@@ -33,7 +35,7 @@ def check(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-class CudaCallError(RuntimeError):
+class CudaCallError(FlexiditError, RuntimeError):
     """A CUDA runtime call through cuda-python failed."""
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FlexiditError
+
 CLASS_NAMES = (
     "T-shirt/top",
     "Trouser",
@@ -72,7 +74,7 @@ def default_search_path() -> tuple[Path, ...]:
     return (repo.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
 
 
-class DataError(ValueError):
+class DataError(FlexiditError, ValueError):
     """Fashion-MNIST files that are missing or damaged; the message names the file and what is wrong."""
 
 

@@ -28,6 +28,7 @@ import torch
 
 from ..artifacts import atomic_path, write_json_atomic
 from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
+from ..errors import UsageError
 from ..model import FlexiDiT, get_config, save_checkpoint
 from ..model.config import DiTConfig
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split
@@ -41,7 +42,7 @@ CHECKPOINT_NAME = "base.safetensors"
 LOSSES_NAME = "losses.json"
 
 
-class TrainError(ValueError):
+class TrainError(UsageError, ValueError):
     """Options or a run folder that cannot be used; the message says which and why."""
 
 
