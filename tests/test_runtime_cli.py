@@ -239,5 +239,7 @@ def test_precompute_modulation_reaches_the_torch_engines_and_keeps_the_samples(t
     assert not any(e["precomputed_modulation"] for e in plain_rec["backend"]["engines"])
     assert premod_rec["options"]["cli"]["precompute_modulation"] is True
     config = plain_rec["model"]["config"]
-    atol = fp32_drift(config["depth"], int(config["hidden_size"] * config["mlp_ratio"]), steps=6, cfg_scale=4.0)
+    atol = fp32_drift(
+        config["depth"], int(config["hidden_size"] * config["mlp_ratio"]), steps=6, cfg_scale=4.0
+    )
     np.testing.assert_allclose(premod, plain, rtol=0, atol=atol * float(np.abs(plain).max()))
