@@ -102,7 +102,7 @@ def load_classifier(
     if not path.is_file():
         raise FileNotFoundError(
             f"classifier weights not found: {path} (train them with benchmarks/train_default.py or "
-            "`flexidit-trt train-classifier`)"
+            f"`flexidit-trt train-classifier --out {path}`)"
         )
     try:
         with safe_open(str(path), framework="pt") as f:
