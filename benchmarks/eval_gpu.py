@@ -150,7 +150,7 @@ def projection_only(model):
 
 
 def load_models(args, ways: list[Way]) -> dict[str, object]:
-    from flexidit_trt.evaluation.run import load_model
+    from flexidit_trt.evaluation.evaluator import load_model
 
     flexified, source = load_model(args.checkpoint, (2, 4))
     models = {"flexified": flexified}
@@ -169,7 +169,7 @@ def settings_key(args) -> str:
     """What a saved run's numbers depend on besides (way, budget, seed): a run made under other settings
     (another checkpoint, sample count, step count, ...) is not reused."""
     from flexidit_trt.artifacts import sha256_file, sha256_json
-    from flexidit_trt.evaluation.run import default_checkpoint
+    from flexidit_trt.evaluation.evaluator import default_checkpoint
     from flexidit_trt.training.classifier import DEFAULT_CLASSIFIER
 
     settings = {
@@ -198,7 +198,7 @@ def save_run(path: Path, result, grid, meta: dict) -> None:
 
 def load_runs(args):
     """The saved runs made under the current settings."""
-    from flexidit_trt.evaluation.run import RunResult
+    from flexidit_trt.evaluation.results import RunResult
 
     runs = {}
     for path in sorted((args.state / "runs").glob(f"*_{args.settings}.npz")):
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
 def evaluate_all(args, start: float, say) -> None:
     """The pending runs, on one GPU or, under torchrun, on all of a host's (each rank samples its share of
     every run's chunks; rank 0 gathers, scores, saves and writes)."""
-    from flexidit_trt.evaluation.run import all_agree, distributed
+    from flexidit_trt.evaluation.distributed import all_agree, distributed
 
     with distributed(None) as ctx:
         if args.import_runs and ctx.is_main:
@@ -258,7 +258,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
     import torch
     from tqdm import tqdm
 
-    from flexidit_trt.evaluation.run import EvalOptions, Evaluator, Scorer
+    from flexidit_trt.evaluation import EvalOptions, Evaluator, Scorer
 
     args.settings = settings_key(args)
     only = parse_only(args.only)
@@ -363,7 +363,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
 def write_outputs(args, saved: dict, left: list, say) -> None:
     from flexidit_trt.artifacts import write_bytes_atomic, write_json_atomic
     from flexidit_trt.evaluation.report import markdown, plot_png, report_dict, sheet_png
-    from flexidit_trt.evaluation.run import EvalReport
+    from flexidit_trt.evaluation.results import EvalReport
 
     if not saved:
         say("no finished runs yet")

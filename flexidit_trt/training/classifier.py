@@ -162,7 +162,7 @@ def train_classifier(options: ClassifierOptions) -> ClassifierResult:
     from tqdm.auto import tqdm
 
     from .data import load_split
-    from .train import TrainError, resolve_device
+    from .loop import TrainError, resolve_device
 
     if options.epochs < 1 or options.batch_size < 1 or not options.lr > 0 or options.width < 1:
         raise TrainError(

@@ -36,8 +36,8 @@ from ..model.config import DiTConfig
 from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
 from .data import load_split
+from .loop import BatchSchedule, TrainError, check_options, resolve_device
 from .sampling import SampleOptions, sample_images
-from .train import BatchSchedule, TrainError, check_options, resolve_device
 
 TIMESTEP_MODES = ("weak", "all")
 

@@ -13,29 +13,27 @@ With `resume_dir`, each finished chunk is saved (atomically) under a key of ever
 content, and found again by a later call — with any number of GPUs — so a long evaluation can run as a
 series of time-limited calls (`deadline`).
 
-    torchrun --nproc_per_node 8 -m flexidit_trt.evaluation.run --budgets 1.0,0.5 --out eval/
+    torchrun --nproc_per_node 8 -m flexidit_trt eval --budgets 1.0,0.5 --out eval/
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import time
-import zipfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..artifacts import atomic_path, sha256_json, sha256_state_dict
+from ..artifacts import sha256_json, sha256_state_dict
 from ..diffusion import plan
-from ..errors import FlexiditError, UsageError
 from ..training.data import to_uint8
-from .inception import FEATURE_DIM, FIDInception, load_inception
+from .chunks import CHUNK_SCHEMA, _chunk_seed, _grid_samples, _read_chunk, _write_chunk
+from .distributed import Distributed, _pick_device, all_agree, distributed, gather_rows
+from .inception import FEATURE_DIM
 from .metrics import (
     class_accuracy,
     feature_stats,
@@ -43,238 +41,10 @@ from .metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from .reference_stats import PROTOCOL, ReferenceSet, generated_to_uint8, reference_set
-
-DEFAULT_BUDGETS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3)
-GUIDANCE = ("cfg", "weak_to_strong", "none")
-CHUNK_SCHEMA = 1
-
-
-class EvalError(FlexiditError):
-    """The evaluation cannot run for a reason the user can fix (missing data, weights, Inception file)."""
-
-
-class OptionsError(UsageError, ValueError):
-    """Options that cannot be evaluated (a budget outside (0, 1] or below the reachable, no samples…)."""
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """Everything an evaluation depends on besides the model. `validate()` says what is wrong, if anything."""
-
-    budgets: tuple[float, ...] = DEFAULT_BUDGETS
-    num_samples: int = 10_000
-    guidance: str = "cfg"  # the planner's names: cfg | weak_to_strong | none
-    cfg_scale: float = 1.5  # DiT's FID setting
-    steps: int = 250
-    sampler: str = "ddpm"
-    seed: int = 0
-    repeat_seeds: int = 1  # > 1: budget 1.0 again with seeds seed+1, …, to show the seed-to-seed spread
-    batch_size: int = 250
-    patch_sizes: tuple[int, ...] = (2, 4)
-    backend: str = "auto"
-    precision: str | None = None  # None: the Pipeline's default
-    device: str | None = None  # None: cuda (this rank's GPU) when there is one, else cpu
-    label: str | None = None  # the series name in tables and plots (default: the guidance)
-    data_dir: Path | None = None
-    cache_dir: Path | None = None  # reference features (default ~/.cache/flexidit-trt)
-    resume_dir: Path | None = None  # finished chunks; None: nothing kept between calls
-    inception: Path | None = None  # a copy of default_1.pt (default: the installed package's)
-    classifier: Path | None = None  # default: the committed weights
-    reference_count: int | None = None  # test images in the reference (None: all 10,000)
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    pr_k: int = 3
-    grid_per_class: int = 8
-    progress: bool = True
-    deadline: float | None = None  # time.monotonic() after which no new chunk starts
-
-    def validate(self) -> None:
-        problems = []
-        if not self.budgets:
-            problems.append("give at least one budget")
-        bad = [b for b in self.budgets if not 0.0 < b <= 1.0]
-        if bad:
-            problems.append(f"budgets must be fractions of the static compute in (0, 1], got {list(bad)}")
-        if self.num_samples < 1:
-            problems.append(f"num_samples must be >= 1, got {self.num_samples}")
-        elif self.num_samples <= self.pr_k:
-            problems.append(
-                f"num_samples must be > {self.pr_k} (the k of k-NN precision/recall), got {self.num_samples}"
-            )
-        if self.reference_count is not None and self.reference_count <= self.pr_k:
-            problems.append(
-                f"reference_count must be > {self.pr_k} (k-NN precision/recall), got {self.reference_count}"
-            )
-        if self.guidance not in GUIDANCE:
-            problems.append(f"guidance must be one of {', '.join(GUIDANCE)}, got {self.guidance!r}")
-        for name in ("steps", "batch_size", "repeat_seeds", "kid_subsets", "kid_subset_size", "pr_k"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.repeat_seeds > 1 and 1.0 not in self.budgets:
-            problems.append("repeat_seeds > 1 repeats budget 1.0: add 1.0 to the budgets")
-        if problems:
-            raise OptionsError("; ".join(problems))
-
-    @property
-    def series(self) -> str:
-        return self.label or self.guidance
-
-    def runs(self) -> list[tuple[float, int]]:
-        """(budget, seed) of every run, in order: each budget with `seed`, then the seed repeats of 1.0."""
-        runs = [(b, self.seed) for b in self.budgets]
-        runs += [(1.0, self.seed + i) for i in range(1, self.repeat_seeds)]
-        return runs
-
-
-@dataclass
-class RunResult:
-    """One (series, budget, seed): the plan's compute and every metric, JSON-ready."""
-
-    series: str
-    guidance: str
-    cfg_scale: float
-    budget: float
-    seed: int
-    achieved_fraction: float
-    plan: str
-    steps: int
-    num_samples: int
-    fid: float
-    kid: float
-    kid_std: float
-    precision: float
-    recall: float
-    class_accuracy: float
-    generate_seconds: float  # sampling time summed over chunks (and GPUs)
-    images_per_second: float  # per GPU: num_samples / generate_seconds
-
-
-@dataclass
-class EvalReport:
-    """What rank 0 writes: the runs, the provenance, and the samples for the grids (not in the JSON)."""
-
-    runs: list[RunResult] = field(default_factory=list)
-    meta: dict = field(default_factory=dict)
-    grids: dict[tuple[str, float, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    complete: bool = True
-
-
-# -- distribution ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Distributed:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@contextlib.contextmanager
-def distributed(device: str | None = None) -> Iterator[Distributed]:
-    """This process's place: rank and world from torchrun's environment (one process without it).
-
-    Joins the process group (NCCL on GPUs, gloo on CPU) if it is not joined yet, and leaves it after.
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield Distributed(0, 1, _pick_device(device, 0))
-        return
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local)
-    joined = not dist.is_initialized()
-    if joined:
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    try:
-        yield Distributed(rank, world, dev)
-    finally:
-        if joined:
-            dist.destroy_process_group()
-
-
-def _pick_device(device: str | None, local_rank: int) -> torch.device:
-    if device is None:
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OptionsError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"device {device}: no CUDA device is visible to torch")
-    return torch.device(f"cuda:{local_rank}") if dev.type == "cuda" and dev.index is None else dev
-
-
-def gather_rows(rows: torch.Tensor, ctx: Distributed) -> torch.Tensor | None:
-    """Every rank's rows [n_r, ...] concatenated in rank order on rank 0 (CPU); None on the others."""
-    if ctx.world == 1:
-        return rows.cpu()
-    import torch.distributed as dist
-
-    # all_gather needs one shape: pad to the longest, then cut each part back to its length.
-    comm = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    count = torch.tensor([rows.shape[0]], device=comm)
-    counts = [torch.zeros_like(count) for _ in range(ctx.world)]
-    dist.all_gather(counts, count)
-    longest = int(max(c.item() for c in counts))
-    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=comm)
-    padded[: rows.shape[0]] = rows.to(comm)
-    parts = [torch.empty_like(padded) for _ in range(ctx.world)]
-    dist.all_gather(parts, padded)
-    if not ctx.is_main:
-        return None
-    return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts, strict=True)]).cpu()
-
-
-def all_agree(flag: bool, ctx: Distributed) -> bool:
-    """True on every rank iff `flag` is true on every rank."""
-    if ctx.world == 1:
-        return flag
-    import torch.distributed as dist
-
-    comm = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    value = torch.tensor([int(flag)], device=comm)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
-# -- the evaluation ----------------------------------------------------------------------------------------
-@dataclass
-class Scorer:
-    """What scores every run, loaded once and shared by every model evaluated in a process: the Inception
-    network, the classifier and (rank 0) the reference set."""
-
-    inception: FIDInception
-    classifier: torch.nn.Module
-    reference: ReferenceSet | None  # rank 0 only
-
-    @classmethod
-    def load(cls, options: EvalOptions, ctx: Distributed) -> Scorer:
-        from ..training.classifier import load_classifier
-
-        inception = load_inception(options.inception, ctx.device)
-        try:
-            classifier = load_classifier(options.classifier, ctx.device)
-        except (FileNotFoundError, ValueError) as err:
-            raise EvalError(str(err)) from None
-        reference, error = None, None
-        if ctx.is_main:  # the others wait: a failure here must not leave them hanging in a collective
-            try:
-                reference = reference_set(
-                    inception, options.data_dir, options.cache_dir, options.reference_count
-                )
-            except (FileNotFoundError, ValueError, OSError) as err:
-                error = err
-        if not all_agree(error is None, ctx):
-            raise EvalError(
-                f"reference set: {error}" if ctx.is_main else "rank 0 could not make the reference set"
-            )
-        return cls(inception, classifier, reference)
+from .options import EvalError, EvalOptions, OptionsError
+from .reference_stats import PROTOCOL, generated_to_uint8
+from .results import EvalReport, RunResult
+from .scoring import Scorer
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike | None, options: EvalOptions) -> EvalReport | None:
@@ -560,53 +330,3 @@ def _sample(pipe, labels: np.ndarray, budget: float, seed: int, options: EvalOpt
         progress=False,
     )
     return np.asarray(result.samples, dtype=np.float32)
-
-
-def _chunk_seed(seed: int, chunk: int) -> int:
-    # Independent streams per chunk, fixed by (seed, chunk) alone: the same on any number of GPUs.
-    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
-
-
-def _read_chunk(folder: Path | None, chunk: int, expected: int) -> dict | None:
-    if folder is None:
-        return None
-    path = folder / f"chunk{chunk:05d}.npz"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            part = {k: data[k] for k in data.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # absent or damaged: make it again
-    return part if part["index"].shape[0] == expected else None
-
-
-def _write_chunk(folder: Path | None, chunk: int, part: dict) -> None:
-    if folder is None:
-        return
-    with atomic_path(folder / f"chunk{chunk:05d}.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **part)
-
-
-def _grid_samples(parts: list[dict], per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `per_class` samples of each class from rank 0's first chunks (chunk 0 holds every class)."""
-    chosen: dict[int, list[np.ndarray]] = {}
-    for part in parts:
-        for image, label in zip(part["samples"], part["labels"], strict=True):
-            bucket = chosen.setdefault(int(label), [])
-            if len(bucket) < per_class:
-                bucket.append(image)
-        if all(len(chosen.get(k, [])) >= per_class for k in range(10)):
-            break
-    labels = sorted(chosen)
-    images = np.stack([img for k in labels for img in chosen[k]])
-    return images, np.array([k for k in labels for _ in chosen[k]])
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m flexidit_trt.evaluation.run …` (e.g. under torchrun): the `flexidit-trt eval` command."""
-    from ..cli.eval import eval_command
-
-    eval_command.main(args=argv, prog_name="flexidit_trt.evaluation.run")
-
-
-if __name__ == "__main__":
-    main()
