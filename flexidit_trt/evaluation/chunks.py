@@ -14,12 +14,12 @@ from ..artifacts import atomic_path
 CHUNK_SCHEMA = 1
 
 
-def _chunk_seed(seed: int, chunk: int) -> int:
+def chunk_seed(seed: int, chunk: int) -> int:
     # Independent streams per chunk, fixed by (seed, chunk) alone: the same on any number of GPUs.
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
-def _read_chunk(folder: Path | None, chunk: int, expected: int) -> dict | None:
+def read_chunk(folder: Path | None, chunk: int, expected: int) -> dict | None:
     if folder is None:
         return None
     path = folder / f"chunk{chunk:05d}.npz"
@@ -31,14 +31,14 @@ def _read_chunk(folder: Path | None, chunk: int, expected: int) -> dict | None:
     return part if part["index"].shape[0] == expected else None
 
 
-def _write_chunk(folder: Path | None, chunk: int, part: dict) -> None:
+def write_chunk(folder: Path | None, chunk: int, part: dict) -> None:
     if folder is None:
         return
     with atomic_path(folder / f"chunk{chunk:05d}.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **part)
 
 
-def _grid_samples(parts: list[dict], per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def grid_samples(parts: list[dict], per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to `per_class` samples of each class from rank 0's first chunks (chunk 0 holds every class)."""
     chosen: dict[int, list[np.ndarray]] = {}
     for part in parts:

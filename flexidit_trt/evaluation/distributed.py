@@ -35,10 +35,10 @@ def distributed(device: str | None = None) -> Iterator[Distributed]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        yield Distributed(0, 1, _pick_device(device, 0))
+        yield Distributed(0, 1, pick_device(device, 0))
         return
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local)
+    dev = pick_device(device, local)
     joined = not dist.is_initialized()
     if joined:
         if dev.type == "cuda":
@@ -51,7 +51,7 @@ def distributed(device: str | None = None) -> Iterator[Distributed]:
             dist.destroy_process_group()
 
 
-def _pick_device(device: str | None, local_rank: int) -> torch.device:
+def pick_device(device: str | None, local_rank: int) -> torch.device:
     if device is None:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:

@@ -31,25 +31,17 @@ import torch
 from ..artifacts import sha256_json, sha256_state_dict
 from ..diffusion import plan
 from ..training.data import to_uint8
-from .chunks import CHUNK_SCHEMA, _chunk_seed, _grid_samples, _read_chunk, _write_chunk
-from .distributed import Distributed, _pick_device, all_agree, distributed, gather_rows
+from .chunks import CHUNK_SCHEMA, chunk_seed, grid_samples, read_chunk, write_chunk
+from .distributed import Distributed, all_agree, distributed, gather_rows, pick_device
 from .inception import FEATURE_DIM
-from .metrics import (
-    class_accuracy,
-    feature_stats,
-    frechet_distance,
-    kernel_inception_distance,
-    precision_recall,
-)
 from .options import EvalError, EvalOptions, OptionsError
 from .reference_stats import PROTOCOL, generated_to_uint8
-from .results import EvalReport, RunResult
+from .results import EvalReport
 from .scoring import Scorer
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike | None, options: EvalOptions) -> EvalReport | None:
     """Load the checkpoint (default: the packaged model) and evaluate it; the report on rank 0, else None."""
-    options.validate()
     model, source = load_model(checkpoint, options.patch_sizes)
     with distributed(options.device) as ctx:
         report = evaluate(model, options, ctx)
@@ -117,8 +109,7 @@ class Evaluator:
     ):
         from ..runtime import Pipeline
 
-        options.validate()
-        self.ctx = ctx or Distributed(0, 1, _pick_device(options.device, 0))
+        self.ctx = ctx or Distributed(0, 1, pick_device(options.device, 0))
         missing = sorted(set(options.patch_sizes) - set(model.patch_sizes))
         if missing:
             raise EvalError(f"the model has patch sizes {list(model.patch_sizes)}, not {missing}")
@@ -202,13 +193,13 @@ class Evaluator:
         for c in range(ctx.rank, self.chunks_per_run, ctx.world):
             # Chunk c holds samples [c·b, min(n, (c+1)·b)): a saved one is reused when its size matches.
             lo, hi = c * b, min(n, (c + 1) * b)
-            part = _read_chunk(folder, c, hi - lo)
+            part = read_chunk(folder, c, hi - lo)
             if part is None:
                 if options.deadline is not None and time.monotonic() > options.deadline:
                     stopped = True
                     break
                 part = self._make_chunk(lo, hi, seed, c, budget, run_plan)
-                _write_chunk(folder, c, part)
+                write_chunk(folder, c, part)
             parts.append(part)
             if bar is not None:
                 bar.update(min(ctx.world, self.chunks_per_run - c))
@@ -228,8 +219,10 @@ class Evaluator:
             return True, None
         order = torch.argsort(index)
         index, predicted, features = index[order].numpy(), predicted[order].numpy(), features[order].numpy()
-        result = self._score(budget, seed, run_plan, index, predicted, features, float(seconds.sum()))
-        return True, (result, _grid_samples(parts, options.grid_per_class))
+        result = self.scorer.score(
+            options, budget, seed, run_plan, index, predicted, features, float(seconds.sum())
+        )
+        return True, (result, grid_samples(parts, options.grid_per_class))
 
     def meta(self) -> dict:
         options, ctx = self.options, self.ctx
@@ -257,7 +250,7 @@ class Evaluator:
     def _make_chunk(self, lo: int, hi: int, seed: int, chunk: int, budget: float, run_plan) -> dict:
         labels = np.arange(lo, hi) % 10
         start = time.perf_counter()
-        samples = _sample(self.pipe, labels, budget, _chunk_seed(seed, chunk), self.options)
+        samples = _sample(self.pipe, labels, budget, chunk_seed(seed, chunk), self.options)
         seconds = time.perf_counter() - start
         images = torch.as_tensor(samples, dtype=torch.float32)
         inception, classifier = self.scorer.inception, self.scorer.classifier
@@ -273,33 +266,6 @@ class Evaluator:
             "plan": np.asarray(run_plan.patch_per_step, dtype=np.int64),
             "seed": np.int64(seed),
         }
-
-    def _score(self, budget, seed, run_plan, index, predicted, features, seconds) -> RunResult:
-        options, ref = self.options, self.scorer.reference
-        device = self.scorer.inception.device
-        kid = kernel_inception_distance(
-            features, ref.features, options.kid_subsets, options.kid_subset_size, seed=seed, device=device
-        )
-        pr = precision_recall(features, ref.features, k=options.pr_k, device=device)
-        return RunResult(
-            series=options.series,
-            guidance=options.guidance,
-            cfg_scale=options.cfg_scale,
-            budget=budget,
-            seed=seed,
-            achieved_fraction=run_plan.achieved_fraction,
-            plan=run_plan.describe(),
-            steps=options.steps,
-            num_samples=int(features.shape[0]),
-            fid=frechet_distance(feature_stats(features), ref.stats),
-            kid=kid.mean,
-            kid_std=kid.std,
-            precision=pr.precision,
-            recall=pr.recall,
-            class_accuracy=class_accuracy(predicted, index % 10),
-            generate_seconds=seconds,
-            images_per_second=features.shape[0] / seconds if seconds > 0 else float("nan"),
-        )
 
 
 def _jsonable(obj):

@@ -21,7 +21,8 @@ class OptionsError(UsageError, ValueError):
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """Everything an evaluation depends on besides the model. `validate()` says what is wrong, if anything."""
+    """Everything an evaluation depends on besides the model; checked when made (OptionsError says what
+    is wrong), so whatever holds one holds valid options."""
 
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     num_samples: int = 10_000
@@ -49,6 +50,9 @@ class EvalOptions:
     grid_per_class: int = 8
     progress: bool = True
     deadline: float | None = None  # time.monotonic() after which no new chunk starts
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         problems = []

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from ..diffusion import Plan
 from .distributed import Distributed, all_agree
 from .inception import FIDInception, load_inception
+from .metrics import (
+    class_accuracy,
+    feature_stats,
+    frechet_distance,
+    kernel_inception_distance,
+    precision_recall,
+)
 from .options import EvalError, EvalOptions
 from .reference_stats import ReferenceSet, reference_set
+from .results import RunResult
 
 
 @dataclass
@@ -43,3 +53,40 @@ class Scorer:
                 f"reference set: {error}" if ctx.is_main else "rank 0 could not make the reference set"
             )
         return cls(inception, classifier, reference)
+
+    def score(
+        self,
+        options: EvalOptions,
+        budget: float,
+        seed: int,
+        run_plan: Plan,
+        index: np.ndarray,
+        predicted: np.ndarray,
+        features: np.ndarray,
+        seconds: float,
+    ) -> RunResult:
+        """One run's metrics (rank 0): its samples' features and predicted classes in sample order."""
+        ref, device = self.reference, self.inception.device
+        kid = kernel_inception_distance(
+            features, ref.features, options.kid_subsets, options.kid_subset_size, seed=seed, device=device
+        )
+        pr = precision_recall(features, ref.features, k=options.pr_k, device=device)
+        return RunResult(
+            series=options.series,
+            guidance=options.guidance,
+            cfg_scale=options.cfg_scale,
+            budget=budget,
+            seed=seed,
+            achieved_fraction=run_plan.achieved_fraction,
+            plan=run_plan.describe(),
+            steps=options.steps,
+            num_samples=int(features.shape[0]),
+            fid=frechet_distance(feature_stats(features), ref.stats),
+            kid=kid.mean,
+            kid_std=kid.std,
+            precision=pr.precision,
+            recall=pr.recall,
+            class_accuracy=class_accuracy(predicted, index % 10),
+            generate_seconds=seconds,
+            images_per_second=features.shape[0] / seconds if seconds > 0 else float("nan"),
+        )
