@@ -4,7 +4,6 @@ checks of the loop options, the device, and the batch schedule that makes a resu
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
 
@@ -15,29 +14,34 @@ class TrainError(UsageError, ValueError):
     """Options or a run folder that cannot be used; the message says which and why."""
 
 
-class LoopOptions(Protocol):
-    """The options every training loop has."""
+class LoopOptions:
+    """Base of a training loop's options (a frozen dataclass with these four fields): checked when made,
+    first what every loop shares (steps, time box, batch, lr), then the subclass's own `checks()`."""
 
     steps: int
     minutes: float | None
     batch_size: int
     lr: float
 
+    def __post_init__(self) -> None:
+        self.validate()
 
-def check_options(options: LoopOptions, checks: list[tuple[bool, str]]) -> None:
-    """TrainError listing every failed check: the loop checks (steps, time box, batch, lr) that
-    training and flexify share, then `checks` (ok, message) of the caller's own options."""
-    o = options
-    checks = [
-        (o.steps >= 1, f"steps must be >= 1, got {o.steps}"),
-        (o.minutes is None or o.minutes > 0, f"minutes must be > 0, got {o.minutes}"),
-        (o.batch_size >= 1, f"batch size must be >= 1, got {o.batch_size}"),
-        (o.lr > 0 and math.isfinite(o.lr), f"lr must be a positive number, got {o.lr}"),
-        *checks,
-    ]
-    problems = [msg for ok, msg in checks if not ok]
-    if problems:
-        raise TrainError("; ".join(problems))
+    def validate(self) -> None:
+        """TrainError listing every failed check."""
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.minutes is None or self.minutes > 0, f"minutes must be > 0, got {self.minutes}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            *self.checks(),
+        ]
+        problems = [msg for ok, msg in checks if not ok]
+        if problems:
+            raise TrainError("; ".join(problems))
+
+    def checks(self) -> list[tuple[bool, str]]:
+        """(ok, message) of the subclass's own fields."""
+        return []
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -29,7 +29,7 @@ from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
 from ..model import FlexiDiT, get_config, save_checkpoint
 from ..model.config import DiTConfig
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split
-from .loop import BatchSchedule, TrainError, check_options, resolve_device
+from .loop import BatchSchedule, LoopOptions, TrainError, resolve_device
 from .losses import DiffusionLoss
 
 STATE_NAME = "state.pt"
@@ -37,8 +37,8 @@ CHECKPOINT_NAME = "base.safetensors"
 LOSSES_NAME = "losses.json"
 
 
-@dataclass
-class TrainOptions:
+@dataclass(frozen=True)
+class TrainOptions(LoopOptions):
     """Everything a base-training run depends on. Defaults are the embedded model's recipe.
 
     lr 3e-4 (DiT uses 1e-4 for 33-675 M parameters over 400 K steps; a 3 M-parameter model trained for
@@ -87,22 +87,19 @@ class TrainOptions:
         "seed",
     )
 
-    def validate(self) -> None:
-        check_options(
-            self,
-            [
-                (self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}"),
-                (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-                (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
-                (
-                    0 < self.class_dropout < 1,
-                    f"class dropout must be in (0, 1) (the null class serves CFG), got {self.class_dropout}",
-                ),
-                (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
-                (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-                (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            ],
-        )
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
+            (
+                0 < self.class_dropout < 1,
+                f"class dropout must be in (0, 1) (the null class serves CFG), got {self.class_dropout}",
+            ),
+            (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+        ]
 
     def model_config(self) -> DiTConfig:
         overrides = {
@@ -145,7 +142,6 @@ class TrainResult:
 
 def train(options: TrainOptions) -> TrainResult:
     """Train (or resume) the base model; writes the run folder and returns where the weights are."""
-    options.validate()
     device = resolve_device(options.device)
     out = Path(options.out)
     state_path = out / STATE_NAME
