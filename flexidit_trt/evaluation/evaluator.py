@@ -24,20 +24,25 @@ import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..artifacts import sha256_json, sha256_state_dict
-from ..diffusion import plan
+from ..diffusion import Plan, plan
+from ..model import FlexiDiT
 from ..training.data import to_uint8
 from .chunks import CHUNK_SCHEMA, chunk_seed, grid_samples, read_chunk, write_chunk
 from .distributed import Distributed, all_agree, distributed, gather_rows, pick_device
 from .inception import FEATURE_DIM
 from .options import EvalError, EvalOptions, OptionsError
 from .reference_stats import PROTOCOL, generated_to_uint8
-from .results import EvalReport
+from .results import EvalReport, RunResult
 from .scoring import Scorer
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike | None, options: EvalOptions) -> EvalReport | None:
@@ -50,7 +55,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike | None, options: EvalOptio
     return report
 
 
-def load_model(checkpoint: str | os.PathLike | None, patch_sizes: tuple[int, ...]):
+def load_model(checkpoint: str | os.PathLike | None, patch_sizes: tuple[int, ...]) -> tuple[FlexiDiT, str]:
     """The model with at least `patch_sizes`, and where it came from; EvalError when it lacks one."""
     from ..model import CheckpointError, load_checkpoint
 
@@ -79,7 +84,7 @@ def default_checkpoint() -> Path:
         raise EvalError(str(err)) from None
 
 
-def evaluate(model, options: EvalOptions, ctx: Distributed | None = None) -> EvalReport | None:
+def evaluate(model: FlexiDiT, options: EvalOptions, ctx: Distributed | None = None) -> EvalReport | None:
     """Evaluate `model` at every run of `options`; the report on rank 0 (complete=False if the deadline
     stopped it: run it again with the same resume_dir to go on), None on the other ranks."""
     evaluator = Evaluator(model, options, ctx)
@@ -105,8 +110,12 @@ class Evaluator:
     """
 
     def __init__(
-        self, model, options: EvalOptions, ctx: Distributed | None = None, scorer: Scorer | None = None
-    ):
+        self,
+        model: FlexiDiT,
+        options: EvalOptions,
+        ctx: Distributed | None = None,
+        scorer: Scorer | None = None,
+    ) -> None:
         from ..runtime import Pipeline
 
         self.ctx = ctx or Distributed(0, 1, pick_device(options.device, 0))
@@ -140,14 +149,14 @@ class Evaluator:
     def chunks_per_run(self) -> int:
         return math.ceil(self.options.num_samples / self.options.batch_size)
 
-    def progress_bar(self, total: int):
+    def progress_bar(self, total: int) -> tqdm:
         from tqdm import tqdm
 
         return tqdm(
             total=total, desc="eval", unit="chunk", disable=not (self.options.progress and self.ctx.is_main)
         )
 
-    def plan_for(self, budget: float):
+    def plan_for(self, budget: float) -> Plan:
         if budget not in self.plans:
             self.plans[budget] = plan(budget, self.options.steps, self.macs, self.options.guidance)
         return self.plans[budget]
@@ -161,7 +170,9 @@ class Evaluator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def run(self, budget: float, seed: int, bar=None):
+    def run(
+        self, budget: float, seed: int, bar: tqdm | None = None
+    ) -> tuple[bool, tuple[RunResult, tuple[np.ndarray, np.ndarray]] | None]:
         """One (budget, seed): this rank's chunks, gathered. Returns (finished, (result, grid) on rank 0
         else None); finished is False on every rank when any rank reached the deadline."""
         options, ctx = self.options, self.ctx

@@ -246,7 +246,7 @@ def distillation_loss(
     ranges: dict[int, tuple[int, int]],
     gen: torch.Generator,
     options: FlexifyOptions,
-    autocast,
+    autocast: torch.autocast,
 ) -> torch.Tensor:
     """Sum over weak sizes of MSE(student at q, teacher at the base patch), whole output, same x_t, t, y."""
     cfg = model.config
@@ -286,7 +286,7 @@ def distillation_error(
     y: torch.Tensor,
     ranges: dict[int, tuple[int, int]],
     seed: int,
-    autocast,
+    autocast: torch.autocast,
     batch_size: int = 500,
 ) -> dict[str, dict[str, float]]:
     """Mean squared student−teacher difference of the whole output on fixed held-out inputs, per weak
