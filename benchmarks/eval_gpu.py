@@ -1,4 +1,4 @@
-"""The full quality-against-compute evaluation of issue 8, on one GPU, resumable across device calls.
+"""The full quality-against-compute evaluation, on one GPU, resumable across device calls.
 
     python3 benchmarks/eval_gpu.py OUT_DIR [--checkpoint FLEX] [--base BASE] [--inception PATH] [--data DIR]
                                    [--state DIR] [--only WAY[:BUDGET],...] [--time-limit S] [...]
@@ -14,9 +14,9 @@ Three ways, 10,000 samples per run, 250 DDPM steps, budgets 1.0 (seeds 0 and 1),
 The base model's own quality is the flexify way at budget 1.0 (FID, class accuracy).
 
 Order: the base quality (flexify at 1.0), budgets 0.5 and 0.6 of every way and the seed repeat come
-first (about half the compute), then the rest, so that a session cut short keeps what matters most.
+first (about half the compute), then the rest, so that a call cut short keeps what matters most.
 
-Expected cost (computed from the config, not measured on a GPU yet): dit_fmnist (depth 6, hidden 160,
+Expected cost (computed from the config): dit_fmnist (depth 6, hidden 160,
 256 tokens at p2) is 0.599 GMAC per image forward at p2 and 0.127 at p4 (ratio 0.213). A static run of
 10,000 samples × 250 steps × 2 forwards (CFG) is 2·0.599e9·2·250·1e4 = 6.0 PFLOP; the 19 runs here add
 up to 10.1 static runs (the budgets' achieved fractions; w2s's shared 0.75 counted once) = 61 PFLOP.
@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 BUDGETS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3)
-TARGETS = {0.5: 0.05, 0.6: 0.02}  # the issue's: FID within 5% of budget 1.0 at 0.5, within 2% at 0.6
+TARGETS = {0.5: 0.05, 0.6: 0.02}  # FID within 5% of budget 1.0's at budget 0.5, within 2% at 0.6
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Way:
     budgets: tuple[float, ...]
 
 
-# The order runs are made in, so that a session cut short has what matters most: the base quality, the
+# The order runs are made in, so that a call cut short has what matters most: the base quality, the
 # target budgets of every way and the seed repeat first (about half the compute), then the rest.
 FIRST = [
     ("flexify", 1.0, 0),
@@ -150,7 +150,7 @@ def projection_only(model):
 
 
 def load_models(args, ways: list[Way]) -> dict[str, object]:
-    from flexidit_trt.evaluation.run import load_model
+    from flexidit_trt.evaluation.evaluator import load_model
 
     flexified, source = load_model(args.checkpoint, (2, 4))
     models = {"flexified": flexified}
@@ -169,7 +169,7 @@ def settings_key(args) -> str:
     """What a saved run's numbers depend on besides (way, budget, seed): a run made under other settings
     (another checkpoint, sample count, step count, ...) is not reused."""
     from flexidit_trt.artifacts import sha256_file, sha256_json
-    from flexidit_trt.evaluation.run import default_checkpoint
+    from flexidit_trt.evaluation.evaluator import default_checkpoint
     from flexidit_trt.training.classifier import DEFAULT_CLASSIFIER
 
     settings = {
@@ -198,7 +198,7 @@ def save_run(path: Path, result, grid, meta: dict) -> None:
 
 def load_runs(args):
     """The saved runs made under the current settings."""
-    from flexidit_trt.evaluation.run import RunResult
+    from flexidit_trt.evaluation.results import RunResult
 
     runs = {}
     for path in sorted((args.state / "runs").glob(f"*_{args.settings}.npz")):
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
 def evaluate_all(args, start: float, say) -> None:
     """The pending runs, on one GPU or, under torchrun, on all of a host's (each rank samples its share of
     every run's chunks; rank 0 gathers, scores, saves and writes)."""
-    from flexidit_trt.evaluation.run import all_agree, distributed
+    from flexidit_trt.evaluation.distributed import all_agree, distributed
 
     with distributed(None) as ctx:
         if args.import_runs and ctx.is_main:
@@ -258,7 +258,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
     import torch
     from tqdm import tqdm
 
-    from flexidit_trt.evaluation.run import EvalOptions, Evaluator, Scorer
+    from flexidit_trt.evaluation import EvalOptions, Evaluator, Scorer
 
     args.settings = settings_key(args)
     only = parse_only(args.only)
@@ -363,7 +363,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
 def write_outputs(args, saved: dict, left: list, say) -> None:
     from flexidit_trt.artifacts import write_bytes_atomic, write_json_atomic
     from flexidit_trt.evaluation.report import markdown, plot_png, report_dict, sheet_png
-    from flexidit_trt.evaluation.run import EvalReport
+    from flexidit_trt.evaluation.results import EvalReport
 
     if not saved:
         say("no finished runs yet")
@@ -438,7 +438,7 @@ def _first(grid: tuple[np.ndarray, np.ndarray], per_class: int) -> tuple[np.ndar
 
 
 def targets_text(report, static) -> str:
-    """The issue's targets, per way, against the static model (flexify at budget 1.0, CFG)."""
+    """The TARGETS, per way, against the static model (flexify at budget 1.0, CFG)."""
     if static is None:
         return ""
     lines = [

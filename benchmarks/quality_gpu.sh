@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quality work of issue 8 on the device machine, in back-to-back calls that carry the FID Inception
+# The quality evaluation on the device machine, in back-to-back calls that carry the FID Inception
 # file in parts (prepare them here with `bash benchmarks/carry_inception.sh`, 3 parts of <= 31 MiB):
 #
 #   call 1:  bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES]   carry .carry/fid1 .data

@@ -13,5 +13,5 @@ def free_port() -> int:
 
 
 def as_torchrun_rank(rank: int, world: int, port: int) -> None:
-    """The environment torchrun gives rank `rank` of `world` (read by evaluation.run.distributed)."""
+    """The environment torchrun gives rank `rank` of `world` (read by evaluation.distributed.distributed)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))

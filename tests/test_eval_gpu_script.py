@@ -1,6 +1,6 @@
 """benchmarks/eval_gpu.py on the CPU, tiny: the projection-only model, one run end to end, and resuming on
-a fresh state folder from the runs.tar a call returns (what the lead does when the device machine went
-cold between calls). The full evaluation itself runs on a GPU."""
+a fresh state folder from the runs.tar a call returns (as when the device machine went cold between
+calls). The full evaluation itself runs on a GPU."""
 
 from __future__ import annotations
 
@@ -21,16 +21,8 @@ from flexidit_trt.training.data import DataError, find_data_dir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import eval_gpu  # noqa: E402
 
-TINY = DiTConfig(
-    depth=1,
-    hidden_size=32,
-    num_heads=2,
-    in_channels=1,
-    input_size=32,
-    num_classes=10,
-    patch_sizes=(2, 4),
-    lora_rank=2,
-)
+TINY = DiTConfig(depth=1, hidden_size=32, num_heads=2, in_channels=1, input_size=32, num_classes=10)
+TINY = TINY.replace(patch_sizes=(2, 4), lora_rank=2)
 
 
 def _flexified(seed: int = 0) -> FlexiDiT:
@@ -121,7 +113,7 @@ def test_one_run_then_resume_from_runs_tar(tmp_path):
     assert "(2 processes)" in log and log.count("== eval_gpu") == 1  # rank 1 writes nothing
     written = json.loads((two / "results.json").read_text())
     runs = written["runs"]
-    # How many processes sampled is in the report (the H200 run's table said "1 ×" for two GPUs).
+    # How many processes sampled is in the report.
     assert written["meta"]["world_size"] == 2 and first["meta"]["world_size"] == 1
     assert "; 2 × cpu." in (two / "results.md").read_text()
     # The same chunks; only CPU float summation order differs (one thread per worker here): FID moved 4e-8.

@@ -23,8 +23,11 @@ from dist_helpers import as_torchrun_rank, free_port
 
 from flexidit_trt.cli import main
 from flexidit_trt.evaluation import EvalOptions, OptionsError, evaluate, write_report
-from flexidit_trt.evaluation import run as run_mod
+from flexidit_trt.evaluation import distributed as dist_mod
+from flexidit_trt.evaluation import evaluator as evaluator_mod
+from flexidit_trt.evaluation.inception import load_inception
 from flexidit_trt.evaluation.metrics import feature_stats, frechet_distance
+from flexidit_trt.evaluation.reference_stats import reference_set
 from flexidit_trt.model import DiTConfig, FlexiDiT, save_checkpoint
 from flexidit_trt.training.classifier import FashionClassifier, save_classifier
 from flexidit_trt.training.data import DataError, find_data_dir
@@ -186,9 +189,7 @@ def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
     # The FID is that of the saved chunks' features against the reference: gathered in sample order.
     chunk_files = sorted((tmp_path / "chunks").rglob("chunk*.npz"))
     assert len(chunk_files) == 3 * 2  # 3 runs × 2 chunks of 2
-    ref = run_mod.reference_set(
-        run_mod.load_inception(), cache_dir=files / "cache", count=options.reference_count
-    )
+    ref = reference_set(load_inception(), cache_dir=files / "cache", count=options.reference_count)
     run_folder = next(p.parent for p in chunk_files if _seed_and_weak_steps(p) == (0, 3))
     feats = np.concatenate([np.load(p)["features"] for p in sorted(run_folder.glob("chunk*.npz"))])
     assert half.fid == pytest.approx(frechet_distance(feature_stats(feats), ref.stats), rel=1e-12)
@@ -197,7 +198,7 @@ def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
     def no_sampling(*args, **kwargs):
         raise AssertionError("a saved chunk was sampled again")
 
-    monkeypatch.setattr(run_mod, "_sample", no_sampling)
+    monkeypatch.setattr(evaluator_mod, "_sample", no_sampling)
     again = evaluate(model, options)
     assert [r.fid for r in again.runs] == [r.fid for r in report.runs]
     assert [r.class_accuracy for r in again.runs] == [r.class_accuracy for r in report.runs]
@@ -244,11 +245,11 @@ def test_deadline_stops_before_sampling(files, tmp_path):
 
 def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
     as_torchrun_rank(rank, world, port)
-    with run_mod.distributed("cpu") as ctx:
+    with dist_mod.distributed("cpu") as ctx:
         rows = torch.arange(3 * (rank + 1) * 2, dtype=torch.float32).reshape(-1, 2) + 100 * rank
-        gathered = run_mod.gather_rows(rows, ctx)
-        agree_all = run_mod.all_agree(True, ctx)
-        agree_some = run_mod.all_agree(rank == 0, ctx)
+        gathered = dist_mod.gather_rows(rows, ctx)
+        agree_all = dist_mod.all_agree(True, ctx)
+        agree_some = dist_mod.all_agree(rank == 0, ctx)
         if ctx.is_main:
             torch.save({"rows": gathered, "all": agree_all, "some": agree_some}, out)
         else:
@@ -262,9 +263,9 @@ def _eval_worker(rank: int, world: int, port: int, options: EvalOptions, out: st
     def no_sampling(*args, **kwargs):
         raise AssertionError("a saved chunk was sampled again")
 
-    run_mod._sample = no_sampling  # this process only
+    evaluator_mod._sample = no_sampling  # this process only
     model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
-    with run_mod.distributed("cpu") as ctx:
+    with dist_mod.distributed("cpu") as ctx:
         report = evaluate(model, options, ctx)
     if ctx.is_main:
         runs = [[r.fid, r.kid, r.precision, r.recall, r.class_accuracy] for r in report.runs]
@@ -285,7 +286,7 @@ def test_gather_and_agree_across_two_gloo_processes(tmp_path):
 @pytest.mark.parametrize(
     ("values", "log"),
     [
-        ([31.7, 33.0, 419.1], True),  # the H200 eval: projection only diverged, flexify did not
+        ([31.7, 33.0, 419.1], True),  # one diverged series beside good ones
         ([31.7, 33.0, 39.7], False),
         ([0.0, 5.0, 100.0], False),  # a zero cannot sit on a log axis
         ([12.0], False),

@@ -23,7 +23,8 @@ from flexidit_trt.model.macs import forward_macs
 from flexidit_trt.training import flexify as flexify_module
 from flexidit_trt.training.data import DataError
 from flexidit_trt.training.flexify import FlexifyOptions, flexify, weak_timestep_ranges
-from flexidit_trt.training.train import STATE_NAME, TrainError, TrainOptions, train
+from flexidit_trt.training.loop import TrainError
+from flexidit_trt.training.train import STATE_NAME, TrainOptions, train
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "flexidit_trt" / "weights" / "default.safetensors"
 TINY = dict(depth=1, hidden_size=32, num_heads=2, subset=256, batch_size=16, warmup_steps=0, progress=False)

@@ -20,7 +20,7 @@ from flexidit_trt.training.classifier import (
     train_classifier,
 )
 from flexidit_trt.training.data import load_split
-from flexidit_trt.training.train import TrainError
+from flexidit_trt.training.loop import TrainError
 
 
 def test_classify_api_and_round_trip(tmp_path):

@@ -82,8 +82,7 @@ def eval_command(checkpoint: Path | None, out: Path, guidance: str, **options) -
     from ..evaluation import EvalOptions, evaluate_checkpoint, write_report
     from ..evaluation.report import fmt_summary
 
-    opts = EvalOptions(guidance=GUIDANCE_NAMES[guidance], **options)
-    opts.validate()
+    opts = EvalOptions(guidance=GUIDANCE_NAMES[guidance], **options)  # checked here: exit 2 if wrong
     report = evaluate_checkpoint(checkpoint, opts)
     if report is None:  # not rank 0
         return

@@ -34,6 +34,21 @@ class FeatureStats:
     centred: np.ndarray | None = None  # [n, d] when n <= d
 
 
+@dataclass(frozen=True)
+class KID:
+    mean: float
+    std: float  # over the subsets: the spread of one subset's estimate, not the error of the mean
+    subsets: int
+    subset_size: int
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    precision: float
+    recall: float
+    k: int
+
+
 def feature_stats(features: np.ndarray | torch.Tensor) -> FeatureStats:
     feats = _as_float64(features)
     if feats.ndim != 2 or feats.shape[0] < 2:
@@ -75,14 +90,6 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-@dataclass(frozen=True)
-class KID:
-    mean: float
-    std: float  # over the subsets: the spread of one subset's estimate, not the error of the mean
-    subsets: int
-    subset_size: int
-
-
 def kernel_inception_distance(
     generated: np.ndarray | torch.Tensor,
     real: np.ndarray | torch.Tensor,
@@ -110,13 +117,6 @@ def kernel_inception_distance(
         b = (x @ y.T / d + 1) ** 3
         values[i] = float(((a.sum() - a.diagonal().sum()) / (m - 1) - b.sum() * 2 / m) / m)
     return KID(float(values.mean()), float(values.std()), num_subsets, m)
-
-
-@dataclass(frozen=True)
-class PrecisionRecall:
-    precision: float
-    recall: float
-    k: int
 
 
 def precision_recall(

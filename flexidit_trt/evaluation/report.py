@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import write_bytes_atomic, write_json_atomic
-from .run import EvalReport, RunResult
+from .results import EvalReport, RunResult
 
 PLOT_NAME = "quality_vs_compute.png"
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .loop import TrainError, resolve_device
+
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "weights" / "classifier.safetensors"
 NUM_CLASSES = 10
 FORMAT_TAG = "flexidit-trt/fashion-classifier/1"
@@ -124,7 +126,7 @@ def load_classifier(
 
 
 # -- training -----------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class ClassifierOptions:
     """AdamW with a one-cycle schedule and ±2-pixel shifts (inside the background padding, so a shift
     loses no pixels); no flips: Fashion-MNIST's shoes all face one way, and so should the samples."""
@@ -140,6 +142,16 @@ class ClassifierOptions:
     seed: int = 0
     device: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.width < 1:
+            raise TrainError(
+                f"classifier options: epochs, batch size and width must be >= 1 and lr > 0; got epochs "
+                f"{self.epochs}, batch {self.batch_size}, width {self.width}, lr {self.lr}"
+            )
 
 
 @dataclass
@@ -162,13 +174,7 @@ def train_classifier(options: ClassifierOptions) -> ClassifierResult:
     from tqdm.auto import tqdm
 
     from .data import load_split
-    from .train import TrainError, resolve_device
 
-    if options.epochs < 1 or options.batch_size < 1 or not options.lr > 0 or options.width < 1:
-        raise TrainError(
-            f"classifier options: epochs, batch size and width must be >= 1 and lr > 0; got epochs "
-            f"{options.epochs}, batch {options.batch_size}, width {options.width}, lr {options.lr}"
-        )
     device = resolve_device(options.device)
     train, test = load_split("train", options.data), load_split("test", options.data)
     x, y = train.tensors(options.subset, device)

@@ -20,10 +20,14 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FlexiditError
+
+if TYPE_CHECKING:
+    import torch
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -89,7 +93,9 @@ class FashionMNIST:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def tensors(self, count: int | None = None, device=None):
+    def tensors(
+        self, count: int | None = None, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `count` (default all) images in model format [n, 1, 32, 32] and their int64 labels."""
         import torch
 
@@ -183,7 +189,7 @@ def read_idx(folder: Path, stem: str) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8, offset=header).reshape(want).copy()
 
 
-def to_model_input(images: np.ndarray):
+def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [N, 28, 28] (numpy or torch) → float32 torch [N, 1, 32, 32] in [-1, 1], padded with -1."""
     import torch
 
@@ -195,7 +201,7 @@ def to_model_input(images: np.ndarray):
     return torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD), value=-1.0)
 
 
-def to_uint8(images) -> np.ndarray:
+def to_uint8(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Model-format images [N, 1, 32, 32] in [-1, 1] → uint8 [N, 32, 32] (for grids and image files)."""
     import torch
 

@@ -36,14 +36,14 @@ from ..model.config import DiTConfig
 from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
 from .data import load_split
+from .loop import BatchSchedule, LoopOptions, TrainError, resolve_device
 from .sampling import SampleOptions, sample_images
-from .train import BatchSchedule, TrainError, check_options, resolve_device
 
 TIMESTEP_MODES = ("weak", "all")
 
 
-@dataclass
-class FlexifyOptions:
+@dataclass(frozen=True)
+class FlexifyOptions(LoopOptions):
     """Distillation settings. lr: measured on the CPU from the trained dit_fmnist base (batch 32, 200 steps,
     constant lr, held-out MSE at weak t from 0.4525): 5e-4 → 0.0339, 1e-3 → 0.0266, 2e-3 → 0.0243; the
     zero-initialised adapters need a large step to get going, the cosine decay lets it settle after."""
@@ -73,35 +73,32 @@ class FlexifyOptions:
     log_every: int = 50
     progress: bool = True
 
-    def validate(self) -> None:
-        check_options(
-            self,
-            [
-                (self.lora_rank >= 0, f"LoRA rank must be >= 0, got {self.lora_rank}"),
-                (
-                    self.timesteps in TIMESTEP_MODES,
-                    f"timesteps must be one of {', '.join(TIMESTEP_MODES)}, got {self.timesteps!r}",
-                ),
-                (0 <= self.null_fraction < 1, f"null fraction must be in [0, 1), got {self.null_fraction}"),
-                (
-                    len(self.budgets) == 2 and 0 < self.budgets[0] <= self.budgets[1] <= 1,
-                    f"budgets must be a range lo,hi with 0 < lo <= hi <= 1, got {self.budgets}",
-                ),
-                (
-                    not (self.self_distill and self.data is not None),
-                    "give --data or --self-distill, not both",
-                ),
-                (
-                    self.self_distill_images >= 10,
-                    f"self-distill images must be >= 10, got {self.self_distill_images}",
-                ),
-                (self.eval_images >= 1, f"eval images must be >= 1, got {self.eval_images}"),
-                (
-                    Path(self.out).suffix == ".safetensors",
-                    f"the output is a .safetensors file, got {Path(self.out).name}",
-                ),
-            ],
-        )
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.lora_rank >= 0, f"LoRA rank must be >= 0, got {self.lora_rank}"),
+            (
+                self.timesteps in TIMESTEP_MODES,
+                f"timesteps must be one of {', '.join(TIMESTEP_MODES)}, got {self.timesteps!r}",
+            ),
+            (0 <= self.null_fraction < 1, f"null fraction must be in [0, 1), got {self.null_fraction}"),
+            (
+                len(self.budgets) == 2 and 0 < self.budgets[0] <= self.budgets[1] <= 1,
+                f"budgets must be a range lo,hi with 0 < lo <= hi <= 1, got {self.budgets}",
+            ),
+            (
+                not (self.self_distill and self.data is not None),
+                "give --data or --self-distill, not both",
+            ),
+            (
+                self.self_distill_images >= 10,
+                f"self-distill images must be >= 10, got {self.self_distill_images}",
+            ),
+            (self.eval_images >= 1, f"eval images must be >= 1, got {self.eval_images}"),
+            (
+                Path(self.out).suffix == ".safetensors",
+                f"the output is a .safetensors file, got {Path(self.out).name}",
+            ),
+        ]
 
 
 @dataclass
@@ -174,7 +171,6 @@ def trainable_parameters(model: FlexiDiT) -> dict[str, torch.nn.Parameter]:
 
 def flexify(options: FlexifyOptions) -> FlexifyResult:
     """Distil the weak patch sizes of a base checkpoint and write the flexible checkpoint."""
-    options.validate()
     device = resolve_device(options.device)
     model = load_base(options).to(device)
     cfg = model.config
@@ -250,7 +246,7 @@ def distillation_loss(
     ranges: dict[int, tuple[int, int]],
     gen: torch.Generator,
     options: FlexifyOptions,
-    autocast,
+    autocast: torch.autocast,
 ) -> torch.Tensor:
     """Sum over weak sizes of MSE(student at q, teacher at the base patch), whole output, same x_t, t, y."""
     cfg = model.config
@@ -290,7 +286,7 @@ def distillation_error(
     y: torch.Tensor,
     ranges: dict[int, tuple[int, int]],
     seed: int,
-    autocast,
+    autocast: torch.autocast,
     batch_size: int = 500,
 ) -> dict[str, dict[str, float]]:
     """Mean squared student−teacher difference of the whole output on fixed held-out inputs, per weak

@@ -17,53 +17,28 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..artifacts import atomic_path, write_json_atomic
 from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
-from ..errors import UsageError
 from ..model import FlexiDiT, get_config, save_checkpoint
 from ..model.config import DiTConfig
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split
+from .loop import BatchSchedule, LoopOptions, TrainError, resolve_device
 from .losses import DiffusionLoss
-
-if TYPE_CHECKING:
-    from .flexify import FlexifyOptions
 
 STATE_NAME = "state.pt"
 CHECKPOINT_NAME = "base.safetensors"
 LOSSES_NAME = "losses.json"
 
 
-class TrainError(UsageError, ValueError):
-    """Options or a run folder that cannot be used; the message says which and why."""
-
-
-def check_options(options: TrainOptions | FlexifyOptions, checks: list[tuple[bool, str]]) -> None:
-    """TrainError listing every failed check: the loop checks (steps, time box, batch, lr) that
-    training and flexify share, then `checks` (ok, message) of the caller's own options."""
-    o = options
-    checks = [
-        (o.steps >= 1, f"steps must be >= 1, got {o.steps}"),
-        (o.minutes is None or o.minutes > 0, f"minutes must be > 0, got {o.minutes}"),
-        (o.batch_size >= 1, f"batch size must be >= 1, got {o.batch_size}"),
-        (o.lr > 0 and math.isfinite(o.lr), f"lr must be a positive number, got {o.lr}"),
-        *checks,
-    ]
-    problems = [msg for ok, msg in checks if not ok]
-    if problems:
-        raise TrainError("; ".join(problems))
-
-
-@dataclass
-class TrainOptions:
+@dataclass(frozen=True)
+class TrainOptions(LoopOptions):
     """Everything a base-training run depends on. Defaults are the embedded model's recipe.
 
     lr 3e-4 (DiT uses 1e-4 for 33-675 M parameters over 400 K steps; a 3 M-parameter model trained for
@@ -112,22 +87,19 @@ class TrainOptions:
         "seed",
     )
 
-    def validate(self) -> None:
-        check_options(
-            self,
-            [
-                (self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}"),
-                (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-                (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
-                (
-                    0 < self.class_dropout < 1,
-                    f"class dropout must be in (0, 1) (the null class serves CFG), got {self.class_dropout}",
-                ),
-                (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
-                (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
-                (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            ],
-        )
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.warmup_steps >= 0, f"warmup steps must be >= 0, got {self.warmup_steps}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1), got {self.ema_decay}"),
+            (
+                0 < self.class_dropout < 1,
+                f"class dropout must be in (0, 1) (the null class serves CFG), got {self.class_dropout}",
+            ),
+            (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+        ]
 
     def model_config(self) -> DiTConfig:
         overrides = {
@@ -168,45 +140,8 @@ class TrainResult:
     stopped_by: str  # "steps" or "minutes"
 
 
-def resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-class BatchSchedule:
-    """Which images, timesteps, noise and dropped labels step n uses: a function of (seed, n) only.
-
-    Each epoch is a fresh permutation seeded by (seed, epoch); the random draws of step n come from a
-    generator seeded by (seed, n). So a resumed run needs no saved RNG state to continue identically.
-    """
-
-    def __init__(self, count: int, batch_size: int, seed: int, device: torch.device):
-        self.count, self.batch_size, self.seed, self.device = count, batch_size, seed, device
-        self._epoch, self._perm = -1, None
-
-    def indices(self, step: int) -> torch.Tensor:
-        per_epoch = max(1, self.count // self.batch_size)  # the short remainder of an epoch is skipped
-        epoch, pos = divmod(step, per_epoch)
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.count, generator=gen).to(self.device)
-        start = pos * self.batch_size
-        idx = self._perm[start : start + self.batch_size]
-        if len(idx) < self.batch_size:  # a subset smaller than one batch: repeat it
-            idx = self._perm.repeat(math.ceil(self.batch_size / self.count))[: self.batch_size]
-        return idx
-
-    def generator(self, step: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed((self.seed + 1) * 7_919_993 + step)
-
-
 def train(options: TrainOptions) -> TrainResult:
     """Train (or resume) the base model; writes the run folder and returns where the weights are."""
-    options.validate()
     device = resolve_device(options.device)
     out = Path(options.out)
     state_path = out / STATE_NAME

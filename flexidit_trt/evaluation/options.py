@@ -1,0 +1,92 @@
+"""What an evaluation depends on besides the model (EvalOptions), and the errors it raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FlexiditError, UsageError
+
+DEFAULT_BUDGETS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3)
+GUIDANCE = ("cfg", "weak_to_strong", "none")
+
+
+class EvalError(FlexiditError):
+    """The evaluation cannot run for a reason the user can fix (missing data, weights, Inception file)."""
+
+
+class OptionsError(UsageError, ValueError):
+    """Options that cannot be evaluated (a budget outside (0, 1] or below the reachable, no samples…)."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Everything an evaluation depends on besides the model; checked when made (OptionsError says what
+    is wrong), so whatever holds one holds valid options."""
+
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    num_samples: int = 10_000
+    guidance: str = "cfg"  # the planner's names: cfg | weak_to_strong | none
+    cfg_scale: float = 1.5  # DiT's FID setting
+    steps: int = 250
+    sampler: str = "ddpm"
+    seed: int = 0
+    repeat_seeds: int = 1  # > 1: budget 1.0 again with seeds seed+1, …, to show the seed-to-seed spread
+    batch_size: int = 250
+    patch_sizes: tuple[int, ...] = (2, 4)
+    backend: str = "auto"
+    precision: str | None = None  # None: the Pipeline's default
+    device: str | None = None  # None: cuda (this rank's GPU) when there is one, else cpu
+    label: str | None = None  # the series name in tables and plots (default: the guidance)
+    data_dir: Path | None = None
+    cache_dir: Path | None = None  # reference features (default ~/.cache/flexidit-trt)
+    resume_dir: Path | None = None  # finished chunks; None: nothing kept between calls
+    inception: Path | None = None  # a copy of default_1.pt (default: the installed package's)
+    classifier: Path | None = None  # default: the committed weights
+    reference_count: int | None = None  # test images in the reference (None: all 10,000)
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3
+    grid_per_class: int = 8
+    progress: bool = True
+    deadline: float | None = None  # time.monotonic() after which no new chunk starts
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        problems = []
+        if not self.budgets:
+            problems.append("give at least one budget")
+        bad = [b for b in self.budgets if not 0.0 < b <= 1.0]
+        if bad:
+            problems.append(f"budgets must be fractions of the static compute in (0, 1], got {list(bad)}")
+        if self.num_samples < 1:
+            problems.append(f"num_samples must be >= 1, got {self.num_samples}")
+        elif self.num_samples <= self.pr_k:
+            problems.append(
+                f"num_samples must be > {self.pr_k} (the k of k-NN precision/recall), got {self.num_samples}"
+            )
+        if self.reference_count is not None and self.reference_count <= self.pr_k:
+            problems.append(
+                f"reference_count must be > {self.pr_k} (k-NN precision/recall), got {self.reference_count}"
+            )
+        if self.guidance not in GUIDANCE:
+            problems.append(f"guidance must be one of {', '.join(GUIDANCE)}, got {self.guidance!r}")
+        for name in ("steps", "batch_size", "repeat_seeds", "kid_subsets", "kid_subset_size", "pr_k"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.repeat_seeds > 1 and 1.0 not in self.budgets:
+            problems.append("repeat_seeds > 1 repeats budget 1.0: add 1.0 to the budgets")
+        if problems:
+            raise OptionsError("; ".join(problems))
+
+    @property
+    def series(self) -> str:
+        return self.label or self.guidance
+
+    def runs(self) -> list[tuple[float, int]]:
+        """(budget, seed) of every run, in order: each budget with `seed`, then the seed repeats of 1.0."""
+        runs = [(b, self.seed) for b in self.budgets]
+        runs += [(1.0, self.seed + i) for i in range(1, self.repeat_seeds)]
+        return runs
