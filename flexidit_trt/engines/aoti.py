@@ -37,7 +37,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +60,6 @@ from ..artifacts import (
     sha256_state_dict,
     staging_dir,
     utc_now,
-    write_bytes_atomic,
     write_json_atomic,
 )
 from .build import EngineRecord
@@ -215,7 +214,7 @@ def build_aoti_engines(
     folder = ensure_writable_dir(aoti_dir(workdir, source.name, target))
     result = AotiBuildResult(folder)
     with folder_lock(folder):
-        manifest = _read_or_new(folder, source.name, target)
+        manifest = read_or_new_manifest(folder, source.name, target)
         remove_orphans(folder)
         for p in sorted({int(q) for q in patch_sizes}):
             record = _one_package(source, folder, manifest, p, options, target, force, compiler, say)
@@ -378,212 +377,8 @@ def _static_libstdcxx_compiler() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# -- loading ---------------------------------------------------------------------------------------------
-def read_aoti_manifest(folder: str | Path) -> dict:
-    """The manifest of an AOTInductor engine folder; RunError when it is missing or foreign."""
-    from ..runtime.backend import read_engines_manifest
-
-    return read_engines_manifest(folder, AOTI_KIND, AOTI_SCHEMA, "AOTInductor")
-
-
-def check_aoti_entry(
-    manifest: dict,
-    patch_size: int,
-    target: TorchTarget,
-    *,
-    batch: int | None = None,
-    checkpoint_sha256: str | None = None,
-    weights_sha256: str | None = None,
-) -> dict:
-    """The entry of `patch_size`, checked against this GPU, torch and (when given) the checkpoint, the
-    static weights' hash and a batch; RunError naming the field that differs."""
-    from ..runtime.backend import RunError, check_built_for
-
-    entry = manifest.get("engines", {}).get(str(patch_size))
-    if entry is None:
-        raise RunError(
-            f"no AOTInductor engine for patch size {patch_size} (built: {sorted(manifest.get('engines', {}))})"
-        )
-    have = target.to_dict()
-    built_gpu = entry.get("gpu") or {}
-    here_gpu = have["gpu"] or {}
-    checks = [
-        ("device", entry.get("device"), have["device"]),
-        ("gpu.compute_capability", built_gpu.get("compute_capability"), here_gpu.get("compute_capability")),
-        ("gpu.name", built_gpu.get("name"), here_gpu.get("name")),
-        ("torch", entry.get("torch"), have["torch"]),
-    ]
-    check_built_for(
-        entry,
-        checks,
-        engine=f"AOTInductor engine p{patch_size}",
-        rebuild=f"flexidit-trt build --model {manifest.get('model')} --aoti",
-        checkpoint_sha256=checkpoint_sha256,
-        weights_sha256=weights_sha256,
-    )
-    if batch is not None and not entry["batch_min"] <= batch <= entry["batch_max"]:
-        raise RunError(
-            f"batch {batch} is outside AOTInductor engine p{patch_size}'s range "
-            f"{entry['batch_min']}..{entry['batch_max']}: rebuild with larger --batch-sizes"
-        )
-    return entry
-
-
-def load_aoti_engine(path: str | Path, *, constants: dict | None = None, run_single_threaded: bool = True):
-    """The package's callable: `run(x, t, y) -> out` on torch tensors of the device it was built for.
-
-    run_single_threaded: skip the package's thread synchronisation, which CUDA-graph capture needs.
-    constants: the weights by name (`module.state_dict()`), for packages built without them; they are
-    used in place (user-managed), so tensors shared by several engines stay one copy.
-    """
-    import torch
-
-    _make_libstdcxx_global()
-    runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=run_single_threaded)
-    if constants is not None:
-        runner.load_constants(constants, check_full_update=True, user_managed=True)
-    return runner
-
-
-def _make_libstdcxx_global() -> None:
-    """Put the process's libstdc++ into the global symbol scope before a package's wrapper.so is opened.
-
-    The wrapper does not list libstdc++ among its NEEDED libraries; Python opened the copy that torch
-    brought in with RTLD_LOCAL, so the wrapper's std::regex/locale code bound to the wrong symbols and
-    crashed inside `aoti_load_package` on the GPU machine (benchmarks/NOTES.md, "why aoti_load_package
-    crashes": dlopen with RTLD_GLOBAL made the same package load). RTLD_NOLOAD promotes the copy already
-    mapped instead of loading another; where none is mapped (or on other platforms) nothing changes."""
-    import contextlib
-    import ctypes
-    import os
-
-    if not hasattr(os, "RTLD_NOLOAD"):
-        return
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libstdc++.so.6", mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL | os.RTLD_LAZY)
-
-
-# -- the fallback: torch.compile's portable cache ---------------------------------------------------------
-def build_compile_cache(
-    warm: Callable[[], None],
-    folder: str | Path,
-    model_name: str,
-    target: TorchTarget,
-    description: dict,
-) -> dict:
-    """Run `warm()` (which torch.compiles and runs every module and batch the runtime will use, exactly as
-    the torch backend compiles them), then write torch's portable cache artifacts to
-    `<folder>/compile_cache.bin` and record them in the manifest's `compile_cache` entry (with
-    `description`: patch sizes, batches, precision, compile options). Returns the entry."""
-    import torch
-
-    folder = ensure_writable_dir(folder)
-    start = time.perf_counter()
-    warm()
-    saved = torch.compiler.save_cache_artifacts()
-    if saved is None:
-        raise BuildError("torch.compile produced no cache artifacts (is the compile cache disabled?)")
-    blob, info = saved
-    with folder_lock(folder):
-        manifest = _read_or_new(folder, model_name, target)
-        path = write_bytes_atomic(folder / COMPILE_CACHE_NAME, blob)
-        entry = {
-            **description,
-            "file": path.name,
-            "sha256": sha256_file(path),
-            "bytes": len(blob),
-            "artifacts": _cache_info(info),
-            **target.to_dict(),
-            "build_seconds": round(time.perf_counter() - start, 3),
-            "created": utc_now(),
-        }
-        manifest["compile_cache"] = entry
-        manifest["updated"] = utc_now()
-        write_json_atomic(folder / MANIFEST_NAME, manifest)
-    return entry
-
-
-@dataclass
-class CompileCacheResult:
-    """`build --compile-cache`: the manifest entry written, or why nothing was (no GPU here)."""
-
-    entry: dict | None
-    folder: Path | None = None
-    skipped: str | None = None
-
-
-def build_torch_compile_cache(
-    model: FlexiDiT,
-    workdir: str | Path,
-    model_name: str,
-    rows: Sequence[int],
-    precision: str,
-    target: TorchTarget | None = None,
-) -> CompileCacheResult:
-    """The torch backend's compiled engines, warmed at every engine batch in `rows` and patch size exactly
-    as `run --compile` compiles them (runtime/torch_backend.py), saved as the portable cache beside the
-    AOTInductor packages. `target`: default this process's GPU; none visible → skipped, with the reason."""
-    import torch
-
-    from ..runtime.select import torch_pipeline
-    from ..runtime.torch_backend import COMPILE_OPTIONS, engine_inputs
-
-    if target is None:
-        try:
-            target = torch_target("cuda")
-        except BuildError as err:
-            return CompileCacheResult(None, skipped=str(err))
-    rows = sorted({int(b) for b in rows})
-    device = "cuda" if target.device == "cuda" else "cpu"
-    pipe = torch_pipeline(
-        model, backend="torch", device=device, precision=precision, max_batch=max(rows), compile=True
-    )
-
-    @torch.no_grad()  # as the pipeline runs its engines: a compiled graph guards on grad mode
-    def warm() -> None:
-        for engine in pipe.backends.values():
-            for b in rows:
-                engine.fn(*engine_inputs(pipe.spec, b, engine.device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    folder = aoti_dir(workdir, model_name, target)
-    try:
-        description = {
-            "patch_sizes": sorted(pipe.backends),
-            "batches": rows,
-            "precision": precision,
-            "compile": dict(COMPILE_OPTIONS),
-        }
-        entry = build_compile_cache(warm, folder, model_name, target, description)
-    finally:
-        pipe.close()
-    return CompileCacheResult(entry, folder)
-
-
-def load_compile_cache(folder: str | Path, target: TorchTarget | None = None) -> dict | None:
-    """Hot-load the portable torch.compile cache of an engine folder (call before compiling), so the
-    compiles that follow hit it instead of starting cold. Returns its manifest entry, or None when the
-    folder has none or it was made for another GPU or torch (then compiling simply starts cold)."""
-    import torch
-
-    folder = Path(folder)
-    manifest = read_manifest(folder / MANIFEST_NAME, AOTI_KIND, AOTI_SCHEMA) if folder.is_dir() else None
-    entry = (manifest or {}).get("compile_cache")
-    if entry is None:
-        return None
-    target = target or torch_target(entry.get("device", "cuda"))
-    if {k: entry.get(k) for k in ("device", "gpu", "torch")} != target.to_dict():
-        return None
-    path = folder / entry["file"]
-    if not path.is_file() or sha256_file(path) != entry["sha256"]:
-        return None
-    torch.compiler.load_cache_artifacts(path.read_bytes())
-    return entry
-
-
 # -- helpers ---------------------------------------------------------------------------------------------
-def _read_or_new(folder: Path, model_name: str, target: TorchTarget) -> dict:
+def read_or_new_manifest(folder: Path, model_name: str, target: TorchTarget) -> dict:
     return read_manifest(folder / MANIFEST_NAME, AOTI_KIND, AOTI_SCHEMA) or new_manifest(
         AOTI_KIND, AOTI_SCHEMA, model_name, "engines", **target.to_dict()
     )
@@ -591,12 +386,6 @@ def _read_or_new(folder: Path, model_name: str, target: TorchTarget) -> dict:
 
 def _intact(path: Path, entry: dict | None) -> bool:
     return entry is not None and path.is_file() and sha256_file(path) == entry.get("sha256")
-
-
-def _cache_info(info: Any) -> dict:
-    """How many artifacts of each kind torch saved (CacheInfo.artifacts: kind -> keys), for the manifest."""
-    artifacts = getattr(info, "artifacts", None) or {}
-    return {str(kind): len(keys) for kind, keys in dict(artifacts).items()}
 
 
 @dataclass

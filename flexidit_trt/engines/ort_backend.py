@@ -61,7 +61,15 @@ class OrtBackend(Backend):
 
     name = "ort"
 
-    def __init__(self, session: Any, patch_size: int, max_batch: int, device: str, path: Path):
+    def __init__(
+        self,
+        session: Any,
+        patch_size: int,
+        max_batch: int,
+        device: str,
+        path: Path,
+        run_options: Any = None,
+    ):
         self.session = session
         self.patch_size = patch_size
         self.max_batch = max_batch
@@ -70,7 +78,7 @@ class OrtBackend(Backend):
         self.path = path
         self._io: IOBuffers | None = None
         self._bindings: dict[int, Any] = {}
-        self._run_options = None
+        self._run_options = run_options  # ONNX Runtime's RunOptions for every forward (None: its defaults)
 
     @classmethod
     def load(
@@ -96,11 +104,10 @@ class OrtBackend(Backend):
             providers = [("CUDAExecutionProvider", cuda_options)]
         _register_env_allocator(ort, device)
         session = ort.InferenceSession(str(path), options, providers=providers)
-        backend = cls(session, patch_size, max_batch, device, path)
-        backend._run_options = ort.RunOptions()
+        run_options = ort.RunOptions()
         if device != "cpu":  # the pipeline orders everything on its stream; never block the host per step
-            backend._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        return backend
+            run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return cls(session, patch_size, max_batch, device, path, run_options)
 
     def activation_bytes(self, batch: int) -> int:
         return 0  # ONNX Runtime owns its memory (one shared allocator per device)
