@@ -345,7 +345,8 @@ class Evaluator:
     def __init__(
         self, model, options: EvalOptions, ctx: Distributed | None = None, scorer: Scorer | None = None
     ):
-        from ..runtime import Pipeline
+        from ..engines.options import EngineOptions
+        from ..runtime import pipeline_from_model
 
         options.validate()
         self.ctx = ctx or Distributed(0, 1, _pick_device(options.device, 0))
@@ -367,12 +368,11 @@ class Evaluator:
         self.options = options
         self.scorer = scorer or Scorer.load(options, self.ctx)
         self.model_sha = sha256_state_dict(model.state_dict())
-        self.pipe = Pipeline.from_model(
+        self.pipe = pipeline_from_model(
             model,
             backend=options.backend,
             device=str(self.ctx.device),
-            precision=options.precision,
-            max_batch=options.batch_size,
+            engine=EngineOptions(precision=options.precision, max_batch=options.batch_size),
         )
 
     @property

@@ -68,7 +68,12 @@ def _open(
 
 
 def _ort_pipeline(
-    workdir: Path, model_name: str, device: str, engine: EngineOptions, checkpoint_sha: str | None, reason: str
+    workdir: Path,
+    model_name: str,
+    device: str,
+    engine: EngineOptions,
+    checkpoint_sha: str | None,
+    reason: str,
 ) -> Pipeline:
     from ..engines.ort_backend import OrtBackend
 
@@ -111,7 +116,12 @@ def _ort_pipeline(
 
 
 def _trt_pipeline(
-    workdir: Path, model_name: str, device: str, engine: EngineOptions, checkpoint_sha: str | None, reason: str
+    workdir: Path,
+    model_name: str,
+    device: str,
+    engine: EngineOptions,
+    checkpoint_sha: str | None,
+    reason: str,
 ) -> Pipeline:
     if device == "cpu":
         raise RunError("the trt backend needs a CUDA GPU")
@@ -140,7 +150,12 @@ def _trt_pipeline(
 
 
 def _aoti_pipeline(
-    workdir: Path, model_name: str, device: str, engine: EngineOptions, checkpoint_sha: str | None, reason: str
+    workdir: Path,
+    model_name: str,
+    device: str,
+    engine: EngineOptions,
+    checkpoint_sha: str | None,
+    reason: str,
 ) -> Pipeline:
     if device == "cpu":
         raise RunError(

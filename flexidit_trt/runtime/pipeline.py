@@ -65,7 +65,9 @@ INIT_NOISE_STEP = 2**32 - 1  # the Philox step index of the initial noise (sampl
 
 @dataclass
 class GenerateResult:
-    samples: np.ndarray  # fp32 [N, C, H, W]: the final x (latents for 4-channel models, pixels in [-1, 1] else)
+    samples: (
+        np.ndarray
+    )  # fp32 [N, C, H, W]: the final x (latents for 4-channel models, pixels in [-1, 1] else)
     run_record: RunRecord
 
     @property
