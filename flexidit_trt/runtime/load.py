@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..artifacts import BuildError, ManifestError, export_dir, load_export_manifest, sha256_path
 from ..engines.backend import Backend, RunError, RunOptionError
@@ -104,13 +105,15 @@ def _ort_pipeline(
         p: OrtBackend.load(folder / g["file"], p, device, stream=stream.handle if stream else 0)
         for p, g in graphs.items()
     }
-    return Pipeline(
-        spec_from_entries(graphs, model_name),
+    return _over_engines(
+        "ort",
+        reason,
         engines,
-        device=device,
-        selection=Selection("ort", reason),
-        precision=first["precision"],
-        max_batch=engine.max_batch,
+        graphs,
+        model_name,
+        device,
+        first["precision"],
+        engine.max_batch,
         stream=stream,
     )
 
@@ -138,14 +141,10 @@ def _trt_pipeline(
         )
     except (BuildError, ManifestError) as err:
         raise RunError(str(err)) from None
-    return Pipeline(
-        spec_from_entries(entries, model_name),
-        engines,
-        device=device,
-        selection=Selection("trt", reason),
-        precision=entries[min(entries)].get("precision", engine.precision or "fp16"),
-        max_batch=min(engine.max_batch, max(min(e.max_batch for e in engines.values()) // 2, 1)),
-        stream=stream,
+    precision = entries[min(entries)].get("precision", engine.precision or "fp16")
+    max_batch = min(engine.max_batch, max(min(e.max_batch for e in engines.values()) // 2, 1))
+    return _over_engines(
+        "trt", reason, engines, entries, model_name, device, precision, max_batch, stream=stream
     )
 
 
@@ -164,12 +163,28 @@ def _aoti_pipeline(
     from ..engines.aoti_backend import load_aoti_backends
 
     engines, entries, pool = load_aoti_backends(workdir, model_name, device, engine.precision, checkpoint_sha)
+    precision = entries[min(entries)]["precision"]
+    max_batch = min(engine.max_batch, min(e["batch_max"] for e in entries.values()) // 2 or 1)
+    return _over_engines(
+        "aoti", reason, engines, entries, model_name, device, precision, max_batch, owned=[pool]
+    )
+
+
+def _over_engines(
+    name: str,
+    reason: str,
+    engines: dict[int, Backend],
+    entries: dict[int, dict],
+    model_name: str,
+    device: str,
+    precision: str,
+    max_batch: int,
+    **held: Any,
+) -> Pipeline:
+    """The pipeline over engines loaded from a workdir, its spec from their manifest entries; `held`:
+    the stream they were loaded on, or what must live as long as they do (a graph pool)."""
+    selection = Selection(name, reason)
+    spec = spec_from_entries(entries, model_name)
     return Pipeline(
-        spec_from_entries(entries, model_name),
-        engines,
-        device=device,
-        selection=Selection("aoti", reason),
-        precision=entries[min(entries)]["precision"],
-        max_batch=min(engine.max_batch, min(e["batch_max"] for e in entries.values()) // 2 or 1),
-        owned=[pool],
+        spec, engines, device=device, selection=selection, precision=precision, max_batch=max_batch, **held
     )
