@@ -62,6 +62,7 @@ from ..artifacts import (
     utc_now,
     write_json_atomic,
 )
+from ..device import Device
 from .build import EngineRecord
 from .trt import GpuInfo, gpu_info
 
@@ -111,13 +112,13 @@ def torch_target(device: str = "cuda") -> TorchTarget:
     """The target of this process: the GPU that `device` names (BuildError without one) or the CPU."""
     import torch
 
-    kind = device.split(":")[0]
-    if kind == "cpu":
+    try:
+        parsed = Device.parse(device)
+    except ValueError:
+        raise BuildError(f"AOTInductor engines are built for 'cuda' or 'cpu', not {device!r}") from None
+    if parsed.is_cpu:
         return TorchTarget("cpu", None, torch.__version__)
-    if kind != "cuda":
-        raise BuildError(f"AOTInductor engines are built for 'cuda' or 'cpu', not {device!r}")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    gpu = gpu_info(index) if torch.cuda.is_available() else None
+    gpu = gpu_info(parsed.index) if torch.cuda.is_available() else None
     if gpu is None:
         raise BuildError("no CUDA GPU is visible: AOTInductor engines are compiled on the GPU they run on")
     return TorchTarget("cuda", gpu, torch.__version__)

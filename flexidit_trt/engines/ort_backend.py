@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..device import Device
 from .backend import Backend, IOBuffers, RunError
 
 _ORT_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
@@ -46,7 +47,7 @@ def _register_env_allocator(ort: Any, device: str) -> None:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
         ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
     else:
-        index = int(device.split(":")[1])
+        index = Device.parse(device).index
         info = ort.OrtMemoryInfo(
             "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, index, ort.OrtMemType.DEFAULT
         )
@@ -98,7 +99,7 @@ class OrtBackend(Backend):
             missing = provider_missing(device)
             if missing:
                 raise RunError(f"the ort backend: {missing}; use --device cpu or another backend")
-            cuda_options = {"device_id": device.split(":")[1]}
+            cuda_options = {"device_id": str(Device.parse(device).index)}
             if stream:
                 cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(stream))
             providers = [("CUDAExecutionProvider", cuda_options)]
@@ -127,7 +128,8 @@ class OrtBackend(Backend):
         io = self._io
         if io is None:
             raise RuntimeError("bind() the buffers before prepare()")
-        kind, index = ("cpu", 0) if self.device == "cpu" else ("cuda", int(self.device.split(":")[1]))
+        device = Device.parse(self.device)
+        kind, index = (device.kind, max(device.index, 0))
         binding = self.session.io_binding()
         for name, buf in (("x", io.x), ("t", io.t), ("y", io.y)):
             binding.bind_input(name, kind, index, _np_dtype(buf), [batch, *buf.shape[1:]], _address(buf))

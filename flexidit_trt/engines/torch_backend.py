@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,26 @@ from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBacken
 COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False}
 
 
+@dataclass(frozen=True)
+class TorchLevers:
+    """How one torch engine was made, its options as the rule settled them (for the record)."""
+
+    compiled: bool
+    precision: str
+    gelu_epilogue: bool
+    flash_attention: bool
+    autotune: bool
+
+
 class TorchBackend(TorchGraphBackend):
     name = "torch"
+
+    def __init__(
+        self, fn: Callable, levers: TorchLevers, table: ModulationTable | None = None, **kwargs: Any
+    ):
+        super().__init__(fn, **kwargs)
+        self.levers = levers
+        self.table = table  # the precomputed modulation (None: computed in each forward)
 
     @classmethod
     def from_model(
@@ -75,8 +94,11 @@ class TorchBackend(TorchGraphBackend):
             fn = table.forward_with(body)
         else:
             fn = torch.compile(module, **compile_options) if compile else module
-        backend = cls(
+        levers = TorchLevers(compile, precision, gelu_epilogue, flash, autotune)
+        return cls(
             fn,
+            levers,
+            table,
             patch_size=patch_size,
             device=device,
             out_dtype=DTYPE_NAMES[dtype],
@@ -84,13 +106,6 @@ class TorchBackend(TorchGraphBackend):
             pool=pool,
             cuda_graphs=options.cuda_graphs,
         )
-        backend.compiled = compile
-        backend.precision = precision
-        backend.table = table
-        backend.gelu_epilogue = gelu_epilogue
-        backend.flash_attention = flash
-        backend.autotune = autotune
-        return backend
 
     def prepare(self, batches: Sequence[int]) -> None:
         if self.table is not None and batches:
@@ -115,12 +130,12 @@ class TorchBackend(TorchGraphBackend):
     def describe(self) -> dict:
         return {
             **super().describe(),
-            "compiled": self.compiled,
-            "precision": self.precision,
+            "compiled": self.levers.compiled,
+            "precision": self.levers.precision,
             "precomputed_modulation": self.table is not None,
-            "gelu_epilogue": self.gelu_epilogue,
-            "flash_attention": self.flash_attention,
-            "autotune": self.autotune,
+            "gelu_epilogue": self.levers.gelu_epilogue,
+            "flash_attention": self.levers.flash_attention,
+            "autotune": self.levers.autotune,
         }
 
     def close(self) -> None:

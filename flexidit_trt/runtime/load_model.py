@@ -75,7 +75,7 @@ def _torch_reason(engines: dict[int, Any], device: str, engine: EngineOptions) -
         ("flash attention", "flash_attention"),
         ("max-autotune", "autotune"),
     ):
-        sizes = [str(p) for p, e in engines.items() if getattr(e, attr, False)]
+        sizes = [str(p) for p, e in engines.items() if e.describe().get(attr)]
         fused += f", {text} at patch {'/'.join(sizes)}" if sizes else ""
     return f"model given in memory: torch backend, {mode}{graphs}{premod}{fused}, on {device}"
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from numbers import Integral
 from typing import Any
 
@@ -409,16 +409,7 @@ class Pipeline:
             plan=PlanRecord.of(schedule),
             sampler=SamplerRecord.of(smp),
             options=OptionsRecord(
-                num_images=len(labels),
-                labels=labels.tolist(),
-                budget=options.budget,
-                time_budget=options.time_budget,
-                steps=options.steps,
-                sampler=options.sampler,
-                guidance=options.guidance,
-                cfg_scale=options.cfg_scale,
-                seed=options.seed,
-                batch_size=batch,
+                num_images=len(labels), labels=labels.tolist(), batch_size=batch, **asdict(options)
             ),
             seed=options.seed,
             timing=timing,
