@@ -2,7 +2,7 @@
 portable torch.compile cache (`compile_cache.bin`) as the fallback, under one `manifest.json`.
 
     result = build_aoti_engines(source, workdir, (2, 4), AotiOptions(precision="bf16", batch_max=16))
-    run = load_aoti_engine(result.records[0].path)        # a callable on torch tensors: run(x, t, y) -> out
+    run = load_aoti_engine(result.records[0].path)        # engines/aoti_backend.py: run(x, t, y) -> out
 
 Each package is `model.static(p)` in the graph signature of export/onnx_export.py (x fp32, t fp32, y int64
 -> out fp32; the precision lives inside), exported with `torch.export` with a dynamic batch
@@ -13,20 +13,17 @@ reused when its entry has the same settings, its file hashes to the recorded val
 the same (judged as export/graphs.py judges them: the same checkpoint or seeded random weights, else
 the hash of the static module's state).
 
-The load crash GPU.md reported (torch 2.11 + CUDA 13: `aoti_load_package` died in `std::regex` inside
-the package's wrapper.so) has its cause established (benchmarks/NOTES.md, "why aoti_load_package
-crashes"): wrapper.so does not list libstdc++ among its NEEDED libraries, and the copy already in the
-process was opened RTLD_LOCAL, so the wrapper's regex/locale code bound to the wrong symbols.
-`load_aoti_engine` promotes that copy to the global scope first (`_make_libstdcxx_global`); DiT-XL/2
-packages then loaded and ran on an H100. The compile variants (`AOTI_VARIANTS`, option `variant` or env
-FLEXIDIT_AOTI_VARIANT) that the diagnosis tried stay available:
+Loading a package (torch 2.11 + CUDA 13) could crash in `std::regex` inside the package's wrapper.so
+(benchmarks/NOTES.md, "why aoti_load_package crashes"): wrapper.so does not list libstdc++ among its
+NEEDED libraries, and the copy already in the process was opened RTLD_LOCAL, so the wrapper's
+regex/locale code bound to the wrong symbols. `load_aoti_engine` promotes that copy to the global scope
+first. The compile variants (`AOTI_VARIANTS`, option `variant` or env FLEXIDIT_AOTI_VARIANT) stay
+available:
 - "default": torch's settings;
 - "no-pch": `aot_inductor.precompile_headers=False`;
 - "static-libstdcxx": wrapper.so linked with `-static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL`.
-The fallback, for a machine where no package loads: torch.compile with its portable cache artifacts,
-saved per GPU and torch version (`build_compile_cache` after a warm-up that compiles every shape, into
-`compile_cache.bin` beside the packages) and hot-loaded by `load_compile_cache` before the torch backend
-compiles, so a run starts warm instead of compiling each shape for 25-35 s.
+The fallback, for a machine where no package loads, is torch.compile's portable cache
+(engines/compile_cache.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ activations in ONE block of the pipeline's arena shared by every engine. No torc
         b.bind(io, block, stream.handle); b.prepare([16])                       # addresses once, graphs
     backends[2].forward(16)                                                      # one cudaGraphLaunch
 
-Life cycle of one engine (TensorRT 10.x/11.x Python API, shared/notes/tensorrt.md):
+Life cycle of one engine (TensorRT 10.x/11.x Python API):
 - `trt.Runtime(logger).deserialize_cuda_engine(plan)`; one execution context created with
   `ExecutionContextAllocationStrategy.USER_MANAGED`, given the shared block with
   `context.set_device_memory(ptr, nbytes)` (10.1+; the deprecated `context.device_memory = ptr` where
@@ -27,8 +27,8 @@ Life cycle of one engine (TensorRT 10.x/11.x Python API, shared/notes/tensorrt.m
 
 Every call into TensorRT is in `TrtEngine`; every CUDA graph call in `CudaGraphs` (cuda-python).
 
-NEVER EXECUTED against the real libraries (no TensorRT and no GPU on the machines this was written on;
-the GPU machine cannot install TensorRT, see shared/GPU.md). tests/test_runtime_trt.py drives everything
+NEVER EXECUTED against the real libraries (TensorRT cannot be installed where this was tested).
+tests/test_runtime_trt.py drives everything
 around them with labelled stand-ins for the `tensorrt` module and for cuda-python's runtime. Unexecuted
 against real libraries: every `TrtEngine` method (Logger, Runtime, deserialize_cuda_engine,
 create_execution_context(USER_MANAGED), set_device_memory / device_memory, set_tensor_address,
