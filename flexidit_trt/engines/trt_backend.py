@@ -28,7 +28,7 @@ Life cycle of one engine (TensorRT 10.x/11.x Python API):
 Every call into TensorRT is in `TrtEngine`; every CUDA graph call in `CudaGraphs` (cuda-python).
 
 NEVER EXECUTED against the real libraries (TensorRT cannot be installed where this was tested).
-tests/test_runtime_trt.py drives everything
+tests/test_engines_trt_backend.py drives everything
 around them with labelled stand-ins for the `tensorrt` module and for cuda-python's runtime. Unexecuted
 against real libraries: every `TrtEngine` method (Logger, Runtime, deserialize_cuda_engine,
 create_execution_context(USER_MANAGED), set_device_memory / device_memory, set_tensor_address,

@@ -9,6 +9,7 @@ trt paths stay torch-free.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +66,25 @@ def _open(
     if name == "torch":
         return torch_pipeline_from_workdir(workdir, model_name, device, engine, checkpoint, reason)
     opener = {"ort": _ort_pipeline, "trt": _trt_pipeline, "aoti": _aoti_pipeline}[name]
-    return opener(workdir, model_name, device, engine, checkpoint_sha, reason)
+    return opener(_Opening(name, workdir, model_name, device, engine, checkpoint_sha, reason))
 
 
-def _ort_pipeline(
-    workdir: Path,
-    model_name: str,
-    device: str,
-    engine: EngineOptions,
-    checkpoint_sha: str | None,
-    reason: str,
-) -> Pipeline:
+@dataclass(frozen=True)
+class _Opening:
+    """Opening one backend's built engines: which, where, for which model, on which device, as `engine`
+    asks, refusing other weights than `checkpoint_sha` (when given); `reason`: why this backend."""
+
+    backend: str
+    workdir: Path
+    model_name: str
+    device: str
+    engine: EngineOptions
+    checkpoint_sha: str | None
+    reason: str
+
+
+def _ort_pipeline(op: _Opening) -> Pipeline:
+    workdir, model_name, device, engine = op.workdir, op.model_name, op.device, op.engine
     from ..engines.ort_backend import OrtBackend
 
     precision = engine.precision
@@ -89,7 +98,7 @@ def _ort_pipeline(
         raise RunError(f"no exported graphs for {model_name}: run `{build_command(model_name, 'ort')}`")
     first = graphs[min(graphs)]
     for p, g in graphs.items():
-        check_checkpoint(g.get("checkpoint"), checkpoint_sha, f"the exported graph p{p}")
+        check_checkpoint(g.get("checkpoint"), op.checkpoint_sha, f"the exported graph p{p}")
         if precision is not None and g["precision"] != precision:
             raise RunError(
                 f"the exported graph p{p} is {g['precision']}, --precision {precision} asked for: precision "
@@ -106,26 +115,17 @@ def _ort_pipeline(
         for p, g in graphs.items()
     }
     return _over_engines(
-        "ort",
-        reason,
+        op,
         engines,
         graphs,
-        model_name,
-        device,
         first["precision"],
         engine.max_batch,
         stream=stream,
     )
 
 
-def _trt_pipeline(
-    workdir: Path,
-    model_name: str,
-    device: str,
-    engine: EngineOptions,
-    checkpoint_sha: str | None,
-    reason: str,
-) -> Pipeline:
+def _trt_pipeline(op: _Opening) -> Pipeline:
+    workdir, model_name, device, engine = op.workdir, op.model_name, op.device, op.engine
     if device == "cpu":
         raise RunError("the trt backend needs a CUDA GPU")
     try:
@@ -137,54 +137,43 @@ def _trt_pipeline(
     stream = cuda.Stream(device)
     try:
         engines, entries = load_trt_engines(
-            workdir, model_name, device=device, checkpoint_sha256=checkpoint_sha
+            workdir, model_name, device=device, checkpoint_sha256=op.checkpoint_sha
         )
     except (BuildError, ManifestError) as err:
         raise RunError(str(err)) from None
     precision = entries[min(entries)].get("precision", engine.precision or "fp16")
     max_batch = min(engine.max_batch, max(min(e.max_batch for e in engines.values()) // 2, 1))
-    return _over_engines(
-        "trt", reason, engines, entries, model_name, device, precision, max_batch, stream=stream
-    )
+    return _over_engines(op, engines, entries, precision, max_batch, stream=stream)
 
 
-def _aoti_pipeline(
-    workdir: Path,
-    model_name: str,
-    device: str,
-    engine: EngineOptions,
-    checkpoint_sha: str | None,
-    reason: str,
-) -> Pipeline:
+def _aoti_pipeline(op: _Opening) -> Pipeline:
+    workdir, model_name, device, engine = op.workdir, op.model_name, op.device, op.engine
     if device == "cpu":
         raise RunError(
             "the aoti backend runs CUDA packages: use --device cuda, or the torch backend on the CPU"
         )
     from ..engines.aoti_backend import load_aoti_backends
 
-    engines, entries, pool = load_aoti_backends(workdir, model_name, device, engine.precision, checkpoint_sha)
+    engines, entries, pool = load_aoti_backends(
+        workdir, model_name, device, engine.precision, op.checkpoint_sha
+    )
     precision = entries[min(entries)]["precision"]
     max_batch = min(engine.max_batch, min(e["batch_max"] for e in entries.values()) // 2 or 1)
-    return _over_engines(
-        "aoti", reason, engines, entries, model_name, device, precision, max_batch, owned=[pool]
-    )
+    return _over_engines(op, engines, entries, precision, max_batch, owned=[pool])
 
 
 def _over_engines(
-    name: str,
-    reason: str,
+    op: _Opening,
     engines: dict[int, Backend],
     entries: dict[int, dict],
-    model_name: str,
-    device: str,
     precision: str,
     max_batch: int,
     **held: Any,
 ) -> Pipeline:
     """The pipeline over engines loaded from a workdir, its spec from their manifest entries; `held`:
     the stream they were loaded on, or what must live as long as they do (a graph pool)."""
-    selection = Selection(name, reason)
-    spec = spec_from_entries(entries, model_name)
+    selection = Selection(op.backend, op.reason)
+    spec = spec_from_entries(entries, op.model_name)
     return Pipeline(
-        spec, engines, device=device, selection=selection, precision=precision, max_batch=max_batch, **held
+        spec, engines, device=op.device, selection=selection, precision=precision, max_batch=max_batch, **held
     )
