@@ -23,11 +23,13 @@ from .engines.profiles import engine_batches
 from .engines.trt import TrtStatus, build_plan
 
 if TYPE_CHECKING:
-    from .engines.aoti import AotiBuildResult, CompileCacheResult, PackageCompiler
+    from .engines.aoti import AotiBuildResult, PackageCompiler
+    from .engines.compile_cache import CompileCacheResult
     from .export.graphs import GraphRecord, StaleGraph
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
-# TensorRT plans; AOTInductor packages; torch.compile's portable cache for `run --compile` (engines/aoti.py)
+# TensorRT plans; AOTInductor packages; torch.compile's portable cache for `run --compile` (engines/aoti.py,
+# engines/compile_cache.py)
 ENGINE_KINDS = ("trt", "aoti", "compile-cache")
 
 
@@ -200,7 +202,7 @@ def build_artifacts(
             bar.finish_phase()
         cache = None
         if "compile-cache" in engines:
-            from .engines.aoti import build_torch_compile_cache
+            from .engines.compile_cache import build_torch_compile_cache
 
             bar(Step(None, "build", "compile cache: torch.compile of every patch size at every batch"))
             rows = engine_batches(batch_sizes, guidance)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from array_kernels import philox_normal
 
 from flexidit_trt.diffusion import cfg_labels, guide, make_sampler, plan, split_cfg
-from flexidit_trt.kernels import philox_normal
 from flexidit_trt.model import DiTConfig, FlexiDiT
 from flexidit_trt.runtime.pipeline import INIT_NOISE_STEP
 

@@ -3,6 +3,7 @@ The device arena is covered in test_kernels_gpu.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from flexidit_trt.kernels import ARENA_ALIGN, Arena, ArenaFullError, arena_size, open_arena_bytes
+from flexidit_trt.runtime.native import ARENA_ALIGN, Arena, ArenaFullError, arena_size, open_arena_bytes
 
 
 def test_blocks_are_aligned_and_disjoint():
@@ -154,7 +155,8 @@ RACE = textwrap.dedent(
     import numpy as np
 
     from flexidit_trt.diffusion.coeffs import StepCoeffs
-    from flexidit_trt.kernels import Arena, PhiloxNoise, fused_step, open_arena_bytes
+    from flexidit_trt.runtime.native import Arena, PhiloxNoise, open_arena_bytes
+    from array_kernels import fused_step
 
     shape = (4, 4, 256, 256)  # 4 MiB a buffer: malloc maps such blocks and unmaps them on free
     coeffs = StepCoeffs(c_x=0.9, c_pred=0.3, sigma=0.1, add_noise=True)
@@ -187,7 +189,8 @@ RACE = textwrap.dedent(
 def test_close_from_another_thread_does_not_free_under_a_running_step():
     """A step runs with the GIL released; Arena.close() from another thread meanwhile must not free the
     memory it works on. Run in a child process: the failure this guards against is a crash."""
-    done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=120)
+    here = os.path.dirname(os.path.abspath(__file__))  # the child imports the tests' array_kernels
+    done = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True, timeout=120, cwd=here)
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 

@@ -21,7 +21,7 @@ from flexidit_trt.diffusion import plan
 from flexidit_trt.diffusion.time_planner import plan_for_time
 from flexidit_trt.model import FlexiDiT, get_config
 from flexidit_trt.model.macs import forward_macs
-from flexidit_trt.runtime import Pipeline
+from flexidit_trt.runtime import pipeline_from_model
 
 TINY = {"depth": 2, "hidden_size": 64, "num_heads": 2}
 TINY_ARGS = [
@@ -137,7 +137,7 @@ def test_time_plans_pick_weak_steps_from_latency_and_run_them() -> None:
         {"images": 1, "budget": 0.75, "weak_steps": k_macs, "wall_s": 0.011 - 4e-4 * k_macs, "outside_loop_ms": 1.0,
          "step_ms_by_patch": {"2": 1.0, "4": 0.6}, "steps_by_patch": {"2": 10 - k_macs, "4": k_macs}},
     ]  # fmt: skip
-    pipe, calls = Pipeline.from_model(model, device="cpu"), []
+    pipe, calls = pipeline_from_model(model, device="cpu"), []
 
     def run(images: int, budget: float) -> dict:
         calls.append(budget)

@@ -9,15 +9,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from flexidit_trt import kernels  # noqa: E402
 from flexidit_trt.bench import BenchOptions, run_bench  # noqa: E402
 from flexidit_trt.bench.measure import EventClock, TimingOptions, time_calls  # noqa: E402
 from flexidit_trt.bench.results import read_results  # noqa: E402
+from flexidit_trt.runtime import native  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
-        not (kernels.has_cuda() and kernels.cuda_device_count() > 0 and torch.cuda.is_available()),
+        not (native.has_cuda() and native.cuda_device_count() > 0 and torch.cuda.is_available()),
         reason="needs a CUDA GPU and the extension built with CUDA",
     ),
 ]

@@ -8,9 +8,9 @@ import torch
 
 from flexidit_trt.bench.run import graph_clone
 from flexidit_trt.cli import main
+from flexidit_trt.engines.manifest import build_command
+from flexidit_trt.engines.torch_backend import TorchBackend
 from flexidit_trt.model import FlexiDiT
-from flexidit_trt.runtime.select import build_command
-from flexidit_trt.runtime.torch_backend import TorchBackend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,7 +43,7 @@ def test_build_commands_in_messages_parse(kind: str) -> None:
 def test_bench_names_the_missing_runtime_before_the_missing_engines(monkeypatch) -> None:
     """On the H200 the ort cell said "no export manifest", but the real reason was an onnxruntime without
     its CUDA provider: an export would not have helped."""
-    import flexidit_trt.runtime.ort_backend as ort_backend
+    import flexidit_trt.engines.ort_backend as ort_backend
     from flexidit_trt.bench.run import unavailable
 
     monkeypatch.setattr(ort_backend, "cuda_provider_available", lambda: False)

@@ -13,9 +13,11 @@ from click.testing import CliRunner
 
 from flexidit_trt.build import report_lines
 from flexidit_trt.cli import main
-from flexidit_trt.engines.aoti import TorchTarget, aoti_dir, build_torch_compile_cache
+from flexidit_trt.engines.aoti import TorchTarget, aoti_dir
+from flexidit_trt.engines.compile_cache import build_torch_compile_cache
+from flexidit_trt.engines.options import EngineOptions
 from flexidit_trt.model import FlexiDiT
-from flexidit_trt.runtime import Pipeline
+from flexidit_trt.runtime import pipeline_from_workdir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CPU = TorchTarget("cpu", None, torch.__version__)
@@ -76,7 +78,9 @@ def test_without_a_gpu_the_build_says_why(tmp_path, stand_ins) -> None:
 
 
 def test_run_compile_loads_the_cache_before_compiling(tmp_path, stand_ins) -> None:
-    cold = Pipeline.from_workdir(str(tmp_path), "dit_s", backend="torch", device="cpu", compile=True)
+    cold = pipeline_from_workdir(
+        str(tmp_path), "dit_s", backend="torch", device="cpu", engine=EngineOptions(compile=True)
+    )
     cold.close()
     assert "compiling cold (`flexidit-trt build --model dit_s --precision fp32 --compile-cache`)" in (
         cold.selection.reason
@@ -85,19 +89,25 @@ def test_run_compile_loads_the_cache_before_compiling(tmp_path, stand_ins) -> No
 
     build_torch_compile_cache(_tiny(), tmp_path, "dit_s", rows=[2], precision="fp32", target=CPU)
     compiles_before = len(stand_ins["compiles"])
-    warm = Pipeline.from_workdir(str(tmp_path), "dit_s", backend="torch", device="cpu", compile=True)
+    warm = pipeline_from_workdir(
+        str(tmp_path), "dit_s", backend="torch", device="cpu", engine=EngineOptions(compile=True)
+    )
     warm.close()
     assert stand_ins["loaded"] == [b"cache blob"]  # loaded before the pipeline's own compiles
     assert len(stand_ins["compiles"]) == compiles_before + 2
     assert "torch.compile cache loaded from" in warm.selection.reason and "miss" not in warm.selection.reason
 
-    bf16 = Pipeline.from_workdir(
-        str(tmp_path), "dit_s", backend="torch", device="cpu", compile=True, precision="bf16"
+    bf16 = pipeline_from_workdir(
+        str(tmp_path),
+        "dit_s",
+        backend="torch",
+        device="cpu",
+        engine=EngineOptions(compile=True, precision="bf16"),
     )
     bf16.close()
     assert "it was built for fp32, this run is bf16: its compiles will miss" in bf16.selection.reason
 
-    plain = Pipeline.from_workdir(str(tmp_path), "dit_s", backend="torch", device="cpu")
+    plain = pipeline_from_workdir(str(tmp_path), "dit_s", backend="torch", device="cpu")
     plain.close()
     assert "torch.compile cache" not in plain.selection.reason and len(stand_ins["loaded"]) == 2
 

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from flexidit_trt.engines.aoti import AotiOptions
+from flexidit_trt.engines.options import EngineOptions
+from flexidit_trt.engines.torch_backend import TorchBackend
 from flexidit_trt.model import FlexiDiT, gelu_epilogue_default
 from flexidit_trt.model.dit import FLASH_FIRST, resolve_levers
-from flexidit_trt.runtime import Pipeline
-from flexidit_trt.runtime.torch_backend import TorchBackend
+from flexidit_trt.runtime import pipeline_from_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,9 +81,9 @@ def test_the_levers_resolve_per_engine() -> None:
 
 
 def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
-    """What Pipeline.from_model is asked reaches each engine's static model (the CPU would settle both
+    """What pipeline_from_model is asked reaches each engine's static model (the CPU would settle both
     levers off, so the rule is replaced by one that keeps what was asked: the plumbing is under test)."""
-    import flexidit_trt.runtime.torch_backend as torch_backend
+    import flexidit_trt.engines.torch_backend as torch_backend
 
     monkeypatch.setattr(
         torch_backend, "resolve_levers", lambda _d, _p, n, g, f, a: (bool(g), f and n <= 16, a and n <= 16)
@@ -91,8 +92,11 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
     monkeypatch.setattr(
         FlexiDiT, "static", lambda self, *a, **k: made.append(static(self, *a, **k)) or made[-1]
     )
-    pipe = Pipeline.from_model(
-        _model(), precision="fp32", gelu_epilogue=True, flash_attention=True, precompute_modulation=True
+    pipe = pipeline_from_model(
+        _model(),
+        engine=EngineOptions(
+            precision="fp32", gelu_epilogue=True, flash_attention=True, precompute_modulation=True
+        ),
     )
     try:
         assert [m.config.patch_size for m in made] == [2, 4]  # input 8: p2 has 16 tokens, p4 has 4
@@ -108,7 +112,9 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
     finally:
         pipe.close()
     monkeypatch.undo()
-    engine = TorchBackend.from_model(_model(), 2, gelu_epilogue=True, flash_attention=True)  # the real rule
+    engine = TorchBackend.from_model(
+        _model(), 2, options=EngineOptions(gelu_epilogue=True, flash_attention=True)
+    )  # the real rule
     assert engine.describe()["gelu_epilogue"] is False and engine.describe()["flash_attention"] is False
 
     assert AotiOptions(precision="bf16").resolved().gelu_epilogue is True
@@ -130,14 +136,14 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
 
 
 def test_run_and_the_python_api_leave_the_levers_to_the_rule(monkeypatch) -> None:
-    """`Pipeline.from_model` and `run`'s default pipeline ask for no lever, so each engine gets the rule's
+    """`pipeline_from_model` and `run`'s default pipeline ask for no lever, so each engine gets the rule's
     defaults (the GELU epilogue and flash where they measured faster, no autotune)."""
-    import flexidit_trt.runtime.torch_backend as torch_backend
+    import flexidit_trt.engines.torch_backend as torch_backend
     from flexidit_trt.runtime.run import RunOptions, open_pipeline
 
     asked, rule = [], torch_backend.resolve_levers
     monkeypatch.setattr(torch_backend, "resolve_levers", lambda *a: asked.append(a[3:]) or rule(*a))
-    with Pipeline.from_model(_model()):
+    with pipeline_from_model(_model()):
         pass
     with open_pipeline(RunOptions(device="cpu")):
         pass
@@ -147,21 +153,23 @@ def test_run_and_the_python_api_leave_the_levers_to_the_rule(monkeypatch) -> Non
 def test_autotune_compiles_only_the_engines_of_few_tokens_with_max_autotune(monkeypatch) -> None:
     """torch.compile is asked for inductor's max-autotune (without inductor's own CUDA graphs: the engine
     replays its own) in the engines the rule picks, and only when compiling at all."""
-    import flexidit_trt.runtime.torch_backend as torch_backend
+    import flexidit_trt.engines.torch_backend as torch_backend
 
     monkeypatch.setattr(  # the CPU would settle autotune off: keep what was asked for ≤ 4 tokens (patch 4)
         torch_backend, "resolve_levers", lambda _d, _p, n, g, f, a: (bool(g), False, a and n <= 4)
     )
     modes = []
     monkeypatch.setattr(torch_backend.torch, "compile", lambda fn, **kw: modes.append(kw.get("mode")) or fn)
-    pipe = Pipeline.from_model(_model(), precision="fp32", compile=True, autotune=True)
+    pipe = pipeline_from_model(_model(), engine=EngineOptions(precision="fp32", compile=True, autotune=True))
     try:
         assert modes == [None, "max-autotune-no-cudagraphs"]  # patch 2 (16 tokens), patch 4 (4 tokens)
         assert [e.describe()["autotune"] for e in pipe.backends.values()] == [False, True]
         assert "max-autotune at patch 4" in pipe.selection.reason
     finally:
         pipe.close()
-    eager = TorchBackend.from_model(_model(), 4, autotune=True)  # nothing to tune without compile
+    eager = TorchBackend.from_model(
+        _model(), 4, options=EngineOptions(autotune=True)
+    )  # nothing to tune without compile
     assert eager.describe()["autotune"] is False
 
 
@@ -185,8 +193,9 @@ def test_flash_first_only_in_engines_of_few_tokens_and_compiled_with_it() -> Non
     from torch._inductor.utils import run_and_get_code
 
     model = _model(hidden_size=256, num_heads=4, input_size=32)  # p4: 64 tokens, p2: 256
-    engine = dict(device="cuda", precision="bf16", flash_attention=True, cuda_graphs=False)  # no pool needed
-    few, many = TorchBackend.from_model(model, 4, **engine), TorchBackend.from_model(model, 2, **engine)
+    engine = EngineOptions(precision="bf16", flash_attention=True, cuda_graphs=False)  # no pool needed
+    few = TorchBackend.from_model(model, 4, engine, device="cuda")
+    many = TorchBackend.from_model(model, 2, engine, device="cuda")
     assert few.describe()["flash_attention"] is True and many.describe()["flash_attention"] is False
     net = model.static(4, dtype=torch.bfloat16, sdpa_backends=FLASH_FIRST).cuda()
     x, t, y = _inputs(4, torch.float32, "cuda", size=32)

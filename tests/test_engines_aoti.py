@@ -28,16 +28,13 @@ from flexidit_trt.engines.aoti import (
     TorchTarget,
     aoti_dir,
     build_aoti_engines,
-    build_compile_cache,
-    check_aoti_entry,
-    load_aoti_engine,
-    load_compile_cache,
-    read_aoti_manifest,
     variant_configs,
 )
+from flexidit_trt.engines.aoti_backend import check_aoti_entry, load_aoti_engine, read_aoti_manifest
+from flexidit_trt.engines.backend import RunError
+from flexidit_trt.engines.compile_cache import build_compile_cache, load_compile_cache
 from flexidit_trt.export.onnx_export import example_inputs, graph_module
 from flexidit_trt.export.source import ModelSource
-from flexidit_trt.runtime.backend import RunError
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", 9, 0)
 GPU_TARGET = TorchTarget("cuda", H100, "2.11.0+cu130")

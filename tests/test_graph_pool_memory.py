@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flexidit_trt.runtime.torch_graphs import GraphPool, graph_pool_bytes
+from flexidit_trt.engines.torch_graphs import GraphPool, graph_pool_bytes
 
 MIB = 2**20
 

@@ -12,11 +12,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from array_kernels import fused_step, philox_normal
 from kernel_helpers import DDIM, DDPM, FakeCudaArray, from_bf16, make_inputs, rel_err, to_bf16
 
-from flexidit_trt import _C, kernels
+from flexidit_trt import _C
 from flexidit_trt.diffusion.coeffs import StepCoeffs
-from flexidit_trt.kernels import PhiloxNoise, fused_step, philox_normal
+from flexidit_trt.runtime import native
+from flexidit_trt.runtime.native import PhiloxNoise
 
 STEP_RTOL = 1e-6
 PHILOX_TOL = 1e-6
@@ -341,19 +343,19 @@ def test_misaligned_buffers_are_refused():
 def test_ptr_functions_check_alignment_before_launching(cuda_calls):
     shape, noise = (1, 4, 2, 2), PhiloxNoise(0, 0)
     with pytest.raises(ValueError, match="x: address 0x102 is not 4-byte aligned"):
-        kernels.fused_step_ptr("cuda", 0x102, 0x200, 0x300, shape, 4, "float32", DDIM, noise=noise)
+        native.fused_step_ptr("cuda", 0x102, 0x200, 0x300, shape, 4, "float32", DDIM, noise=noise)
     with pytest.raises(ValueError, match="cond: address 0x201 is not 2-byte aligned"):
-        kernels.fused_step_ptr("cuda", 0x100, 0x201, 0x300, shape, 4, "bfloat16", DDIM, noise=noise)
+        native.fused_step_ptr("cuda", 0x100, 0x201, 0x300, shape, 4, "bfloat16", DDIM, noise=noise)
     with pytest.raises(ValueError, match="baseline: address 0x403 is not 2-byte aligned"):
-        kernels.fused_step_ptr(
+        native.fused_step_ptr(
             "cuda", 0x100, 0x200, 0x300, shape, 4, "float16", DDIM, baseline=0x403, noise=noise
         )
     with pytest.raises(ValueError, match="noise: address 0x406 is not 4-byte aligned"):
-        kernels.fused_step_ptr("cuda", 0x100, 0x200, 0x300, shape, 4, "float32", DDIM, noise=0x406)
+        native.fused_step_ptr("cuda", 0x100, 0x200, 0x300, shape, 4, "float32", DDIM, noise=0x406)
     with pytest.raises(ValueError, match="out: address 0x301 is not 4-byte aligned"):
-        kernels.philox_normal_ptr("cuda:1", 0x301, 8, 1, 2)
+        native.philox_normal_ptr("cuda:1", 0x301, 8, 1, 2)
     assert cuda_calls == []
-    kernels.fused_step_ptr("cuda", 0x100, 0x202, 0x300, shape, 4, "bfloat16", DDIM, noise=noise)
+    native.fused_step_ptr("cuda", 0x100, 0x202, 0x300, shape, 4, "bfloat16", DDIM, noise=noise)
     assert len(cuda_calls) == 1
 
 
@@ -374,7 +376,7 @@ def test_out_must_not_overlap_what_the_step_reads():
     # the same through the pointer function
     x, cond, noise = ok["x"], ok["cond"], ok["noise"]
     with pytest.raises(ValueError, match="out overlaps cond"):
-        kernels.fused_step_ptr(
+        native.fused_step_ptr(
             "cpu",
             x.ctypes.data,
             cond.ctypes.data,
@@ -386,7 +388,7 @@ def test_out_must_not_overlap_what_the_step_reads():
             noise=noise.ctypes.data,
         )
     with pytest.raises(ValueError, match="out overlaps noise"):
-        kernels.fused_step_ptr(
+        native.fused_step_ptr(
             "cpu",
             x.ctypes.data,
             cond.ctypes.data,
@@ -407,11 +409,11 @@ def test_out_must_not_overlap_what_the_step_reads():
 
 def test_philox_known_answers():
     """Random123 kat_vectors for philox4x32 with 10 rounds."""
-    assert kernels.philox4x32_10([0, 0, 0, 0], [0, 0]) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert native.philox4x32_10([0, 0, 0, 0], [0, 0]) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
     ones = [MASK32] * 4
-    assert kernels.philox4x32_10(ones, ones[:2]) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert native.philox4x32_10(ones, ones[:2]) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
     pi_ctr, pi_key = [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0]
-    assert kernels.philox4x32_10(pi_ctr, pi_key) == (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+    assert native.philox4x32_10(pi_ctr, pi_key) == (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
 
 
 def test_philox_numpy_reference_matches_known_answer():
@@ -469,22 +471,22 @@ def test_philox_normal_array_checks():
 # ---- CUDA entry points without a device -----------------------------------------------------------------
 
 
-@pytest.mark.skipif(kernels.cuda_device_count() > 0, reason="a CUDA device is present (see test_kernels_gpu)")
+@pytest.mark.skipif(native.cuda_device_count() > 0, reason="a CUDA device is present (see test_kernels_gpu)")
 def test_cuda_entry_points_raise_clear_errors_without_a_device():
     # CPU-only build: "built without CUDA"; CUDA build without a driver or device: CudaError with the CUDA
     # error string. The address is never dereferenced: the launch fails first.
-    expected = kernels.CudaError if kernels.has_cuda() else RuntimeError
+    expected = native.CudaError if native.has_cuda() else RuntimeError
     with pytest.raises(expected, match="CUDA"):
         _C.philox_normal_cuda(0, 0, 4, 256)
     with pytest.raises(expected, match="CUDA"):
-        kernels.Arena(1024, "cuda")
+        native.Arena(1024, "cuda")
     x = np.zeros((1, 4, 2, 2), np.float32)
     with pytest.raises(expected, match="CUDA"):
-        kernels.fused_step_ptr("cuda", 256, 512, 768, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+        native.fused_step_ptr("cuda", 256, 512, 768, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
     with pytest.raises(expected, match="CUDA"):
-        kernels.fused_step_ptr("cuda:1", 256, 512, 768, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+        native.fused_step_ptr("cuda:1", 256, 512, 768, x.shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
     with pytest.raises(expected, match="CUDA"):
-        kernels.philox_normal_ptr("cuda:1", 256, 4, 0, 0)
+        native.philox_normal_ptr("cuda:1", 256, 4, 0, 0)
 
 
 # ---- CUDA device and stream: what the wrappers hand to _C (its CUDA functions replaced by recorders) ----
@@ -520,12 +522,12 @@ def cuda_calls(monkeypatch):
 
 def test_ptr_functions_pass_device_index_and_stream(cuda_calls):
     shape = (1, 4, 2, 2)
-    kernels.fused_step_ptr(
+    native.fused_step_ptr(
         "cuda:3", 256, 512, 768, shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0), stream=77
     )
-    kernels.fused_step_ptr("cuda", 256, 512, 768, shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
-    kernels.philox_normal_ptr("cuda:2", 1024, 8, 1, 2, stream=SimpleNamespace(cuda_stream=99))
-    kernels.philox_normal_ptr("cuda", 1024, 8, 1, 2)
+    native.fused_step_ptr("cuda", 256, 512, 768, shape, 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
+    native.philox_normal_ptr("cuda:2", 1024, 8, 1, 2, stream=SimpleNamespace(cuda_stream=99))
+    native.philox_normal_ptr("cuda", 1024, 8, 1, 2)
     assert [(name, kw["device"], kw["stream"]) for name, kw in cuda_calls] == [
         ("step", 3, 77),
         ("step", 0, 0),
@@ -535,7 +537,7 @@ def test_ptr_functions_pass_device_index_and_stream(cuda_calls):
     assert cuda_calls[0][1]["x"] == 256 and cuda_calls[2][1]["out"] == 1024
     for bad in ("cuda:", "cuda:-1", "gpu:0", "cuda1"):
         with pytest.raises(ValueError, match="device must be"):
-            kernels.philox_normal_ptr(bad, 1024, 8, 1, 2)
+            native.philox_normal_ptr(bad, 1024, 8, 1, 2)
     assert len(cuda_calls) == 4
 
 
@@ -543,9 +545,9 @@ def test_cuda_array_interface_buffers_carry_their_device(cuda_calls):
     shape = (1, 4, 2, 2)
     cuda_calls.devices.update({4096: 1, 8192: 1, 12288: 1, 16384: 0})
     x, cond, out = FakeCudaArray(4096, shape), FakeCudaArray(8192, shape), FakeCudaArray(12288, shape)
-    kernels.fused_step(x, cond, DDIM, out, noise=PhiloxNoise(0, 0))
-    kernels.fused_step(x, cond, DDIM, out, noise=PhiloxNoise(0, 0), stream=5)
-    kernels.philox_normal(out, 1, 2)
+    fused_step(x, cond, DDIM, out, noise=PhiloxNoise(0, 0))
+    fused_step(x, cond, DDIM, out, noise=PhiloxNoise(0, 0), stream=5)
+    philox_normal(out, 1, 2)
     assert [(name, kw["device"], kw["stream"]) for name, kw in cuda_calls] == [
         ("step", 1, 0),
         ("step", 1, 5),
@@ -553,16 +555,16 @@ def test_cuda_array_interface_buffers_carry_their_device(cuda_calls):
     ]
     # cuda:0 and cuda:1 are two devices
     with pytest.raises(ValueError, match=r"one device: x on cuda:1, cond on cuda:0, out on cuda:1"):
-        kernels.fused_step(x, FakeCudaArray(16384, shape), DDIM, out, noise=PhiloxNoise(0, 0))
+        fused_step(x, FakeCudaArray(16384, shape), DDIM, out, noise=PhiloxNoise(0, 0))
     with pytest.raises(ValueError, match="one device"):
-        kernels.fused_step(x, cond, DDIM, out, noise=FakeCudaArray(16384, shape))
+        fused_step(x, cond, DDIM, out, noise=FakeCudaArray(16384, shape))
     with pytest.raises(ValueError, match="x: __cuda_array_interface__ address 0x5000 is not CUDA memory"):
-        kernels.fused_step(FakeCudaArray(0x5000, shape), cond, DDIM, out, noise=PhiloxNoise(0, 0))
+        fused_step(FakeCudaArray(0x5000, shape), cond, DDIM, out, noise=PhiloxNoise(0, 0))
     assert len(cuda_calls) == 3
     # an empty array may have no address (no device to ask): it goes with the others' device
     empty = (0, 4, 2, 2)
     cuda_calls.devices.update({20480: 1})
-    kernels.fused_step(
+    fused_step(
         FakeCudaArray(0, empty),
         FakeCudaArray(20480, empty),
         DDIM,
@@ -570,12 +572,12 @@ def test_cuda_array_interface_buffers_carry_their_device(cuda_calls):
         noise=PhiloxNoise(0, 0),
     )
     assert cuda_calls[-1][1]["device"] == 1
-    kernels.philox_normal(FakeCudaArray(0, (0,)), 1, 2)  # nothing to fill, no device to run on
+    philox_normal(FakeCudaArray(0, (0,)), 1, 2)  # nothing to fill, no device to run on
     assert len(cuda_calls) == 4
 
 
 class FakeTorchCudaTensor:
-    """Duck-types the torch tensor attributes kernels._describe reads, on a CUDA device this machine may
+    """Duck-types the torch tensor attributes array_kernels._describe reads, on a CUDA device this machine may
     not have (nothing runs: _C's CUDA functions are recorders); ``recorded`` lists the handles of the
     streams passed to ``record_stream``."""
 
@@ -621,21 +623,21 @@ def test_torch_cuda_tensors_default_to_torchs_current_stream_on_their_device(cud
     torch, asked = torch_streams
     shape = (1, 4, 2, 2)
     x, cond = (FakeTorchCudaTensor(torch, p, shape, 1) for p in (4096, 8192))
-    kernels.fused_step(x, cond, DDIM, x, noise=PhiloxNoise(0, 0))
-    kernels.philox_normal(x, 1, 2)
+    fused_step(x, cond, DDIM, x, noise=PhiloxNoise(0, 0))
+    philox_normal(x, 1, 2)
     assert asked == [1, 1]
     assert [(name, kw["device"], kw["stream"]) for name, kw in cuda_calls] == [
         ("step", 1, 0xBEEF1),
         ("philox", 1, 0xBEEF1),
     ]
     # an explicit stream wins, 0 included (torch is not asked)
-    kernels.fused_step(x, cond, DDIM, x, noise=PhiloxNoise(0, 0), stream=0)
-    kernels.philox_normal(x, 1, 2, stream=SimpleNamespace(cuda_stream=42, device=torch.device("cuda", 1)))
+    fused_step(x, cond, DDIM, x, noise=PhiloxNoise(0, 0), stream=0)
+    philox_normal(x, 1, 2, stream=SimpleNamespace(cuda_stream=42, device=torch.device("cuda", 1)))
     assert asked == [1, 1]
     assert [(kw["device"], kw["stream"]) for _, kw in cuda_calls[2:]] == [(1, 0), (1, 42)]
     # a torch stream of another device, and tensors of two devices, are refused before any launch
     with pytest.raises(ValueError, match="stream is on cuda:0, the buffers on cuda:1"):
-        kernels.fused_step(
+        fused_step(
             x,
             cond,
             DDIM,
@@ -644,10 +646,10 @@ def test_torch_cuda_tensors_default_to_torchs_current_stream_on_their_device(cud
             stream=SimpleNamespace(cuda_stream=7, device=torch.device("cuda", 0)),
         )
     with pytest.raises(ValueError, match=r"one device: x on cuda:1, cond on cuda:0"):
-        kernels.fused_step(x, FakeTorchCudaTensor(torch, 8192, shape, 0), DDIM, x, noise=PhiloxNoise(0, 0))
+        fused_step(x, FakeTorchCudaTensor(torch, 8192, shape, 0), DDIM, x, noise=PhiloxNoise(0, 0))
     # CPU tensors never ask torch for a stream
     xc = torch.zeros(shape)
-    kernels.fused_step(xc, torch.zeros(shape), DDIM, xc, noise=PhiloxNoise(0, 0))
+    fused_step(xc, torch.zeros(shape), DDIM, xc, noise=PhiloxNoise(0, 0))
     assert asked == [1, 1] and len(cuda_calls) == 4
 
 
@@ -660,15 +662,15 @@ def test_torch_cuda_tensors_record_the_stream_they_are_used_on(cuda_calls, torch
     x, cond, base, noise = (FakeTorchCudaTensor(torch, p, shape, 1) for p in (4096, 8192, 12288, 16384))
     streams = [None, 0, 42, SimpleNamespace(cuda_stream=43, device=torch.device("cuda", 1))]
     for stream in streams:
-        kernels.fused_step(x, cond, DDIM, x, baseline=base, noise=noise, stream=stream)
-        kernels.philox_normal(noise, 1, 2, stream=stream)
+        fused_step(x, cond, DDIM, x, baseline=base, noise=noise, stream=stream)
+        philox_normal(noise, 1, 2, stream=stream)
     launched = [kw["stream"] for _, kw in cuda_calls]
     assert launched == [0xBEEF1, 0xBEEF1, 0, 0, 42, 42, 43, 43]
     assert x.recorded == cond.recorded == base.recorded == [0xBEEF1, 0, 42, 43]
     assert noise.recorded == [0xBEEF1, 0xBEEF1, 0, 0, 42, 42, 43, 43]
     # a __cuda_array_interface__ buffer beside a torch tensor: the tensor still records the stream
     cuda_calls.devices.update({20480: 1})
-    kernels.fused_step(x, FakeCudaArray(20480, shape), DDIM, x, noise=PhiloxNoise(0, 0), stream=44)
+    fused_step(x, FakeCudaArray(20480, shape), DDIM, x, noise=PhiloxNoise(0, 0), stream=44)
     assert x.recorded[-1] == 44
 
 

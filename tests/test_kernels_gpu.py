@@ -1,6 +1,6 @@
 """CUDA kernels of flexidit_trt._C against the CPU kernels (run on a GPU machine: pytest -m gpu).
 
-Device buffers are blocks of a device Arena (cudaMalloc) filled with ``kernels.memcpy``; outputs are
+Device buffers are blocks of a device Arena (cudaMalloc) filled with ``native.memcpy``; outputs are
 poisoned with NaN first. Tolerance: norm-wise relative error 1e-6 against the CPU kernel on the same
 inputs, for every model dtype: both kernels read the same fp32/fp16/bf16 values (decoded by the same
 bit-exact functions of csrc/step_math.h) and compute in fp32 in the same order without FMA contraction,
@@ -13,20 +13,16 @@ GPU, a `_C` built without CUDA makes every one of them fail.
 
 from __future__ import annotations
 
+import array_kernels
 import numpy as np
 import pytest
+from array_kernels import fused_step, philox_normal
 from kernel_helpers import DDIM, DDPM, as_model_dtype, driver_gpu_count, make_inputs, rel_err
 
-from flexidit_trt import _C, kernels
+from flexidit_trt import _C
 from flexidit_trt.diffusion.coeffs import StepCoeffs
-from flexidit_trt.kernels import (
-    Arena,
-    ArenaFullError,
-    PhiloxNoise,
-    fused_step,
-    fused_step_ptr,
-    philox_normal_ptr,
-)
+from flexidit_trt.runtime import native
+from flexidit_trt.runtime.native import Arena, ArenaFullError, PhiloxNoise, fused_step_ptr, philox_normal_ptr
 
 GPUS = driver_gpu_count()
 
@@ -41,7 +37,7 @@ TOL = 1e-6
 @pytest.fixture(autouse=True)
 def _extension_has_cuda():
     """A GPU is visible (or the module would have skipped): a `_C` without CUDA kernels is a failure."""
-    if not kernels.has_cuda():
+    if not native.has_cuda():
         pytest.fail(
             f"the driver sees {GPUS} GPU(s) but flexidit_trt._C was built without CUDA: rebuild it with nvcc on "
             "PATH (pip install --no-build-isolation --no-deps -e .)"
@@ -54,15 +50,15 @@ def _extension_has_cuda():
 def upload(arena: Arena, a: np.ndarray, stream: object = 0) -> int:
     a = np.ascontiguousarray(a)
     ptr = arena.block(a.nbytes)
-    kernels.memcpy(ptr, a.ctypes.data, a.nbytes, stream)
-    kernels.stream_synchronize(stream)  # the host array may go away after this
+    native.memcpy(ptr, a.ctypes.data, a.nbytes, stream)
+    native.stream_synchronize(stream)  # the host array may go away after this
     return ptr
 
 
 def download(ptr: int, shape: tuple[int, ...], dtype: type = np.float32, stream: object = 0) -> np.ndarray:
     out = np.empty(shape, dtype=dtype)
-    kernels.memcpy(out.ctypes.data, ptr, out.nbytes, stream)
-    kernels.stream_synchronize(stream)
+    native.memcpy(out.ctypes.data, ptr, out.nbytes, stream)
+    native.stream_synchronize(stream)
     return out
 
 
@@ -249,14 +245,14 @@ def test_torch_tensors_default_to_torchs_current_stream(monkeypatch):
     cpu = np.empty(shape, np.float32)
     fused_step(x, cond, DDPM, cpu, baseline=baseline, guidance_scale=3.0, noise=PhiloxNoise(8, 9))
     cpu_noise = np.empty(shape, np.float32)
-    kernels.philox_normal(cpu_noise, 8, 9)
+    philox_normal(cpu_noise, 8, 9)
 
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):  # uploads, kernels and downloads all queued on `stream`
         xg, cond_g, base_g = (torch.from_numpy(a).cuda() for a in (x, cond, baseline))
         fused_step(xg, cond_g, DDPM, xg, baseline=base_g, guidance_scale=3.0, noise=PhiloxNoise(8, 9))
         noise_g = torch.empty(shape, device="cuda")
-        kernels.philox_normal(noise_g, 8, 9)
+        philox_normal(noise_g, 8, 9)
         got, got_noise = xg.cpu().numpy(), noise_g.cpu().numpy()
     device = torch.cuda.current_device()
     assert seen == [("step", device, stream.cuda_stream), ("philox", device, stream.cuda_stream)]
@@ -301,19 +297,19 @@ def test_tensor_stepped_on_a_side_stream_is_not_reused_while_that_stream_may_use
 
 
 def test_missing_device_raises_clear_error(arena):
-    n = kernels.cuda_device_count()
+    n = native.cuda_device_count()
     missing, msg = f"cuda:{n}", rf"cudaErrorInvalidDevice.*\(CUDA device {n} requested, {n} visible\)"
-    with pytest.raises(kernels.CudaError, match=msg):
+    with pytest.raises(native.CudaError, match=msg):
         Arena(1024, missing)
     # real, disjoint addresses on cuda:0; the device check comes first
     d_x, d_cond, d_step = (upload(arena, np.zeros(16, np.float32)) for _ in range(3))
-    with pytest.raises(kernels.CudaError, match=msg):
+    with pytest.raises(native.CudaError, match=msg):
         philox_normal_ptr(missing, d_x, 16, 0, 0)
-    with pytest.raises(kernels.CudaError, match=msg):
+    with pytest.raises(native.CudaError, match=msg):
         fused_step_ptr(
             missing, d_x, d_cond, d_step, (1, 4, 2, 2), 4, "float32", DDIM, noise=PhiloxNoise(0, 0)
         )
-    with pytest.raises(kernels.CudaError, match=msg):  # even with nothing to do
+    with pytest.raises(native.CudaError, match=msg):  # even with nothing to do
         fused_step_ptr(missing, 0, 0, 0, (0, 4, 2, 2), 4, "float32", DDIM, noise=PhiloxNoise(0, 0))
     # no sticky error, and the devices that exist still work
     d_out = upload(arena, np.full(16, np.nan, np.float32))
@@ -428,9 +424,9 @@ def test_fused_step_on_torch_cuda_tensors():
 
     out = torch.full(shape, float("nan"), device="cuda")
     torch.cuda.synchronize()
-    kernels.philox_normal(out, 5, 6)  # no stream: torch's current one (here its default stream)
+    philox_normal(out, 5, 6)  # no stream: torch's current one (here its default stream)
     ref = np.empty(shape, np.float32)
-    kernels.philox_normal(ref, 5, 6)
+    philox_normal(ref, 5, 6)
     np.testing.assert_array_equal(out.cpu().numpy().view(np.uint32), ref.view(np.uint32))
 
     with pytest.raises(ValueError, match="one device"):
@@ -447,7 +443,7 @@ def test_fused_step_on_cuda_array_interface():
     # only copies: no cupy kernel (and so no NVRTC) is needed
     x_d, cond_d, base_d, noise_d = (cp.asarray(a) for a in (x, cond16, base16, noise))
     out = cp.asarray(np.full(shape, np.nan, np.float32))
-    assert kernels._describe(x_d, "x").device == f"cuda:{cp.cuda.Device().id}"  # asked of the runtime
+    assert array_kernels._describe(x_d, "x").device == f"cuda:{cp.cuda.Device().id}"  # asked of the runtime
     cp.cuda.Device().synchronize()
     fused_step(x_d, cond_d, DDIM, out, baseline=base_d, guidance_scale=2.0, noise=noise_d)
     cp.cuda.Device().synchronize()
@@ -481,30 +477,30 @@ def test_device_arena_blocks_aligned_disjoint_and_usable():
 
 def test_device_arena_frees_on_close_and_destruction():
     nbytes = 256 << 20
-    free0, _ = kernels.cuda_mem_get_info(0)  # the context exists already (module fixtures, earlier tests)
-    open0 = kernels.open_arena_bytes()
+    free0, _ = native.cuda_mem_get_info(0)  # the context exists already (module fixtures, earlier tests)
+    open0 = native.open_arena_bytes()
     arena = Arena(nbytes, "cuda")
-    free1, _ = kernels.cuda_mem_get_info(0)
+    free1, _ = native.cuda_mem_get_info(0)
     assert free0 - free1 >= nbytes - (2 << 20)
-    assert kernels.open_arena_bytes() == open0 + nbytes
+    assert native.open_arena_bytes() == open0 + nbytes
     arena.close()
     arena.close()
-    free2, _ = kernels.cuda_mem_get_info(0)
+    free2, _ = native.cuda_mem_get_info(0)
     assert abs(free2 - free0) <= 4 << 20
-    assert kernels.open_arena_bytes() == open0
+    assert native.open_arena_bytes() == open0
 
     arena = Arena(nbytes, "cuda")
     del arena  # no close: the destructor frees
-    free3, _ = kernels.cuda_mem_get_info(0)
+    free3, _ = native.cuda_mem_get_info(0)
     assert abs(free3 - free0) <= 4 << 20
-    assert kernels.open_arena_bytes() == open0
+    assert native.open_arena_bytes() == open0
 
 
 def test_cuda_errors_become_exceptions():
-    with pytest.raises(kernels.CudaError, match="cudaErrorMemoryAllocation|out of memory"):
+    with pytest.raises(native.CudaError, match="cudaErrorMemoryAllocation|out of memory"):
         Arena(1 << 50, "cuda")  # 1 PiB
-    with pytest.raises(kernels.CudaError, match="cudaErrorInvalidDevice|invalid device"):
-        kernels.cuda_mem_get_info(kernels.cuda_device_count() + 7)
+    with pytest.raises(native.CudaError, match="cudaErrorInvalidDevice|invalid device"):
+        native.cuda_mem_get_info(native.cuda_device_count() + 7)
     # the failed calls left no sticky error behind
     n = 16
     d_out = Arena(4096, "cuda")

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from test_bench import TINY_ARGS  # the bench tests' tiny config
 
 from flexidit_trt.cli import main
+from flexidit_trt.engines.options import EngineOptions
+from flexidit_trt.engines.torch_backend import ModulationTable, TorchBackend
 from flexidit_trt.model import FlexiDiT
-from flexidit_trt.runtime import Pipeline
-from flexidit_trt.runtime.torch_backend import ModulationTable, TorchBackend
+from flexidit_trt.runtime import pipeline_from_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,7 +102,7 @@ def test_fill_is_one_pass_for_a_whole_trajectory_and_splits_only_past_its_bound(
 def test_prepare_reserves_the_rows_of_every_batch_it_captures() -> None:
     """A bigger batch than the table has rows (a later, larger generate; uneven chunks) must grow the table
     before it is captured: on the GPU the capture would otherwise read past it."""
-    engine = TorchBackend.from_model(_model(), 2, precompute_modulation=True)
+    engine = TorchBackend.from_model(_model(), 2, options=EngineOptions(precompute_modulation=True))
     engine.prepare([4])
     assert engine.table.table.shape[1] == 4
     engine.begin_chunk(np.array([999.0, 500.0], np.float32), np.array([1, 2, 1000, 1000]))
@@ -115,7 +116,7 @@ def test_prepare_reserves_the_rows_of_every_batch_it_captures() -> None:
 def test_backend_forward_matches_the_ordinary_engine(patch_size: int) -> None:
     model = _model()
     plain = TorchBackend.from_model(model, patch_size)
-    premod = TorchBackend.from_model(model, patch_size, precompute_modulation=True)
+    premod = TorchBackend.from_model(model, patch_size, options=EngineOptions(precompute_modulation=True))
     x, y = torch.randn(6, 4, 8, 8), np.array([1, 5, 9, 1000, 1000, 1000])
     with pytest.raises(RuntimeError, match="holds 0 rows"):  # nothing reserved or filled yet
         premod.fn(x, torch.full((6,), 999.0), torch.as_tensor(y))
@@ -133,8 +134,8 @@ def test_backend_forward_matches_the_ordinary_engine(patch_size: int) -> None:
 def test_trajectories_match_with_every_guidance(guidance: str, sampler: str) -> None:
     model = _model()
     kwargs = {"budget": 0.5, "steps": 20, "guidance": guidance, "sampler": sampler, "batch_size": 2}
-    plain = Pipeline.from_model(model, precision="fp32").generate([1, 2, 3], **kwargs)
-    premod = Pipeline.from_model(model, precision="fp32", precompute_modulation=True)
+    plain = pipeline_from_model(model, engine=EngineOptions(precision="fp32")).generate([1, 2, 3], **kwargs)
+    premod = pipeline_from_model(model, engine=EngineOptions(precision="fp32", precompute_modulation=True))
     got = premod.generate([1, 2, 3], **kwargs)  # two chunks of 2 and 1 images: the table is refilled
     scale = np.abs(plain.samples).max()
     # measured: 1.8e-4 on values up to 597 (3e-7 relative) after 20 steps of a random model
@@ -187,8 +188,10 @@ def test_cuda_graphs_read_the_table_and_recapture_when_it_grows() -> None:
     """In CUDA graphs the lookup is captured with the table's address: a bigger chunk moves the table and
     must re-capture, or the replays would read freed memory."""
     model = _model()
-    plain = Pipeline.from_model(model, device="cuda", precision="fp32")
-    premod = Pipeline.from_model(model, device="cuda", precision="fp32", precompute_modulation=True)
+    plain = pipeline_from_model(model, device="cuda", engine=EngineOptions(precision="fp32"))
+    premod = pipeline_from_model(
+        model, device="cuda", engine=EngineOptions(precision="fp32", precompute_modulation=True)
+    )
     for labels in ([1, 2], [1, 2, 3, 4], [5]):  # grows, then a smaller chunk in the grown table
         kwargs = {"budget": 0.5, "steps": 20}
         want, got = plain.generate(labels, **kwargs).samples, premod.generate(labels, **kwargs).samples

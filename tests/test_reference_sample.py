@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import reference_iddpm
 import torch
+from array_kernels import philox_normal
 from reference_sample import ReferenceDiffusion, forward_with_cfg, reference_sample
 
-from flexidit_trt import kernels
+from flexidit_trt.engines.options import EngineOptions
 from flexidit_trt.model import FlexiDiT
-from flexidit_trt.runtime import Pipeline
+from flexidit_trt.runtime import pipeline_from_model
 from flexidit_trt.runtime.pipeline import INIT_NOISE_STEP
 
 
@@ -82,18 +83,20 @@ def test_reference_matches_the_pipeline_at_budget_1_with_the_same_noise(cfg_scal
     )
     model.eval()
     labels, seed, steps = [3, 7], 11, 25
-    result = Pipeline.from_model(model, backend="torch", device="cpu", precision="fp32").generate(
+    result = pipeline_from_model(
+        model, backend="torch", device="cpu", engine=EngineOptions(precision="fp32")
+    ).generate(
         labels, budget=1.0, steps=steps, sampler="ddpm", guidance="cfg", cfg_scale=cfg_scale, seed=seed
     )
     assert result.record["plan"]["patch_per_step"] == [2] * steps
 
     n, chw = len(labels), 4 * 8 * 8
     z = np.empty((n, 4, 8, 8), dtype=np.float32)
-    kernels.philox_normal(z, seed, INIT_NOISE_STEP)
+    philox_normal(z, seed, INIT_NOISE_STEP)
 
     def step_noise(k, x):  # the pipeline's step-k stream: image r takes elements [r·CHW, (r+1)·CHW)
         out = np.empty(tuple(x.shape), dtype=np.float32)
-        kernels.philox_normal(out, seed, k)
+        philox_normal(out, seed, k)
         return torch.from_numpy(out)
 
     ref = reference_sample(

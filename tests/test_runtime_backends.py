@@ -15,9 +15,10 @@ from runtime_helpers import rel_error
 
 from flexidit_trt.build import build_artifacts
 from flexidit_trt.engines import TrtStatus
-from flexidit_trt.runtime import Pipeline, RunError
-from flexidit_trt.runtime.backend import IOBuffers
-from flexidit_trt.runtime.ort_backend import OrtBackend
+from flexidit_trt.engines.backend import IOBuffers, RunError
+from flexidit_trt.engines.options import EngineOptions
+from flexidit_trt.engines.ort_backend import OrtBackend
+from flexidit_trt.runtime import pipeline_from_workdir
 
 SMALL = {"depth": 2, "hidden_size": 64, "num_heads": 2}
 LABELS = [0, 3, 7]
@@ -46,8 +47,8 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipes(workdir):
     with (
-        Pipeline.from_workdir(workdir, "dit_s", backend="ort", device="cpu") as ort,
-        Pipeline.from_workdir(workdir, "dit_s", backend="torch", device="cpu") as tch,
+        pipeline_from_workdir(workdir, "dit_s", backend="ort", device="cpu") as ort,
+        pipeline_from_workdir(workdir, "dit_s", backend="torch", device="cpu") as tch,
     ):
         yield ort, tch
 
@@ -90,7 +91,7 @@ def test_ort_backend_through_the_interface(workdir):
 
 
 def test_auto_on_cpu_is_torch_and_says_why(workdir):
-    with Pipeline.from_workdir(workdir, "dit_s") as pipe:
+    with pipeline_from_workdir(workdir, "dit_s") as pipe:
         assert pipe.selection.backend == "torch"
         assert "torch is installed" in pipe.selection.reason
 
@@ -99,27 +100,27 @@ def test_missing_graphs_give_the_build_command(tmp_path):
     with pytest.raises(
         RunError, match=r"run `flexidit-trt build` first \(`flexidit-trt build --model dit_s`\)"
     ):
-        Pipeline.from_workdir(tmp_path, "dit_s", backend="ort")
+        pipeline_from_workdir(tmp_path, "dit_s", backend="ort")
 
 
 def test_graphs_of_another_checkpoint_are_refused(workdir, tmp_path):
     other = tmp_path / "other.safetensors"
     other.write_bytes(b"not the weights the graphs were built from")
     with pytest.raises(RunError, match="checkpoint sha256 differs"):
-        Pipeline.from_workdir(workdir, "dit_s", backend="ort", checkpoint=str(other))
+        pipeline_from_workdir(workdir, "dit_s", backend="ort", checkpoint=str(other))
 
 
 def test_graphs_of_another_precision_are_refused(workdir):
     with pytest.raises(RunError, match="precision differs.*--precision bf16"):
-        Pipeline.from_workdir(workdir, "dit_s", backend="ort", precision="bf16")
+        pipeline_from_workdir(workdir, "dit_s", backend="ort", engine=EngineOptions(precision="bf16"))
 
 
 NO_TORCH = textwrap.dedent(
     """
     import json, sys
     sys.modules["torch"] = None  # `import torch` raises ImportError from here on
-    from flexidit_trt.runtime import Pipeline
-    pipe = Pipeline.from_workdir(sys.argv[1], "dit_s", device="cpu")
+    from flexidit_trt.runtime import pipeline_from_workdir
+    pipe = pipeline_from_workdir(sys.argv[1], "dit_s", device="cpu")
     result = pipe.generate([0, 3, 7], budget=0.5, steps=30, seed=11)
     import numpy as np
     np.save(sys.argv[2], result.samples)
@@ -158,9 +159,9 @@ def test_run_command_without_torch(workdir, tmp_path):
 
 def test_aoti_refuses_the_cpu(workdir):
     with pytest.raises(RunError, match="the aoti backend runs CUDA packages"):
-        Pipeline.from_workdir(workdir, "dit_s", backend="aoti", device="cpu")
+        pipeline_from_workdir(workdir, "dit_s", backend="aoti", device="cpu")
 
 
 def test_trt_refuses_the_cpu(workdir):
     with pytest.raises(RunError, match="the trt backend needs a CUDA GPU"):
-        Pipeline.from_workdir(workdir, "dit_s", backend="trt", device="cpu")
+        pipeline_from_workdir(workdir, "dit_s", backend="trt", device="cpu")

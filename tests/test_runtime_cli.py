@@ -11,12 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 from runtime_helpers import tiny_model
 
-from flexidit_trt import kernels
 from flexidit_trt.cli import main
-from flexidit_trt.runtime import Pipeline, RunError
+from flexidit_trt.engines.backend import RunError, RunOptionError
+from flexidit_trt.runtime import Pipeline, native, pipeline_from_model
 from flexidit_trt.runtime import outputs as outputs_module
-from flexidit_trt.runtime.backend import RunOptionError
-from flexidit_trt.runtime.select import torch_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,7 +99,7 @@ def test_unwritable_out(tmp_path):
 def test_batch_no_engine_covers():
     """Engines with a batch limit (a stand-in for TensorRT profiles): a batch beyond it is refused by name."""
     model = tiny_model()
-    pipe = torch_pipeline(model, device="cpu")
+    pipe = pipeline_from_model(model, device="cpu")
     for backend in pipe.backends.values():
         backend.max_batch = 4  # serves engine batches 1..4: CFG at 2 images per batch
     pipe.generate([1, 2], budget=0.5, steps=3)
@@ -119,12 +117,14 @@ def test_device_out_of_memory_says_how_much(monkeypatch):
             pass
 
     def no_memory(nbytes, device):
-        raise kernels.CudaError(f"cudaMalloc({nbytes}) on {device} failed: out of memory")
+        raise native.CudaError(f"cudaMalloc({nbytes}) on {device} failed: out of memory")
 
-    monkeypatch.setattr("flexidit_trt.runtime.cuda.Stream", NoStream)
-    monkeypatch.setattr(kernels, "Arena", no_memory)
-    pipe = torch_pipeline(tiny_model(), device="cpu")
-    pipe.device = "cuda:0"
+    monkeypatch.setattr("flexidit_trt.engines.cuda.Stream", NoStream)
+    monkeypatch.setattr(native, "Arena", no_memory)
+    cpu = pipeline_from_model(
+        tiny_model(), device="cpu"
+    )  # its engines, under a pipeline that thinks it is on a GPU
+    pipe = Pipeline(cpu.spec, cpu.backends, device="cuda:0", selection=cpu.selection, precision=cpu.precision)
     with pytest.raises(
         RunError, match=r"cuda:0 out of memory: the run's buffers need \d+\.\d MiB \(batch 8 images"
     ):
@@ -136,7 +136,7 @@ def test_latent_png_says_it_shows_latents(tmp_path, monkeypatch):
 
     monkeypatch.setattr(
         "flexidit_trt.runtime.run.open_pipeline",
-        lambda options: Pipeline.from_model(tiny_model(), device="cpu"),
+        lambda options: pipeline_from_model(tiny_model(), device="cpu"),
     )
     summary = run(RunOptions(steps=3, num_images=2, out=tmp_path / "o"))
     rec = json.loads((tmp_path / "o" / "record.json").read_text())

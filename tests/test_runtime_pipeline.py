@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from array_kernels import philox_normal
 from runtime_helpers import reference_samples, rel_error, tiny_model
 
-from flexidit_trt import kernels
-from flexidit_trt.runtime import Pipeline, RunError
-from flexidit_trt.runtime.backend import RunOptionError
+from flexidit_trt.engines.backend import RunError, RunOptionError
+from flexidit_trt.runtime import native, pipeline_from_model
 
 LABELS = [1, 2, 3, 4, 5]
 
@@ -23,7 +23,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def pipe(model):
-    with Pipeline.from_model(model, device="cpu") as p:
+    with pipeline_from_model(model, device="cpu") as p:
         yield p
 
 
@@ -68,12 +68,12 @@ def test_samples_do_not_depend_on_batching(pipe):
 
 def test_philox_offset_continues_the_flat_stream():
     full = np.empty(64, np.float32)
-    kernels.philox_normal(full, 5, 9)
+    philox_normal(full, 5, 9)
     tail = np.empty(24, np.float32)
-    kernels.philox_normal(tail, 5, 9, offset=40)
+    philox_normal(tail, 5, 9, offset=40)
     assert np.array_equal(tail, full[40:])
     with pytest.raises(ValueError, match="multiple of 4"):
-        kernels.PhiloxNoise(5, 9, offset=6)
+        native.PhiloxNoise(5, 9, offset=6)
 
 
 def test_record_matches_the_plan_and_budget(pipe):
@@ -95,11 +95,11 @@ def test_record_matches_the_plan_and_budget(pipe):
 
 def test_generate_reuses_buffers_and_grows_them(pipe):
     pipe.generate([1, 2], budget=1.0, steps=5, seed=0)
-    x = pipe._io[2].x
+    x = pipe.io[2].x
     pipe.generate([1], budget=1.0, steps=5, seed=0)
-    assert pipe._io[2].x is x  # no new buffers for a smaller batch
+    assert pipe.io[2].x is x  # no new buffers for a smaller batch
     pipe.generate(list(range(10)) * 7, budget=1.0, steps=2, seed=0, batch_size=70)
-    assert pipe._capacity == 70 and pipe._io[2].x.shape[0] == 140
+    assert pipe.capacity == 70 and pipe.io[2].x.shape[0] == 140
 
 
 @pytest.mark.parametrize(
@@ -130,12 +130,12 @@ def test_bad_inputs_raise_one_line(pipe, kwargs, match):
 
 def test_model_without_null_class_refuses_guidance():
     model = tiny_model(class_dropout_prob=0.0)
-    with Pipeline.from_model(model) as p:
+    with pipeline_from_model(model) as p:
         with pytest.raises(RunError, match="no null class"):
             p.generate([1], steps=5)
         assert p.generate([1], steps=5, guidance="none").samples.shape == (1, 4, 8, 8)
 
 
 def test_engines_in_memory_only_for_torch(model):
-    with pytest.raises(RunError, match="runs built engines: use Pipeline.from_workdir"):
-        Pipeline.from_model(model, backend="ort")
+    with pytest.raises(RunError, match="runs built engines: use pipeline_from_workdir"):
+        pipeline_from_model(model, backend="ort")

@@ -49,8 +49,8 @@ def weight_bytes(config: DiTConfig, patch_size: int, precision: str) -> int:
     """Bytes of `static(patch_size)`'s parameters as the torch backend runs them at `precision`."""
     import torch
 
+    from ..engines.torch_graphs import TORCH_DTYPES
     from ..model.dit import FlexiDiT
-    from ..runtime.torch_graphs import TORCH_DTYPES
 
     with torch.device("meta"):
         model = FlexiDiT(config, initialize=False)

@@ -176,7 +176,7 @@ def _nvml_clocks(index: int) -> dict[str, Any] | str:
 
 
 def _cuda_versions() -> dict[str, Any]:
-    from ..runtime.cuda import _cudart, check
+    from ..engines.cuda import _cudart, check
 
     cudart = _cudart()
     out: dict[str, Any] = {}

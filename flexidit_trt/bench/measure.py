@@ -135,12 +135,12 @@ class EventClock:
         self._spare: list[Any] = []
 
     def reserve(self, n: int) -> None:
-        from ..runtime import cuda
+        from ..engines import cuda
 
         self._spare.extend(cuda.Event() for _ in range(max(0, n - len(self._spare))))
 
     def mark(self) -> Any:
-        from ..runtime import cuda
+        from ..engines import cuda
 
         event = self._spare.pop() if self._spare else cuda.Event()
         event.record(self.stream)

@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING, Any
 from ..artifacts import BuildError, ensure_writable_dir, utc_now
 from ..diffusion import make_sampler, plan
 from ..diffusion.time_planner import TimeBudget, plan_for_time, predict_seconds
+from ..engines.backend import RunError
+from ..engines.options import EngineOptions, resolve_precision
 from ..errors import UsageError
-from ..runtime import Pipeline, RunError, Selection
-from ..runtime.pipeline import GUIDANCE
-from ..runtime.select import installed, resolve_device, resolve_precision
+from ..runtime import Pipeline, Selection, pipeline_from_model, pipeline_from_workdir
+from ..runtime.choose import installed, resolve_device
+from ..runtime.options import GUIDANCE
 from . import hardware
 from .floors import against_floor, forward_floor, weight_bytes
 from .measure import (
@@ -59,9 +61,9 @@ from .reference import ReferenceLoop, ReferenceUnavailable
 from .results import new_document, trajectory_step_seconds, write_results
 
 if TYPE_CHECKING:  # torch stays an optional import of the bench
-    from ..runtime.torch_graphs import GraphPool, TorchGraphBackend
+    from ..engines.torch_graphs import GraphPool, TorchGraphBackend
 
-# The torch engines the bench compares: one per lever, each adding to the one before (Pipeline.from_model's
+# The torch engines the bench compares: one per lever, each adding to the one before (EngineOptions'
 # options, every one given: `run` turns the GELU epilogue on by itself), so a lever's gain is the difference
 # of two neighbouring columns.
 _LEVERS = ("compile", "precompute_modulation", "gelu_epilogue", "flash_attention", "autotune")
@@ -233,7 +235,7 @@ class _Bench:
         self.config = self.model.config
         self.stream = None
         if self.device != "cpu":
-            from ..runtime import cuda
+            from ..engines import cuda
 
             self.stream = cuda.Stream(self.device)
             torch.cuda.set_device(self.device)
@@ -407,23 +409,20 @@ class _Bench:
             raise _NotRun(why_not)
         max_batch = max(opts.batch_sizes)
         if name in TORCH_VARIANTS:
-            return Pipeline.from_model(
+            return pipeline_from_model(
                 self.model,
                 backend="torch",
                 device=device,
-                precision=self.precision,
-                max_batch=max_batch,
+                engine=EngineOptions(precision=self.precision, max_batch=max_batch, **TORCH_VARIANTS[name]),
                 weights=self.source.label(),
-                **TORCH_VARIANTS[name],
             )
         try:
-            pipe = Pipeline.from_workdir(
+            pipe = pipeline_from_workdir(
                 str(opts.workdir),
                 self.source.name,
                 backend=name,
                 device=device,
-                precision=self.precision,
-                max_batch=max_batch,
+                engine=EngineOptions(precision=self.precision, max_batch=max_batch),
                 checkpoint=str(opts.checkpoint) if opts.checkpoint else None,
             )
         except (RunError, BuildError) as err:
@@ -519,7 +518,7 @@ class _Bench:
     def _profiles(self, pipe: Pipeline) -> list[dict] | dict:
         """Each engine's callable at each batch the forwards were timed at, under torch.profiler, eagerly
         (profile.py). A profile that fails is recorded with its error: the timed numbers stay."""
-        from ..runtime.torch_graphs import TorchGraphBackend
+        from ..engines.torch_graphs import TorchGraphBackend
         from .profile import profile_forward
 
         engines = pipe.backends
@@ -554,7 +553,7 @@ class _Bench:
         return out
 
     def _forward_inputs(self, pipe: Pipeline, batch: int) -> tuple[Any, ...]:
-        from ..runtime.torch_backend import engine_inputs
+        from ..engines.torch_backend import engine_inputs
 
         return engine_inputs(pipe.spec, batch, self.device, seed=self.options.seed)
 
@@ -566,7 +565,7 @@ class _Bench:
             return {"not_measured": "every budget ran one engine: give a budget below 1.0 to compare pools"}
         if self.device == "cpu":
             return {"not_measured": "CPU run: memory pools are a GPU matter"}
-        from ..runtime.torch_graphs import GraphPool, TorchGraphBackend, graph_pool_bytes
+        from ..engines.torch_graphs import GraphPool, TorchGraphBackend, graph_pool_bytes
 
         engines = pipe.backends
         if all(not isinstance(b, TorchGraphBackend) for b in engines.values()):
@@ -753,7 +752,7 @@ def time_plans(
 def graph_clone(engine: TorchGraphBackend, pool: GraphPool | None) -> TorchGraphBackend:
     """The same forward captured in another graph pool (the memory probe's shared vs per-engine layouts);
     it keeps the engine's backend name for the run record."""
-    from ..runtime.torch_graphs import TorchGraphBackend
+    from ..engines.torch_graphs import TorchGraphBackend
 
     clone = TorchGraphBackend(
         engine.fn,
@@ -777,7 +776,7 @@ def unavailable(backend: str, device: str) -> str | None:
     if backend == "ort":
         if not installed("onnxruntime"):
             return "onnxruntime is not installed here"
-        from ..runtime.ort_backend import provider_missing
+        from ..engines.ort_backend import provider_missing
 
         return provider_missing(device)
     return None

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..engines.aoti import AOTI_VARIANTS
-from .common import main, parse_sizes
+from .common import checkpoint_option, main, parse_sizes, precision_option, workdir_option
 
 
 def parse_image_size(ctx, param, value: int | None) -> int | None:
@@ -77,11 +77,8 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     default=None,
     help="dit_s, dit_b, dit_l, dit_xl  [default: dit_xl, or the checkpoint's]",
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="official DiT .pt, diffusers folder or flexible .safetensors  [default: seeded random weights]",
+@checkpoint_option(
+    "official DiT .pt, diffusers folder or flexible .safetensors  [default: seeded random weights]"
 )
 @click.option(
     "--patch-sizes", callback=parse_sizes, default="2,4", show_default=True, help="one graph and engine each"
@@ -93,7 +90,7 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     show_default=True,
     help="image batches the engines serve (with --cfg also twice each)",
 )
-@click.option("--precision", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True)
+@precision_option(["fp16", "bf16", "fp32"], "fp16", show_default=True)
 @click.option(
     "--fp32-residual", is_flag=True, help="keep embedders, adaLN modulation, gates and the residual in fp32"
 )
@@ -111,7 +108,7 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     show_default=True,
     help="ONNX opset, 17 up to what torch and the TensorRT table allow",
 )
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True)
+@workdir_option()
 @click.option(
     "--require-trt", is_flag=True, help="fail instead of skipping when TensorRT engines cannot be built"
 )

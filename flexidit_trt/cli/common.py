@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -55,6 +57,23 @@ def parse_sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:
     if not sizes or any(s <= 0 for s in sizes):
         raise click.BadParameter(f"expected comma-separated positive integers, got {value!r}")
     return sizes
+
+
+def workdir_option() -> Callable:
+    """--workdir: the folder `build` writes its artifacts under and `run` reads them from."""
+    return click.option(
+        "--workdir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True
+    )
+
+
+def checkpoint_option(help: str) -> Callable:
+    """--checkpoint: an existing weights file or folder."""
+    return click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, help=help)
+
+
+def precision_option(choices: Sequence[str], default: str | None, **extra: Any) -> Callable:
+    """--precision: one of `choices` (listed in this order by --help)."""
+    return click.option("--precision", type=click.Choice(list(choices)), default=default, **extra)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import main
+from .common import checkpoint_option, main, precision_option, workdir_option
 
 
 def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
@@ -44,22 +44,12 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
     default=None,
     help="a model built with `flexidit-trt build` (dit_s, ...)  [default: the embedded default]",
 )
-@click.option(
-    "--checkpoint",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="weights to run (engines built from other weights are refused)",
-)
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True)
+@checkpoint_option("weights to run (engines built from other weights are refused)")
+@workdir_option()
 @click.option(
     "--backend", type=click.Choice(["auto", "trt", "aoti", "torch", "ort"]), default="auto", show_default=True
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["bf16", "fp16", "fp32"]),
-    default=None,
-    help="[default: bf16 on a GPU, fp32 on the CPU]",
-)
+@precision_option(["bf16", "fp16", "fp32"], None, help="[default: bf16 on a GPU, fp32 on the CPU]")
 @click.option("--steps", type=click.IntRange(min=1), default=250, show_default=True, help="sampler steps")
 @click.option("--sampler", type=click.Choice(["ddpm", "ddim", "flow"]), default="ddpm", show_default=True)
 @click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="guidance scale")

@@ -2,7 +2,7 @@
 portable torch.compile cache (`compile_cache.bin`) as the fallback, under one `manifest.json`.
 
     result = build_aoti_engines(source, workdir, (2, 4), AotiOptions(precision="bf16", batch_max=16))
-    run = load_aoti_engine(result.records[0].path)        # a callable on torch tensors: run(x, t, y) -> out
+    run = load_aoti_engine(result.records[0].path)        # engines/aoti_backend.py: run(x, t, y) -> out
 
 Each package is `model.static(p)` in the graph signature of export/onnx_export.py (x fp32, t fp32, y int64
 -> out fp32; the precision lives inside), exported with `torch.export` with a dynamic batch
@@ -13,20 +13,17 @@ reused when its entry has the same settings, its file hashes to the recorded val
 the same (judged as export/graphs.py judges them: the same checkpoint or seeded random weights, else
 the hash of the static module's state).
 
-The load crash GPU.md reported (torch 2.11 + CUDA 13: `aoti_load_package` died in `std::regex` inside
-the package's wrapper.so) has its cause established (benchmarks/NOTES.md, "why aoti_load_package
-crashes"): wrapper.so does not list libstdc++ among its NEEDED libraries, and the copy already in the
-process was opened RTLD_LOCAL, so the wrapper's regex/locale code bound to the wrong symbols.
-`load_aoti_engine` promotes that copy to the global scope first (`_make_libstdcxx_global`); DiT-XL/2
-packages then loaded and ran on an H100. The compile variants (`AOTI_VARIANTS`, option `variant` or env
-FLEXIDIT_AOTI_VARIANT) that the diagnosis tried stay available:
+Loading a package (torch 2.11 + CUDA 13) could crash in `std::regex` inside the package's wrapper.so
+(benchmarks/NOTES.md, "why aoti_load_package crashes"): wrapper.so does not list libstdc++ among its
+NEEDED libraries, and the copy already in the process was opened RTLD_LOCAL, so the wrapper's
+regex/locale code bound to the wrong symbols. `load_aoti_engine` promotes that copy to the global scope
+first. The compile variants (`AOTI_VARIANTS`, option `variant` or env FLEXIDIT_AOTI_VARIANT) stay
+available:
 - "default": torch's settings;
 - "no-pch": `aot_inductor.precompile_headers=False`;
 - "static-libstdcxx": wrapper.so linked with `-static-libstdc++ -static-libgcc -Wl,--exclude-libs,ALL`.
-The fallback, for a machine where no package loads: torch.compile with its portable cache artifacts,
-saved per GPU and torch version (`build_compile_cache` after a warm-up that compiles every shape, into
-`compile_cache.bin` beside the packages) and hot-loaded by `load_compile_cache` before the torch backend
-compiles, so a run starts warm instead of compiling each shape for 25-35 s.
+The fallback, for a machine where no package loads, is torch.compile's portable cache
+(engines/compile_cache.py).
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,9 +57,9 @@ from ..artifacts import (
     sha256_state_dict,
     staging_dir,
     utc_now,
-    write_bytes_atomic,
     write_json_atomic,
 )
+from ..device import Device
 from .build import EngineRecord
 from .trt import GpuInfo, gpu_info
 
@@ -112,13 +109,13 @@ def torch_target(device: str = "cuda") -> TorchTarget:
     """The target of this process: the GPU that `device` names (BuildError without one) or the CPU."""
     import torch
 
-    kind = device.split(":")[0]
-    if kind == "cpu":
+    try:
+        parsed = Device.parse(device)
+    except ValueError:
+        raise BuildError(f"AOTInductor engines are built for 'cuda' or 'cpu', not {device!r}") from None
+    if parsed.is_cpu:
         return TorchTarget("cpu", None, torch.__version__)
-    if kind != "cuda":
-        raise BuildError(f"AOTInductor engines are built for 'cuda' or 'cpu', not {device!r}")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    gpu = gpu_info(index) if torch.cuda.is_available() else None
+    gpu = gpu_info(parsed.index) if torch.cuda.is_available() else None
     if gpu is None:
         raise BuildError("no CUDA GPU is visible: AOTInductor engines are compiled on the GPU they run on")
     return TorchTarget("cuda", gpu, torch.__version__)
@@ -215,7 +212,7 @@ def build_aoti_engines(
     folder = ensure_writable_dir(aoti_dir(workdir, source.name, target))
     result = AotiBuildResult(folder)
     with folder_lock(folder):
-        manifest = _read_or_new(folder, source.name, target)
+        manifest = read_or_new_manifest(folder, source.name, target)
         remove_orphans(folder)
         for p in sorted({int(q) for q in patch_sizes}):
             record = _one_package(source, folder, manifest, p, options, target, force, compiler, say)
@@ -378,212 +375,8 @@ def _static_libstdcxx_compiler() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# -- loading ---------------------------------------------------------------------------------------------
-def read_aoti_manifest(folder: str | Path) -> dict:
-    """The manifest of an AOTInductor engine folder; RunError when it is missing or foreign."""
-    from ..runtime.backend import read_engines_manifest
-
-    return read_engines_manifest(folder, AOTI_KIND, AOTI_SCHEMA, "AOTInductor")
-
-
-def check_aoti_entry(
-    manifest: dict,
-    patch_size: int,
-    target: TorchTarget,
-    *,
-    batch: int | None = None,
-    checkpoint_sha256: str | None = None,
-    weights_sha256: str | None = None,
-) -> dict:
-    """The entry of `patch_size`, checked against this GPU, torch and (when given) the checkpoint, the
-    static weights' hash and a batch; RunError naming the field that differs."""
-    from ..runtime.backend import RunError, check_built_for
-
-    entry = manifest.get("engines", {}).get(str(patch_size))
-    if entry is None:
-        raise RunError(
-            f"no AOTInductor engine for patch size {patch_size} (built: {sorted(manifest.get('engines', {}))})"
-        )
-    have = target.to_dict()
-    built_gpu = entry.get("gpu") or {}
-    here_gpu = have["gpu"] or {}
-    checks = [
-        ("device", entry.get("device"), have["device"]),
-        ("gpu.compute_capability", built_gpu.get("compute_capability"), here_gpu.get("compute_capability")),
-        ("gpu.name", built_gpu.get("name"), here_gpu.get("name")),
-        ("torch", entry.get("torch"), have["torch"]),
-    ]
-    check_built_for(
-        entry,
-        checks,
-        engine=f"AOTInductor engine p{patch_size}",
-        rebuild=f"flexidit-trt build --model {manifest.get('model')} --aoti",
-        checkpoint_sha256=checkpoint_sha256,
-        weights_sha256=weights_sha256,
-    )
-    if batch is not None and not entry["batch_min"] <= batch <= entry["batch_max"]:
-        raise RunError(
-            f"batch {batch} is outside AOTInductor engine p{patch_size}'s range "
-            f"{entry['batch_min']}..{entry['batch_max']}: rebuild with larger --batch-sizes"
-        )
-    return entry
-
-
-def load_aoti_engine(path: str | Path, *, constants: dict | None = None, run_single_threaded: bool = True):
-    """The package's callable: `run(x, t, y) -> out` on torch tensors of the device it was built for.
-
-    run_single_threaded: skip the package's thread synchronisation, which CUDA-graph capture needs.
-    constants: the weights by name (`module.state_dict()`), for packages built without them; they are
-    used in place (user-managed), so tensors shared by several engines stay one copy.
-    """
-    import torch
-
-    _make_libstdcxx_global()
-    runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=run_single_threaded)
-    if constants is not None:
-        runner.load_constants(constants, check_full_update=True, user_managed=True)
-    return runner
-
-
-def _make_libstdcxx_global() -> None:
-    """Put the process's libstdc++ into the global symbol scope before a package's wrapper.so is opened.
-
-    The wrapper does not list libstdc++ among its NEEDED libraries; Python opened the copy that torch
-    brought in with RTLD_LOCAL, so the wrapper's std::regex/locale code bound to the wrong symbols and
-    crashed inside `aoti_load_package` on the GPU machine (benchmarks/NOTES.md, "why aoti_load_package
-    crashes": dlopen with RTLD_GLOBAL made the same package load). RTLD_NOLOAD promotes the copy already
-    mapped instead of loading another; where none is mapped (or on other platforms) nothing changes."""
-    import contextlib
-    import ctypes
-    import os
-
-    if not hasattr(os, "RTLD_NOLOAD"):
-        return
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libstdc++.so.6", mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL | os.RTLD_LAZY)
-
-
-# -- the fallback: torch.compile's portable cache ---------------------------------------------------------
-def build_compile_cache(
-    warm: Callable[[], None],
-    folder: str | Path,
-    model_name: str,
-    target: TorchTarget,
-    description: dict,
-) -> dict:
-    """Run `warm()` (which torch.compiles and runs every module and batch the runtime will use, exactly as
-    the torch backend compiles them), then write torch's portable cache artifacts to
-    `<folder>/compile_cache.bin` and record them in the manifest's `compile_cache` entry (with
-    `description`: patch sizes, batches, precision, compile options). Returns the entry."""
-    import torch
-
-    folder = ensure_writable_dir(folder)
-    start = time.perf_counter()
-    warm()
-    saved = torch.compiler.save_cache_artifacts()
-    if saved is None:
-        raise BuildError("torch.compile produced no cache artifacts (is the compile cache disabled?)")
-    blob, info = saved
-    with folder_lock(folder):
-        manifest = _read_or_new(folder, model_name, target)
-        path = write_bytes_atomic(folder / COMPILE_CACHE_NAME, blob)
-        entry = {
-            **description,
-            "file": path.name,
-            "sha256": sha256_file(path),
-            "bytes": len(blob),
-            "artifacts": _cache_info(info),
-            **target.to_dict(),
-            "build_seconds": round(time.perf_counter() - start, 3),
-            "created": utc_now(),
-        }
-        manifest["compile_cache"] = entry
-        manifest["updated"] = utc_now()
-        write_json_atomic(folder / MANIFEST_NAME, manifest)
-    return entry
-
-
-@dataclass
-class CompileCacheResult:
-    """`build --compile-cache`: the manifest entry written, or why nothing was (no GPU here)."""
-
-    entry: dict | None
-    folder: Path | None = None
-    skipped: str | None = None
-
-
-def build_torch_compile_cache(
-    model: FlexiDiT,
-    workdir: str | Path,
-    model_name: str,
-    rows: Sequence[int],
-    precision: str,
-    target: TorchTarget | None = None,
-) -> CompileCacheResult:
-    """The torch backend's compiled engines, warmed at every engine batch in `rows` and patch size exactly
-    as `run --compile` compiles them (runtime/torch_backend.py), saved as the portable cache beside the
-    AOTInductor packages. `target`: default this process's GPU; none visible → skipped, with the reason."""
-    import torch
-
-    from ..runtime.select import torch_pipeline
-    from ..runtime.torch_backend import COMPILE_OPTIONS, engine_inputs
-
-    if target is None:
-        try:
-            target = torch_target("cuda")
-        except BuildError as err:
-            return CompileCacheResult(None, skipped=str(err))
-    rows = sorted({int(b) for b in rows})
-    device = "cuda" if target.device == "cuda" else "cpu"
-    pipe = torch_pipeline(
-        model, backend="torch", device=device, precision=precision, max_batch=max(rows), compile=True
-    )
-
-    @torch.no_grad()  # as the pipeline runs its engines: a compiled graph guards on grad mode
-    def warm() -> None:
-        for engine in pipe.backends.values():
-            for b in rows:
-                engine.fn(*engine_inputs(pipe.spec, b, engine.device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    folder = aoti_dir(workdir, model_name, target)
-    try:
-        description = {
-            "patch_sizes": sorted(pipe.backends),
-            "batches": rows,
-            "precision": precision,
-            "compile": dict(COMPILE_OPTIONS),
-        }
-        entry = build_compile_cache(warm, folder, model_name, target, description)
-    finally:
-        pipe.close()
-    return CompileCacheResult(entry, folder)
-
-
-def load_compile_cache(folder: str | Path, target: TorchTarget | None = None) -> dict | None:
-    """Hot-load the portable torch.compile cache of an engine folder (call before compiling), so the
-    compiles that follow hit it instead of starting cold. Returns its manifest entry, or None when the
-    folder has none or it was made for another GPU or torch (then compiling simply starts cold)."""
-    import torch
-
-    folder = Path(folder)
-    manifest = read_manifest(folder / MANIFEST_NAME, AOTI_KIND, AOTI_SCHEMA) if folder.is_dir() else None
-    entry = (manifest or {}).get("compile_cache")
-    if entry is None:
-        return None
-    target = target or torch_target(entry.get("device", "cuda"))
-    if {k: entry.get(k) for k in ("device", "gpu", "torch")} != target.to_dict():
-        return None
-    path = folder / entry["file"]
-    if not path.is_file() or sha256_file(path) != entry["sha256"]:
-        return None
-    torch.compiler.load_cache_artifacts(path.read_bytes())
-    return entry
-
-
 # -- helpers ---------------------------------------------------------------------------------------------
-def _read_or_new(folder: Path, model_name: str, target: TorchTarget) -> dict:
+def read_or_new_manifest(folder: Path, model_name: str, target: TorchTarget) -> dict:
     return read_manifest(folder / MANIFEST_NAME, AOTI_KIND, AOTI_SCHEMA) or new_manifest(
         AOTI_KIND, AOTI_SCHEMA, model_name, "engines", **target.to_dict()
     )
@@ -591,12 +384,6 @@ def _read_or_new(folder: Path, model_name: str, target: TorchTarget) -> dict:
 
 def _intact(path: Path, entry: dict | None) -> bool:
     return entry is not None and path.is_file() and sha256_file(path) == entry.get("sha256")
-
-
-def _cache_info(info: Any) -> dict:
-    """How many artifacts of each kind torch saved (CacheInfo.artifacts: kind -> keys), for the manifest."""
-    artifacts = getattr(info, "artifacts", None) or {}
-    return {str(kind): len(keys) for kind, keys in dict(artifacts).items()}
 
 
 @dataclass

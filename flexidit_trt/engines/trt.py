@@ -1,7 +1,7 @@
 """Everything that touches TensorRT, through polygraphy's loaders. Imported lazily: nothing here loads
 tensorrt until a build asks for it.
 
-Written against the documented TensorRT 10.x and 11.x Python API (see shared/notes/tensorrt.md):
+Written against the documented TensorRT 10.x and 11.x Python API:
 - strongly typed networks (`network_from_onnx_path(path, strongly_typed=True)`): the precision is the
   graph's; no FP16/BF16 builder flags (gone in 11);
 - one optimization profile per batch range; a shared timing cache (`create_timing_cache`,

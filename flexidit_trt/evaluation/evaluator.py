@@ -116,7 +116,8 @@ class Evaluator:
         ctx: Distributed | None = None,
         scorer: Scorer | None = None,
     ) -> None:
-        from ..runtime import Pipeline
+        from ..engines.options import EngineOptions
+        from ..runtime import pipeline_from_model
 
         self.ctx = ctx or Distributed(0, 1, pick_device(options.device, 0))
         missing = sorted(set(options.patch_sizes) - set(model.patch_sizes))
@@ -137,12 +138,11 @@ class Evaluator:
         self.options = options
         self.scorer = scorer or Scorer.load(options, self.ctx)
         self.model_sha = sha256_state_dict(model.state_dict())
-        self.pipe = Pipeline.from_model(
+        self.pipe = pipeline_from_model(
             model,
             backend=options.backend,
             device=str(self.ctx.device),
-            precision=options.precision,
-            max_batch=options.batch_size,
+            engine=EngineOptions(precision=options.precision, max_batch=options.batch_size),
         )
 
     @property

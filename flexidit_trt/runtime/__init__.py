@@ -1,17 +1,17 @@
-"""The runtime: one engine per patch size behind `Backend`, the `Pipeline` that runs the planner's
-schedule on them, and the run record. Importing it loads neither torch nor TensorRT."""
+"""The runtime: loaders that turn a model or a workdir of built engines into a `Pipeline`, the pipeline
+that runs the planner's schedule over those engines, and the run record. Importing it loads neither
+torch nor TensorRT."""
 
-from .backend import Backend, DeviceArray, IOBuffers, RunError
+from .load import pipeline_from_workdir
+from .load_model import pipeline_from_model
+from .options import SamplingOptions
 from .pipeline import GenerateResult, Pipeline, Selection
-from .spec import ModelSpec
 
 __all__ = [
-    "Backend",
-    "DeviceArray",
     "GenerateResult",
-    "IOBuffers",
-    "ModelSpec",
     "Pipeline",
-    "RunError",
+    "SamplingOptions",
     "Selection",
+    "pipeline_from_model",
+    "pipeline_from_workdir",
 ]

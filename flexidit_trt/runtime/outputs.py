@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import _UMASK, fsync_replace, staging_dir
-from .backend import RunError
+from ..engines.backend import RunError
 
 PNG_NAME, NPY_NAME, RECORD_NAME = "samples.png", "samples.npy", "record.json"
 MIN_CELL = 96  # images are scaled up (nearest) to at least this many pixels a side

@@ -1,4 +1,5 @@
-"""The run record: everything a generate() call did and measured, as one JSON-able dict.
+"""The run record: everything a sampling call did and measured, as typed records that serialise (`to_dict`)
+to the JSON `run` writes.
 
 Nothing here imports torch: package versions come from the installed metadata, and torch's memory
 counters are read only when torch is already loaded (a torch-family backend ran).
@@ -10,14 +11,14 @@ import importlib.metadata
 import os
 import platform
 import sys
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
-from .. import __version__, kernels
+from .. import __version__
 from ..artifacts import utc_now
-
-if TYPE_CHECKING:
-    from ..diffusion import Plan, Sampler
-    from .pipeline import Pipeline
+from ..device import Device
+from ..diffusion import Plan, Sampler
+from . import native
 
 PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "cuda-python", "tqdm", "pillow")
 NOISE = (
@@ -25,49 +26,143 @@ NOISE = (
     "[k*C*H*W, (k+1)*C*H*W) of each step's stream (a batch starting at image i0 uses element offset "
     "i0*C*H*W), so samples do not depend on the batch size or the device; the initial noise is step 2**32-1"
 )
+_OPTIONAL = {"omit_if_none": True}  # a field the JSON leaves out while it is None
 
 
-def run_record(pipe: Pipeline, *, schedule: Plan, sampler: Sampler, options: dict, timing: dict) -> dict:
-    spec = pipe.spec
+def to_plain(record: Any) -> Any:
+    """A record as JSON-able dicts: its fields by name, nested records too, optional ones left out while
+    None; other values as they are."""
+    if not is_dataclass(record):
+        return record
     return {
-        "flexidit_trt": __version__,
-        "created": utc_now(),
-        "model": spec.to_dict(),
-        "weights": spec.weights,
-        "random_weights": spec.random_weights,
-        "backend": {
-            "name": pipe.selection.backend,
-            "why": pipe.selection.reason,
-            "device": pipe.device,
-            "precision": pipe.precision,
-            "engines": [b.describe() for b in pipe.backends.values()],
-        },
-        "plan": {
-            "patch_per_step": list(schedule.patch_per_step),
-            "achieved_fraction": schedule.achieved_fraction,
-            "macs_per_image": schedule.macs,
-            "static_macs_per_image": schedule.static_macs,
-            "guidance": schedule.guidance,
-            "summary": schedule.describe(),
-        },
-        "sampler": {
-            "kind": sampler.kind,
-            "steps": len(sampler),
-            "timesteps": [float(t) for t in sampler.timesteps],
-        },
-        "options": options,
-        "seed": options["seed"],
-        "noise": NOISE,
-        "timing": timing,
-        "memory": memory(pipe),
-        "gpu": gpu_facts(pipe.device),
-        "host": {
+        f.name: to_plain(getattr(record, f.name))
+        for f in fields(record)
+        if not (f.metadata.get("omit_if_none") and getattr(record, f.name) is None)
+    }
+
+
+@dataclass
+class BackendRecord:
+    name: str
+    why: str
+    device: str
+    precision: str
+    engines: list[dict]
+
+
+@dataclass
+class TimeBudgetRecord:
+    """How a time budget chose the schedule (its achieved time is added after the loop)."""
+
+    limit_s: float
+    clock: str
+    measured: str
+    step_ms_by_patch: dict[str, float]  # a step of the run: its latency summed over the run's batches
+    step_ms_by_batch: dict[str, dict[str, float]]
+    weak_steps: int
+    predicted_s: float
+    static_predicted_s: float
+    achieved_s: float | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass
+class PlanRecord:
+    patch_per_step: list[int]
+    achieved_fraction: float
+    macs_per_image: float
+    static_macs_per_image: float
+    guidance: str
+    summary: str
+    time_budget: TimeBudgetRecord | None = field(default=None, metadata=_OPTIONAL)
+
+    @classmethod
+    def of(cls, schedule: Plan) -> PlanRecord:
+        return cls(
+            patch_per_step=list(schedule.patch_per_step),
+            achieved_fraction=schedule.achieved_fraction,
+            macs_per_image=schedule.macs,
+            static_macs_per_image=schedule.static_macs,
+            guidance=schedule.guidance,
+            summary=schedule.describe(),
+        )
+
+
+@dataclass
+class SamplerRecord:
+    kind: str
+    steps: int
+    timesteps: list[float]
+
+    @classmethod
+    def of(cls, sampler: Sampler) -> SamplerRecord:
+        return cls(sampler.kind, len(sampler), [float(t) for t in sampler.timesteps])
+
+
+@dataclass
+class OptionsRecord:
+    """The options the run sampled with, as resolved (`cli`: the command's own options, from `run`)."""
+
+    num_images: int
+    labels: list[int]
+    budget: float | None
+    time_budget: float | None
+    steps: int | str
+    sampler: str
+    guidance: str
+    cfg_scale: float
+    seed: int
+    batch_size: int
+    cli: dict | None = field(default=None, metadata=_OPTIONAL)
+
+
+@dataclass
+class TimingRecord:
+    clock: str
+    total_wall_s: float
+    loop_ms: float
+    forward_ms_sum: float
+    loop_overhead_ms: float
+    loop_overhead_fraction: float | None
+    batches: int
+    per_step_ms: list[float]
+    by_patch: dict[str, dict]
+    run_wall_s: float | None = field(default=None, metadata=_OPTIONAL)  # the whole `run`, writing included
+
+
+@dataclass
+class PngRecord:
+    shows: str
+    title: str
+
+
+@dataclass
+class RunRecord:
+    model: dict
+    weights: str
+    random_weights: bool
+    backend: BackendRecord
+    plan: PlanRecord
+    sampler: SamplerRecord
+    options: OptionsRecord
+    seed: int
+    timing: TimingRecord
+    memory: dict
+    gpu: dict | str
+    noise: str = NOISE
+    flexidit_trt: str = __version__
+    created: str = field(default_factory=utc_now)
+    host: dict = field(
+        default_factory=lambda: {
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-        },
-        "versions": versions(),
-    }
+        }
+    )
+    versions: dict = field(default_factory=lambda: versions())
+    png: PngRecord | None = field(default=None, metadata=_OPTIONAL)
+
+    def to_dict(self) -> dict:
+        return to_plain(self)
 
 
 def versions() -> dict[str, str]:
@@ -81,29 +176,27 @@ def versions() -> dict[str, str]:
     return out
 
 
-def memory(pipe: Pipeline) -> dict[str, Any]:
+def memory(device: str, arena_bytes: int) -> dict[str, Any]:
     """Memory the run held. GPU: the arena (buffers + the shared activation block), torch's pool peak when
     torch ran, and the device's used memory after the run (cudaMemGetInfo; the loop frees nothing, so
     this is the run's level, other processes included)."""
-    if pipe.device == "cpu":
+    if device == "cpu":
         import resource
 
         return {
             "device": "cpu",
             "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
-    index = int(pipe.device.split(":")[1])
-    arena = pipe._arena.capacity if pipe._arena is not None else 0
-    tables = sum(arena.capacity for _, arena in pipe._t_tables.values() if arena is not None)
-    out: dict[str, Any] = {"device": pipe.device, "arena_bytes": arena + tables}
+    index = Device.parse(device).index
+    out: dict[str, Any] = {"device": device, "arena_bytes": arena_bytes}
     torch = sys.modules.get("torch")
     torch_peak = 0
     if torch is not None and torch.cuda.is_initialized():
         torch_peak = int(torch.cuda.max_memory_reserved(index))
         out["torch_peak_reserved_bytes"] = torch_peak
         out["torch_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(index))
-    out["peak_device_bytes"] = arena + tables + torch_peak
-    free, total = kernels.cuda_mem_get_info(index)
+    out["peak_device_bytes"] = arena_bytes + torch_peak
+    free, total = native.cuda_mem_get_info(index)
     out["device_used_bytes_after_run"] = total - free
     return out
 
@@ -112,7 +205,7 @@ def gpu_facts(device: str) -> dict[str, Any] | str:
     """Name, memory and driver of the run's GPU via NVML (nvidia-ml-py); "no GPU" on the CPU."""
     if device == "cpu":
         return "no GPU"
-    index = int(device.split(":")[1])
+    index = Device.parse(device).index
     try:
         import pynvml
     except ImportError:

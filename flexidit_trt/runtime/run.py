@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diffusion import make_sampler
-from .backend import RunError, RunOptionError
+from ..engines.backend import RunError, RunOptionError
+from ..engines.options import EngineOptions
+from .choose import BACKENDS, installed
+from .load import pipeline_from_workdir
+from .options import SamplingOptions
 from .outputs import check_out_dir, decode_latents, latents_as_images, staged_output, to_images, write_outputs
-from .pipeline import GenerateResult, Pipeline, resolve_budget
-from .select import BACKENDS, installed
+from .pipeline import GenerateResult, Pipeline
+from .record import PngRecord, RunRecord
 
 DEFAULT_NUM_IMAGES = 10
 
@@ -53,6 +56,18 @@ class RunOptions:
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
+    def sampling(self) -> SamplingOptions:
+        """The sampling options these name, not yet checked."""
+        return SamplingOptions(
+            self.budget, self.time_budget, self.steps, self.sampler, self.guidance, self.cfg_scale, self.seed
+        )
+
+    def engine(self) -> EngineOptions:
+        """The engine options these name (the torch backend's; precision for every backend)."""
+        return EngineOptions(
+            precision=self.precision, compile=self.compile, precompute_modulation=self.precompute_modulation
+        )
+
 
 @dataclass
 class RunSummary:
@@ -69,41 +84,30 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     """Sample and write samples.png, samples.npy and record.json into options.out (atomically)."""
     start = time.perf_counter()
     out = Path(options.out) if options.out is not None else default_out()
-    _check_options(options)
+    sampling = _check_options(options)
     check_out_dir(out)  # before minutes of sampling
     pipe = open_pipeline(options)
     say(f"model: {pipe.spec.name}, {pipe.spec.weights}")
     say(f"backend: {pipe.selection.backend} ({pipe.selection.reason})")
     labels = resolve_labels(options.class_labels, options.num_images, pipe.spec.num_classes)
     with pipe:
-        result = pipe.generate(
-            labels,
-            budget=options.budget,
-            time_budget=options.time_budget,
-            steps=options.steps,
-            sampler=options.sampler,
-            guidance=options.guidance,
-            cfg_scale=options.cfg_scale,
-            seed=options.seed,
-            batch_size=options.batch_size,
-            progress=options.progress,
-        )
-    record = result.record
-    record["options"]["cli"] = options.to_dict()
+        result = pipe.sample(labels, sampling, batch_size=options.batch_size, progress=options.progress)
+    record = result.run_record
+    record.options.cli = options.to_dict()
     image, shows = _png_content(result.samples, pipe, options)
     title = _title(pipe, record)
-    record["png"] = {"shows": shows, "title": title}
+    record.png = PngRecord(shows, title)
     with staged_output(out) as stage:
-        record["timing"]["run_wall_s"] = time.perf_counter() - start
-        write_outputs(stage, result.samples, record, np.asarray(labels), title, image)
-    timing = record["timing"]
+        record.timing.run_wall_s = time.perf_counter() - start
+        write_outputs(stage, result.samples, record.to_dict(), np.asarray(labels), title, image)
+    timing = record.timing
     lines = [
-        record["plan"]["summary"],
-        *_time_budget_lines(record["plan"]),
-        f"{len(labels)} images in {timing['total_wall_s']:.2f} s sampling ({timing['run_wall_s']:.2f} s in all); "
+        record.plan.summary,
+        *_time_budget_lines(record),
+        f"{len(labels)} images in {timing.total_wall_s:.2f} s sampling ({timing.run_wall_s:.2f} s in all); "
         + ", ".join(
             f"p{p} step {v['step_ms_median']:.2f} ms"
-            for p, v in sorted(timing["by_patch"].items(), key=lambda kv: int(kv[0]))
+            for p, v in sorted(timing.by_patch.items(), key=lambda kv: int(kv[0]))
         ),
         f"png: {shows}",
         f"wrote {out}/samples.png, samples.npy, record.json",
@@ -113,22 +117,17 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     return RunSummary(out, result, lines)
 
 
-def _check_options(options: RunOptions) -> None:
+def _check_options(options: RunOptions) -> SamplingOptions:
+    """Everything about the options that needs no model, checked before anything loads; the sampling
+    options resolved."""
     if options.backend not in BACKENDS:
         raise RunOptionError(f"backend must be one of {', '.join(BACKENDS)}, got {options.backend!r}")
     if options.num_images is not None and options.num_images < 1:
         raise RunOptionError(f"--num-images must be at least 1, got {options.num_images}")
-    budget = resolve_budget(options.budget, options.time_budget)
-    if budget is not None and (isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0):
-        raise RunOptionError(
-            f"budget must be a fraction of the static model's compute in (0, 1], got {budget}"
-        )
-    try:
-        make_sampler(options.sampler, options.steps)
-    except ValueError as err:
-        raise RunOptionError(str(err)) from None
+    sampling = options.sampling().checked()
     if options.vae is not None and not Path(options.vae).is_dir():
         raise RunOptionError(f"--vae {options.vae} is not a folder (a local diffusers AutoencoderKL)")
+    return sampling
 
 
 def resolve_labels(labels: tuple[int, ...] | None, num_images: int | None, num_classes: int) -> list[int]:
@@ -153,15 +152,13 @@ def open_pipeline(options: RunOptions) -> Pipeline:
 
 
 def _workdir_pipeline(options: RunOptions, name: str, checkpoint: Path | None) -> Pipeline:
-    return Pipeline.from_workdir(
+    return pipeline_from_workdir(
         str(options.workdir),
         name,
         backend=options.backend,
         device=options.device,
-        precision=options.precision,
-        compile=options.compile,
+        engine=options.engine(),
         checkpoint=None if checkpoint is None else str(checkpoint),
-        precompute_modulation=options.precompute_modulation,
     )
 
 
@@ -175,19 +172,17 @@ def _default_pipeline(options: RunOptions) -> Pipeline:
     if not installed("torch") or options.backend not in ("auto", "torch"):
         # Engines of the default model, built like any other (`build --checkpoint <default weights>`).
         return _workdir_pipeline(options, DEFAULT_NAME, path)
-    from .select import torch_pipeline
+    from .load_model import pipeline_from_model
 
     try:
         model, weights = default_model()
     except FileNotFoundError as err:
         raise RunError(str(err)) from None
-    return torch_pipeline(
+    return pipeline_from_model(
         model,
         backend="torch",
         device=options.device,
-        precision=options.precision,
-        compile=options.compile,
-        precompute_modulation=options.precompute_modulation,
+        engine=options.engine(),
         weights=weights,
         random_weights=False,
         reason=(
@@ -238,27 +233,27 @@ def _png_content(samples: np.ndarray, pipe: Pipeline, options: RunOptions) -> tu
     ), "latents, not images (no --vae given): channels 0-2 as RGB, min-max scaled"
 
 
-def _time_budget_lines(plan: dict) -> list[str]:
+def _time_budget_lines(record: RunRecord) -> list[str]:
     """What a time budget chose and measured (nothing for a MACs budget)."""
-    timed = plan.get("time_budget")
+    timed = record.plan.time_budget
     if timed is None:
         return []
     measured = ", ".join(
-        f"p{p} {ms:.3g} ms" for p, ms in sorted(timed["step_ms_by_patch"].items(), key=lambda kv: int(kv[0]))
+        f"p{p} {ms:.3g} ms" for p, ms in sorted(timed.step_ms_by_patch.items(), key=lambda kv: int(kv[0]))
     )
     return [
-        f"time budget {timed['limit_s']:g} s: predicted {timed['predicted_s']:.3g} s, achieved "
-        f"{timed['achieved_s']:.3g} s of sampling loop (static: {timed['static_predicted_s']:.3g} s); "
-        f"measured per step of the run (all {len(timed['step_ms_by_batch'])} batch size(s) together): {measured}"
+        f"time budget {timed.limit_s:g} s: predicted {timed.predicted_s:.3g} s, achieved "
+        f"{timed.achieved_s:.3g} s of sampling loop (static: {timed.static_predicted_s:.3g} s); "
+        f"measured per step of the run (all {len(timed.step_ms_by_batch)} batch size(s) together): {measured}"
     ]
 
 
-def _title(pipe: Pipeline, record: dict) -> str:
-    plan = record["plan"]
+def _title(pipe: Pipeline, record: RunRecord) -> str:
+    plan = record.plan
     weights = "RANDOM WEIGHTS" if pipe.spec.random_weights else os.path.basename(pipe.spec.weights)
-    timed = plan.get("time_budget")
-    budget = f"budget {record['options']['budget']}" if timed is None else f"time {timed['limit_s']:g} s"
+    timed = plan.time_budget
+    budget = f"budget {record.options.budget}" if timed is None else f"time {timed.limit_s:g} s"
     return (
         f"{pipe.spec.name} ({weights}) | {budget} -> "
-        f"{100 * plan['achieved_fraction']:.1f}% | {pipe.selection.backend} | seed {record['seed']}"
+        f"{100 * plan.achieved_fraction:.1f}% | {pipe.selection.backend} | seed {record.seed}"
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..device import Device
 from .backend import Backend, IOBuffers, RunError
 
 _ORT_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
@@ -46,7 +47,7 @@ def _register_env_allocator(ort: Any, device: str) -> None:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
         ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
     else:
-        index = int(device.split(":")[1])
+        index = Device.parse(device).index
         info = ort.OrtMemoryInfo(
             "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, index, ort.OrtMemType.DEFAULT
         )
@@ -61,7 +62,15 @@ class OrtBackend(Backend):
 
     name = "ort"
 
-    def __init__(self, session: Any, patch_size: int, max_batch: int, device: str, path: Path):
+    def __init__(
+        self,
+        session: Any,
+        patch_size: int,
+        max_batch: int,
+        device: str,
+        path: Path,
+        run_options: Any = None,
+    ):
         self.session = session
         self.patch_size = patch_size
         self.max_batch = max_batch
@@ -70,7 +79,7 @@ class OrtBackend(Backend):
         self.path = path
         self._io: IOBuffers | None = None
         self._bindings: dict[int, Any] = {}
-        self._run_options = None
+        self._run_options = run_options  # ONNX Runtime's RunOptions for every forward (None: its defaults)
 
     @classmethod
     def load(
@@ -90,17 +99,16 @@ class OrtBackend(Backend):
             missing = provider_missing(device)
             if missing:
                 raise RunError(f"the ort backend: {missing}; use --device cpu or another backend")
-            cuda_options = {"device_id": device.split(":")[1]}
+            cuda_options = {"device_id": str(Device.parse(device).index)}
             if stream:
                 cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(stream))
             providers = [("CUDAExecutionProvider", cuda_options)]
         _register_env_allocator(ort, device)
         session = ort.InferenceSession(str(path), options, providers=providers)
-        backend = cls(session, patch_size, max_batch, device, path)
-        backend._run_options = ort.RunOptions()
+        run_options = ort.RunOptions()
         if device != "cpu":  # the pipeline orders everything on its stream; never block the host per step
-            backend._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        return backend
+            run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return cls(session, patch_size, max_batch, device, path, run_options)
 
     def activation_bytes(self, batch: int) -> int:
         return 0  # ONNX Runtime owns its memory (one shared allocator per device)
@@ -120,7 +128,8 @@ class OrtBackend(Backend):
         io = self._io
         if io is None:
             raise RuntimeError("bind() the buffers before prepare()")
-        kind, index = ("cpu", 0) if self.device == "cpu" else ("cuda", int(self.device.split(":")[1]))
+        device = Device.parse(self.device)
+        kind, index = (device.kind, max(device.index, 0))
         binding = self.session.io_binding()
         for name, buf in (("x", io.x), ("t", io.t), ("y", io.y)):
             binding.bind_input(name, kind, index, _np_dtype(buf), [batch, *buf.shape[1:]], _address(buf))

@@ -21,21 +21,19 @@ from cuda.bindings import runtime as real_cudart
 
 from flexidit_trt.build import build_artifacts
 from flexidit_trt.engines import GpuInfo, TrtStatus
+from flexidit_trt.engines.backend import DeviceArray, IOBuffers, RunError
+from flexidit_trt.engines.cuda import CudaCallError
 from flexidit_trt.engines.trt import PlanBuild
-from flexidit_trt.kernels import Arena, arena_size
-from flexidit_trt.runtime.backend import DeviceArray, IOBuffers, RunError
-from flexidit_trt.runtime.cuda import CudaCallError
-from flexidit_trt.runtime.trt_backend import (
-    CudaGraphs,
-    TrtBackend,
+from flexidit_trt.engines.trt_backend import CudaGraphs, TrtBackend, load_trt_engines
+from flexidit_trt.engines.trt_manifest import (
     check_engine_entry,
     engine_activation_bytes,
     find_trt_engines,
-    load_trt_engines,
     profile_index,
     read_engine_manifest,
     shared_activation_bytes,
 )
+from flexidit_trt.runtime.native import Arena, arena_size
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", 9, 0)
 TRT_VERSION = "10.15.1"
@@ -422,7 +420,7 @@ def test_capture_always_ends_and_cuda_errors_name_the_call(fakes):
 def test_no_torch_import():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import flexidit_trt.runtime.trt_backend as m\n"
+        "import flexidit_trt.engines.trt_backend as m\n"
         "assert m.TrtBackend and 'torch' not in {k for k, v in sys.modules.items() if v is not None}\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ..device import Device
 from ..errors import FlexiditError
 
 
@@ -40,7 +41,7 @@ class CudaCallError(FlexiditError, RuntimeError):
 
 
 def device_index(device: str) -> int:
-    return 0 if device == "cuda" else int(device.split(":")[1])
+    return Device.parse(device).index
 
 
 def set_device(device: str) -> None:

@@ -5,9 +5,13 @@ where the weights came from. Built from a `FlexiDiT` (torch backends) or from a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..model import FlexiDiT
 
 
 @dataclass(frozen=True)
@@ -77,3 +81,51 @@ class ModelSpec:
             "macs_by_patch": {str(p): m for p, m in self.macs_by_patch.items()},
             "config": dict(self.config),
         }
+
+
+def spec_from_entries(entries: Mapping[int, dict], model_name: str) -> ModelSpec:
+    """A ModelSpec from manifest entries by patch size (config, MACs per patch size, checkpoint
+    description; the config and checkpoint of the smallest patch size's entry)."""
+    entry = entries[min(entries)]
+    ckpt = entry.get("checkpoint") or {}
+    random = ckpt.get("init") == "random"
+    weights = f"random weights (seed {ckpt.get('seed')})" if random else f"checkpoint {ckpt.get('path')}"
+    config = {**entry["config"], "name": model_name}
+    return ModelSpec.from_config(
+        config,
+        {p: int(e["macs"]) if "macs" in e else macs_from_config(config, p) for p, e in entries.items()},
+        weights=weights,
+        random_weights=random,
+        checkpoint_sha256=ckpt.get("sha256"),
+        patch_sizes=tuple(sorted(entries)),
+    )
+
+
+def macs_from_config(config: dict, patch_size: int) -> int:
+    # model/macs.py needs only the config, but importing it loads the model package (torch); engine
+    # manifests without a "macs" field reach this only where torch is installed.
+    from ..model.config import DiTConfig
+    from ..model.macs import forward_macs
+
+    return forward_macs(DiTConfig.from_json(json.dumps(config)), patch_size)
+
+
+def spec_from_model(
+    model: FlexiDiT,
+    *,
+    weights: str | None = None,
+    random_weights: bool | None = None,
+    checkpoint_sha256: str | None = None,
+) -> ModelSpec:
+    """The spec of a FlexiDiT in memory; `weights` describes them (default: random weights given in
+    memory)."""
+    config = json.loads(model.config.to_json())
+    macs = {p: model.macs(p) for p in model.patch_sizes}
+    random = random_weights if random_weights is not None else weights is None
+    return ModelSpec.from_config(
+        config,
+        macs,
+        weights=weights or "random weights (given in memory)",
+        random_weights=random,
+        checkpoint_sha256=checkpoint_sha256,
+    )

@@ -1,5 +1,5 @@
 """PyTorch backend: `FlexiDiT.static(p)` per patch size, eager (the reference baseline) or compiled with
-torch.compile; on CUDA each in CUDA graphs in the pipeline's shared pool (runtime/torch_graphs.py).
+torch.compile; on CUDA each in CUDA graphs in the pipeline's shared pool (engines/torch_graphs.py).
 
 With precompute_modulation the adaLN modulation (a third of the weights, and one GEMM launch per block,
 that depends on t and y only) is computed for every step of a chunk in one batched pass before the loop
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from ..model import FlexiDiT
 from ..model.dit import FLASH_FIRST, resolve_levers
+from .options import DEFAULT_ENGINE, EngineOptions
 from .spec import ModelSpec
 from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBackend
 
@@ -23,38 +25,57 @@ from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBacken
 COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False}
 
 
+@dataclass(frozen=True)
+class TorchLevers:
+    """How one torch engine was made, its options as the rule settled them (for the record)."""
+
+    compiled: bool
+    precision: str
+    gelu_epilogue: bool
+    flash_attention: bool
+    autotune: bool
+
+
 class TorchBackend(TorchGraphBackend):
     name = "torch"
+
+    def __init__(
+        self, fn: Callable, levers: TorchLevers, table: ModulationTable | None = None, **kwargs: Any
+    ):
+        super().__init__(fn, **kwargs)
+        self.levers = levers
+        self.table = table  # the precomputed modulation (None: computed in each forward)
 
     @classmethod
     def from_model(
         cls,
         model: FlexiDiT,
         patch_size: int,
+        options: EngineOptions = DEFAULT_ENGINE,
         *,
         device: str = "cpu",
-        precision: str = "fp32",
-        compile: bool = False,
         max_batch: int = 1 << 16,
         pool: GraphPool | None = None,
-        cuda_graphs: bool = True,
-        precompute_modulation: bool = False,
-        gelu_epilogue: bool | None = None,
-        flash_attention: bool | None = None,
-        autotune: bool = False,
     ) -> TorchBackend:
-        """gelu_epilogue (None: `gelu_epilogue_default`), flash_attention (None: on in bf16/fp16) and autotune
-        (inductor's max-autotune: Triton GEMM templates and tuned reductions, minutes of compile; with
-        compile): CUDA only, flash and autotune in engines of ≤ 64 tokens, settled by
-        `model.dit.resolve_levers`."""
+        """The engine of one patch size as `options` ask (precision None: fp32). The GELU epilogue, flash
+        attention and autotune (inductor's max-autotune: Triton GEMM templates and tuned reductions,
+        minutes of compile; with compile) are CUDA only, flash and autotune in engines of ≤ 64 tokens,
+        settled by `model.dit.resolve_levers`."""
+        precision = options.precision or "fp32"
+        compile = options.compile
         dtype = TORCH_DTYPES[precision]
         gelu_epilogue, flash, autotune = resolve_levers(
-            device, precision, model.config.tokens(patch_size), gelu_epilogue, flash_attention, autotune
+            device,
+            precision,
+            model.config.tokens(patch_size),
+            options.gelu_epilogue,
+            options.flash_attention,
+            options.autotune,
         )
         autotune = autotune and compile
-        options: dict[str, Any] = dict(COMPILE_OPTIONS)
+        compile_options: dict[str, Any] = dict(COMPILE_OPTIONS)
         if autotune:  # our own CUDA graphs replay the engine, so inductor must not add its own
-            options["mode"] = "max-autotune-no-cudagraphs"
+            compile_options["mode"] = "max-autotune-no-cudagraphs"
         # fp16 keeps the residual stream fp32 (DiT blocks overflow fp16 otherwise), as the export does.
         module = model.static(
             patch_size,
@@ -64,31 +85,27 @@ class TorchBackend(TorchGraphBackend):
             sdpa_backends=FLASH_FIRST if flash else None,
         ).to(device)
         table = None
-        if precompute_modulation:
+        if options.precompute_modulation:
             body = module.forward_modulated
-            body = torch.compile(body, **options) if compile else body
+            body = torch.compile(body, **compile_options) if compile else body
             table = ModulationTable(
                 module.modulation_parts, module.modulation_width, module.residual_dtype(), device
             )
             fn = table.forward_with(body)
         else:
-            fn = torch.compile(module, **options) if compile else module
-        backend = cls(
+            fn = torch.compile(module, **compile_options) if compile else module
+        levers = TorchLevers(compile, precision, gelu_epilogue, flash, autotune)
+        return cls(
             fn,
+            levers,
+            table,
             patch_size=patch_size,
             device=device,
             out_dtype=DTYPE_NAMES[dtype],
             max_batch=max_batch,
             pool=pool,
-            cuda_graphs=cuda_graphs,
+            cuda_graphs=options.cuda_graphs,
         )
-        backend.compiled = compile
-        backend.precision = precision
-        backend.table = table
-        backend.gelu_epilogue = gelu_epilogue
-        backend.flash_attention = flash
-        backend.autotune = autotune
-        return backend
 
     def prepare(self, batches: Sequence[int]) -> None:
         if self.table is not None and batches:
@@ -113,18 +130,33 @@ class TorchBackend(TorchGraphBackend):
     def describe(self) -> dict:
         return {
             **super().describe(),
-            "compiled": self.compiled,
-            "precision": self.precision,
+            "compiled": self.levers.compiled,
+            "precision": self.levers.precision,
             "precomputed_modulation": self.table is not None,
-            "gelu_epilogue": self.gelu_epilogue,
-            "flash_attention": self.flash_attention,
-            "autotune": self.autotune,
+            "gelu_epilogue": self.levers.gelu_epilogue,
+            "flash_attention": self.levers.flash_attention,
+            "autotune": self.levers.autotune,
         }
 
     def close(self) -> None:
         super().close()
         if self.table is not None:
             self.table.release()
+
+
+def torch_engines(
+    model: FlexiDiT, device: str, options: EngineOptions
+) -> tuple[dict[int, TorchBackend], list[GraphPool]]:
+    """One engine per patch size of `model` on `device` (options' precision settled), and the CUDA-graph
+    pools they use: one shared by all, or one per engine with shared_pool False (to measure what sharing
+    saves); none on the CPU."""
+    pool = GraphPool(device) if device != "cpu" else None
+    pools = [pool] if pool else []
+    engines: dict[int, TorchBackend] = {}
+    for p in model.patch_sizes:
+        own = pool if options.shared_pool or pool is None else GraphPool(device)
+        engines[p] = TorchBackend.from_model(model, p, options, device=device, pool=own)
+    return engines, pools
 
 
 class ModulationTable:

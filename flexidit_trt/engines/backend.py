@@ -1,17 +1,6 @@
 """The one interface every engine implements: one patch size, buffers bound once, forward per step.
 
-Changes since the first version (issue 7, runtime core), all additive, nothing renamed:
-- `prepare(batches)`: warm up / capture CUDA graphs for the batches a run will use, before its loop
-  (the loop must not allocate or capture); default: nothing to do.
-- `covers(batch)`: whether the engine can run that batch (TensorRT profiles may leave holes);
-  default: 1 <= batch <= max_batch.
-- `describe()`: a dict for the run record (default: name, patch size, max batch, device, out dtype).
-- `RunError` / `RunOptionError`: the exceptions for failures the user can fix (engines missing or built for another GPU,
-  TensorRT/torch version or checkpoint: the message names the field that differs).
-- `IOBuffers`: the pipeline gives every backend its own `out` (weak-to-strong guidance reads the strong
-  and the weak engine's outputs of one step together) and shares `x`, `t` and `y`.
-
-A backend serves one patch size of one model. Its life cycle follows demoDiffusion's engines:
+A backend serves one patch size of one model. Its life cycle (build, load, activate on shared memory, infer):
 
     backend = SomeBackend.load(...)                     # read the engine / graph / module
     need = backend.activation_bytes(batch)              # device memory its activations need at `batch`
@@ -34,12 +23,10 @@ them at construction). `stream` is the run's one CUDA stream as an int handle (0
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..artifacts import MANIFEST_NAME, ManifestError, read_manifest
 from ..errors import FlexiditError, UsageError
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8}
@@ -150,40 +137,3 @@ class RunOptionError(RunError, UsageError):
     """Bad usage: an option value the run cannot take (a label outside the classes, a budget below the
     reachable one, 0 steps, a batch no engine covers...). The CLI exits with 2 for these, 1 for other
     RunErrors."""
-
-
-# -- engine manifests: shared by the TensorRT and AOTInductor backends (no torch here) ----------------------
-def read_engines_manifest(folder: str | Path, kind: str, schema: int, engines: str) -> dict:
-    """The manifest of an engine folder of `kind` ("no {engines} engines at ..." when it is missing);
-    RunError when it is missing, unreadable or foreign."""
-    try:
-        manifest = read_manifest(Path(folder) / MANIFEST_NAME, kind, schema)
-    except ManifestError as err:
-        raise RunError(str(err)) from None
-    if manifest is None:
-        raise RunError(f"no {engines} engines at {folder} (no {MANIFEST_NAME})")
-    return manifest
-
-
-def check_built_for(
-    entry: Mapping,
-    checks: list[tuple[str, Any, Any]],
-    *,
-    engine: str,
-    rebuild: str,
-    checkpoint_sha256: str | None = None,
-    weights_sha256: str | None = None,
-) -> None:
-    """RunError naming the first (field, built, here) of `checks` that differs, then the checkpoint's and
-    the static weights' hashes (when given) against the entry's: "{engine} was built for {field} ...,
-    this run has ...: rebuild it with `{rebuild}`"."""
-    checks = list(checks)
-    if checkpoint_sha256 is not None:
-        checks.append(("checkpoint.sha256", (entry.get("checkpoint") or {}).get("sha256"), checkpoint_sha256))
-    if weights_sha256 is not None:
-        checks.append(("weights_sha256", entry.get("weights_sha256"), weights_sha256))
-    for field, built, here in checks:
-        if built != here:
-            raise RunError(
-                f"{engine} was built for {field} {built!r}, this run has {here!r}: rebuild it with `{rebuild}`"
-            )

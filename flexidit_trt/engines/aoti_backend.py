@@ -1,6 +1,6 @@
 """AOTInductor backend: the packages `build` compiled (`engines/<model>/<gpu>-sm<cc>-torch<ver>/p<k>.pt2`,
 engines/aoti.py), loaded with no compile at run time and run exactly like the torch backend: one CUDA
-graph per batch, every graph in the pipeline's one pool (runtime/torch_graphs.py).
+graph per batch, every graph in the pipeline's one pool (engines/torch_graphs.py).
 
 The manifest is checked before anything loads: GPU name and compute capability, torch version and,
 when a checkpoint is given, its sha256 (engines/aoti.check_aoti_entry names the field that differs).
@@ -8,20 +8,17 @@ when a checkpoint is given, its sha256 (engines/aoti.check_aoti_entry names the 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 from pathlib import Path
 
 import torch
 
 from ..artifacts import MANIFEST_NAME
-from ..engines.aoti import (
-    aoti_dir,
-    check_aoti_entry,
-    load_aoti_engine,
-    read_aoti_manifest,
-    torch_target,
-)
+from .aoti import AOTI_KIND, AOTI_SCHEMA, TorchTarget, aoti_dir, torch_target
 from .backend import Backend, RunError
-from .pipeline import Pipeline, Selection
+from .manifest import build_command, check_built_for, read_engines_manifest
 from .torch_graphs import GraphPool, TorchGraphBackend
 
 
@@ -51,17 +48,11 @@ def _single(out):
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def aoti_pipeline(
-    workdir: Path,
-    model_name: str,
-    device: str,
-    precision: str | None,
-    max_batch: int,
-    checkpoint_sha: str | None,
-    reason: str,
-) -> Pipeline:
-    from .select import _spec_from_entry, build_command
-
+def load_aoti_backends(
+    workdir: Path, model_name: str, device: str, precision: str | None, checkpoint_sha: str | None
+) -> tuple[dict[int, Backend], dict[int, dict], GraphPool]:
+    """The AOTInductor engines `build` compiled for this GPU and torch, their manifest entries (checked)
+    and the one CUDA-graph pool they share."""
     if device == "cpu":
         raise RunError(
             "the aoti backend runs CUDA packages: use --device cuda, or the torch backend on the CPU"
@@ -103,17 +94,7 @@ def aoti_pipeline(
             max_batch=int(entry["batch_max"]),
             pool=pool,
         )
-    first = entries[min(entries)]
-    spec = _spec_from_entry(first, entries, model_name)
-    return Pipeline(
-        spec,
-        engines,
-        device=device,
-        selection=Selection("aoti", reason),
-        precision=first["precision"],
-        max_batch=min(max_batch, min(e["batch_max"] for e in entries.values()) // 2 or 1),
-        owned=[pool],
-    )
+    return engines, entries, pool
 
 
 def _explain_missing(workdir: Path, model_name: str, target, command: str) -> None:
@@ -150,3 +131,78 @@ def _external_weights(entries: dict[int, dict], model_name: str) -> dict[int, di
         out[p] = {k: v for k, v in module.state_dict().items()}
     torch.cuda.synchronize()
     return out
+
+
+# -- loading a package ---------------------------------------------------------------------------------------------
+def read_aoti_manifest(folder: str | Path) -> dict:
+    """The manifest of an AOTInductor engine folder; RunError when it is missing or foreign."""
+    return read_engines_manifest(folder, AOTI_KIND, AOTI_SCHEMA, "AOTInductor")
+
+
+def check_aoti_entry(
+    manifest: dict,
+    patch_size: int,
+    target: TorchTarget,
+    *,
+    batch: int | None = None,
+    checkpoint_sha256: str | None = None,
+    weights_sha256: str | None = None,
+) -> dict:
+    """The entry of `patch_size`, checked against this GPU, torch and (when given) the checkpoint, the
+    static weights' hash and a batch; RunError naming the field that differs."""
+    entry = manifest.get("engines", {}).get(str(patch_size))
+    if entry is None:
+        raise RunError(
+            f"no AOTInductor engine for patch size {patch_size} (built: {sorted(manifest.get('engines', {}))})"
+        )
+    have = target.to_dict()
+    built_gpu = entry.get("gpu") or {}
+    here_gpu = have["gpu"] or {}
+    checks = [
+        ("device", entry.get("device"), have["device"]),
+        ("gpu.compute_capability", built_gpu.get("compute_capability"), here_gpu.get("compute_capability")),
+        ("gpu.name", built_gpu.get("name"), here_gpu.get("name")),
+        ("torch", entry.get("torch"), have["torch"]),
+    ]
+    check_built_for(
+        entry,
+        checks,
+        engine=f"AOTInductor engine p{patch_size}",
+        rebuild=f"flexidit-trt build --model {manifest.get('model')} --aoti",
+        checkpoint_sha256=checkpoint_sha256,
+        weights_sha256=weights_sha256,
+    )
+    if batch is not None and not entry["batch_min"] <= batch <= entry["batch_max"]:
+        raise RunError(
+            f"batch {batch} is outside AOTInductor engine p{patch_size}'s range "
+            f"{entry['batch_min']}..{entry['batch_max']}: rebuild with larger --batch-sizes"
+        )
+    return entry
+
+
+def load_aoti_engine(path: str | Path, *, constants: dict | None = None, run_single_threaded: bool = True):
+    """The package's callable: `run(x, t, y) -> out` on torch tensors of the device it was built for.
+
+    run_single_threaded: skip the package's thread synchronisation, which CUDA-graph capture needs.
+    constants: the weights by name (`module.state_dict()`), for packages built without them; they are
+    used in place (user-managed), so tensors shared by several engines stay one copy.
+    """
+    _make_libstdcxx_global()
+    runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=run_single_threaded)
+    if constants is not None:
+        runner.load_constants(constants, check_full_update=True, user_managed=True)
+    return runner
+
+
+def _make_libstdcxx_global() -> None:
+    """Put the process's libstdc++ into the global symbol scope before a package's wrapper.so is opened.
+
+    The wrapper does not list libstdc++ among its NEEDED libraries; Python opened the copy that torch
+    brought in with RTLD_LOCAL, so the wrapper's std::regex/locale code bound to the wrong symbols and
+    crashed inside `aoti_load_package` on the GPU machine (benchmarks/NOTES.md, "why aoti_load_package
+    crashes": dlopen with RTLD_GLOBAL made the same package load). RTLD_NOLOAD promotes the copy already
+    mapped instead of loading another; where none is mapped (or on other platforms) nothing changes."""
+    if not hasattr(os, "RTLD_NOLOAD"):
+        return
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libstdc++.so.6", mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL | os.RTLD_LAZY)

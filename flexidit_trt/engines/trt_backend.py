@@ -8,7 +8,7 @@ activations in ONE block of the pipeline's arena shared by every engine. No torc
         b.bind(io, block, stream.handle); b.prepare([16])                       # addresses once, graphs
     backends[2].forward(16)                                                      # one cudaGraphLaunch
 
-Life cycle of one engine (TensorRT 10.x/11.x Python API, shared/notes/tensorrt.md):
+Life cycle of one engine (TensorRT 10.x/11.x Python API):
 - `trt.Runtime(logger).deserialize_cuda_engine(plan)`; one execution context created with
   `ExecutionContextAllocationStrategy.USER_MANAGED`, given the shared block with
   `context.set_device_memory(ptr, nbytes)` (10.1+; the deprecated `context.device_memory = ptr` where
@@ -27,8 +27,8 @@ Life cycle of one engine (TensorRT 10.x/11.x Python API, shared/notes/tensorrt.m
 
 Every call into TensorRT is in `TrtEngine`; every CUDA graph call in `CudaGraphs` (cuda-python).
 
-NEVER EXECUTED against the real libraries (no TensorRT and no GPU on the machines this was written on;
-the GPU machine cannot install TensorRT, see shared/GPU.md). tests/test_runtime_trt.py drives everything
+NEVER EXECUTED against the real libraries (TensorRT cannot be installed where this was tested).
+tests/test_engines_trt_backend.py drives everything
 around them with labelled stand-ins for the `tensorrt` module and for cuda-python's runtime. Unexecuted
 against real libraries: every `TrtEngine` method (Logger, Runtime, deserialize_cuda_engine,
 create_execution_context(USER_MANAGED), set_device_memory / device_memory, set_tensor_address,
@@ -43,179 +43,26 @@ TensorRT 11 (its `IRuntimeConfig` route is the fallback).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import MANIFEST_NAME, ManifestError
-from ..engines.build import ENGINE_KIND, ENGINE_SCHEMA, engine_dir
-from ..engines.trt import GpuInfo, gpu_info
 from . import cuda
-from .backend import Backend, IOBuffers, RunError, check_built_for, read_engines_manifest
+from .backend import Backend, IOBuffers, RunError
+from .trt import GpuInfo
+from .trt_manifest import (
+    check_engine_entry,
+    device_gpu,
+    engine_activation_bytes,
+    find_trt_engines,
+    import_tensorrt,
+    profile_index,
+    read_engine_manifest,
+)
 
 DEVICE_MEMORY_ALIGN = 256  # TensorRT's requirement for user-managed activation memory
 INPUTS = ("x", "t", "y")
 OUTPUT = "out"
-
-
-# -- manifests: which engines, for which GPU / TensorRT / checkpoint ----------------------------------------
-def read_engine_manifest(folder: str | Path) -> dict:
-    """The manifest of a TensorRT engine folder; RunError when it is missing, unreadable or foreign."""
-    return read_engines_manifest(folder, ENGINE_KIND, ENGINE_SCHEMA, "TensorRT")
-
-
-def check_engine_entry(
-    manifest: Mapping,
-    patch_size: int,
-    *,
-    gpu: GpuInfo,
-    trt_version: str,
-    checkpoint_sha256: str | None = None,
-    weights_sha256: str | None = None,
-) -> dict:
-    """The engine entry of `patch_size`, checked against the present GPU, TensorRT and (when given) the
-    checkpoint's and the static weights' hashes; RunError naming the field that differs."""
-    entry = manifest.get("engines", {}).get(str(patch_size))
-    if entry is None:
-        built = ", ".join(f"p{p}" for p in sorted(manifest.get("engines", {}), key=int)) or "none"
-        raise RunError(f"no TensorRT engine for patch size {patch_size} in the manifest (built: {built})")
-    built_gpu = entry.get("gpu", {})
-    checks = [
-        ("gpu.compute_capability", built_gpu.get("compute_capability"), gpu.compute_capability),
-        ("gpu.name", built_gpu.get("name"), gpu.name),
-        ("tensorrt", entry.get("tensorrt"), trt_version),
-    ]
-    check_built_for(
-        entry,
-        checks,
-        engine=f"TensorRT engine p{patch_size}",
-        rebuild="flexidit-trt build",
-        checkpoint_sha256=checkpoint_sha256,
-        weights_sha256=weights_sha256,
-    )
-    return entry
-
-
-def profile_index(entry: Mapping, batch: int) -> int:
-    """The optimization profile covering `batch` (the narrowest, if several do); RunError if none."""
-    covering = [
-        (p["max"] - p["min"], i) for i, p in enumerate(entry["profiles"]) if p["min"] <= batch <= p["max"]
-    ]
-    if not covering:
-        ranges = ", ".join(f"{p['min']}-{p['max']}" for p in entry["profiles"])
-        raise RunError(
-            f"no optimization profile of TensorRT engine p{entry['patch_size']} covers batch {batch} "
-            f"(profiles: {ranges}); rebuild with `flexidit-trt build --batch-sizes ...` including it"
-        )
-    return min(covering)[1]
-
-
-def engine_activation_bytes(entry: Mapping, max_batch: int) -> int:
-    """Activation bytes one engine needs for any batch up to `max_batch`: the largest `device_memory_bytes`
-    over the profiles such a batch can select (the context switches profiles within one block)."""
-    needs = [int(p["device_memory_bytes"]) for p in entry["profiles"] if p["min"] <= max_batch]
-    return max(needs, default=0)
-
-
-def shared_activation_bytes(entries: Iterable[Mapping], max_batch: int) -> int:
-    """The one activation block all engines of a run share: the largest single engine's need at batches
-    up to `max_batch` — the max, not the sum, since the engines never run at the same time (one stream).
-    Carve it with `Arena.block(size)`; `kernels.arena_size([size], buffers)` sizes the arena around it."""
-    return max((engine_activation_bytes(e, max_batch) for e in entries), default=0)
-
-
-def find_trt_engines(
-    workdir: str | Path,
-    model_name: str,
-    patch_sizes: Sequence[int] | None = None,
-    *,
-    device: str = "cuda:0",
-    checkpoint_sha256: str | None = None,
-    trt: Any = None,
-    gpu: GpuInfo | None = None,
-) -> tuple[Path, dict[int, dict]]:
-    """The engine folder for this GPU and TensorRT and its checked entry per patch size (default: every
-    one built). RunError when TensorRT or a GPU is missing, when no engines were built (with the exact
-    `build` command), or naming the field that differs when they were built for another GPU, TensorRT or
-    checkpoint. Each entry gets the graph's `macs` from the export manifest when it has one (so the run
-    record needs no model code)."""
-    from .select import build_command
-
-    trt = trt if trt is not None else import_tensorrt()
-    gpu = gpu or _gpu(device)
-    folder = engine_dir(workdir, model_name, gpu, str(trt.__version__))
-    if not (folder / MANIFEST_NAME).is_file():
-        parent = folder.parent
-        others = sorted(p.name for p in parent.glob("*-trt*") if p.is_dir()) if parent.is_dir() else []
-        seen = f" (engines there are for: {', '.join(others)})" if others else ""
-        raise RunError(
-            f"no TensorRT engines for {model_name} at {folder}{seen}: run `{build_command(model_name, 'trt')}`"
-        )
-    manifest = read_engine_manifest(folder)
-    sizes = sorted(int(p) for p in (patch_sizes or manifest.get("engines", {})))
-    if not sizes:
-        raise RunError(f"no TensorRT engines in {folder}: run `{build_command(model_name, 'trt')}`")
-    graphs = _export_graphs(workdir, model_name)
-    entries = {}
-    for p in sizes:
-        entry = check_engine_entry(
-            manifest, p, gpu=gpu, trt_version=str(trt.__version__), checkpoint_sha256=checkpoint_sha256
-        )
-        macs = graphs.get(str(p), {}).get("macs")
-        entries[p] = {**entry, "macs": macs} if macs is not None else entry
-    return folder, entries
-
-
-def load_trt_engines(
-    workdir: str | Path,
-    model_name: str,
-    patch_sizes: Sequence[int] | None = None,
-    *,
-    device: str = "cuda:0",
-    checkpoint_sha256: str | None = None,
-    trt: Any = None,
-    graphs: CudaGraphs | None = None,
-    gpu: GpuInfo | None = None,
-) -> tuple[dict[int, TrtBackend], dict[int, dict]]:
-    """One TrtBackend per patch size (default: every engine built), and their checked manifest entries."""
-    trt = trt if trt is not None else import_tensorrt()
-    gpu = gpu or _gpu(device)
-    folder, entries = find_trt_engines(
-        workdir, model_name, patch_sizes, device=device, checkpoint_sha256=checkpoint_sha256, trt=trt, gpu=gpu
-    )
-    backends = {
-        p: TrtBackend.load(
-            folder, p, device=device, checkpoint_sha256=checkpoint_sha256, trt=trt, graphs=graphs, gpu=gpu
-        )
-        for p in entries
-    }
-    return backends, entries
-
-
-def _export_graphs(workdir: str | Path, model_name: str) -> dict:
-    from ..artifacts import load_export_manifest
-
-    try:
-        return load_export_manifest(workdir, model_name).get("graphs", {})
-    except ManifestError:
-        return {}
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise RunError(
-            "the trt backend needs TensorRT (pip install flexidit-trt[trt]); use --backend aoti, torch or ort"
-        ) from None
-    return tensorrt
-
-
-def _gpu(device: str) -> GpuInfo:
-    gpu = gpu_info(cuda.device_index(device))
-    if gpu is None:
-        raise RunError(f"no CUDA GPU {device} is visible: the trt backend runs on a GPU")
-    return gpu
 
 
 # -- every TensorRT call, in one place ------------------------------------------------------------------
@@ -357,7 +204,7 @@ class TrtBackend(Backend):
         entry = check_engine_entry(
             read_engine_manifest(folder),
             patch_size,
-            gpu=gpu or _gpu(device),
+            gpu=gpu or device_gpu(device),
             trt_version=str(trt.__version__),
             checkpoint_sha256=checkpoint_sha256,
         )
@@ -481,3 +328,29 @@ def _signature(entry: Mapping, name: str) -> dict:
         if spec["name"] == name:
             return spec
     raise RunError(f"the engine manifest has no tensor {name!r}")
+
+
+def load_trt_engines(
+    workdir: str | Path,
+    model_name: str,
+    patch_sizes: Sequence[int] | None = None,
+    *,
+    device: str = "cuda:0",
+    checkpoint_sha256: str | None = None,
+    trt: Any = None,
+    graphs: CudaGraphs | None = None,
+    gpu: GpuInfo | None = None,
+) -> tuple[dict[int, TrtBackend], dict[int, dict]]:
+    """One TrtBackend per patch size (default: every engine built), and their checked manifest entries."""
+    trt = trt if trt is not None else import_tensorrt()
+    gpu = gpu or device_gpu(device)
+    folder, entries = find_trt_engines(
+        workdir, model_name, patch_sizes, device=device, checkpoint_sha256=checkpoint_sha256, trt=trt, gpu=gpu
+    )
+    backends = {
+        p: TrtBackend.load(
+            folder, p, device=device, checkpoint_sha256=checkpoint_sha256, trt=trt, graphs=graphs, gpu=gpu
+        )
+        for p in entries
+    }
+    return backends, entries
