@@ -21,7 +21,7 @@ from flexidit_trt.bench.report import build_report, markdown
 from flexidit_trt.bench.results import find_results, read_results
 from flexidit_trt.cli import main
 from flexidit_trt.model import FlexiDiT
-from flexidit_trt.model.dit import LoRALinear
+from flexidit_trt.model.layers import LoRALinear
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

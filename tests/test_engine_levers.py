@@ -17,7 +17,7 @@ from flexidit_trt.engines.aoti import AotiOptions
 from flexidit_trt.engines.options import EngineOptions
 from flexidit_trt.engines.torch_backend import TorchBackend
 from flexidit_trt.model import FlexiDiT, gelu_epilogue_default
-from flexidit_trt.model.dit import FLASH_FIRST, resolve_levers
+from flexidit_trt.model.levers import FLASH_FIRST, resolve_levers
 from flexidit_trt.runtime import pipeline_from_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -147,7 +147,7 @@ class AotiOptions:
     def resolved(self) -> AotiOptions:
         """These options checked, with the variant and the GELU epilogue settled; BuildError naming the bad one."""
         from ..export.onnx_export import export_options
-        from ..model.dit import use_gelu_epilogue
+        from ..model.levers import use_gelu_epilogue
 
         precision, fp32_residual, _ = export_options(self.precision, self.fp32_residual, None)
         if not 1 <= self.batch_min <= self.batch_max:

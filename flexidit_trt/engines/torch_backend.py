@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..model import FlexiDiT
-from ..model.dit import FLASH_FIRST, resolve_levers
+from ..model.levers import FLASH_FIRST, resolve_levers
 from .options import DEFAULT_ENGINE, EngineOptions
 from .spec import ModelSpec
 from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBackend
@@ -60,7 +60,7 @@ class TorchBackend(TorchGraphBackend):
         """The engine of one patch size as `options` ask (precision None: fp32). The GELU epilogue, flash
         attention and autotune (inductor's max-autotune: Triton GEMM templates and tuned reductions,
         minutes of compile; with compile) are CUDA only, flash and autotune in engines of ≤ 64 tokens,
-        settled by `model.dit.resolve_levers`."""
+        settled by `model.levers.resolve_levers`."""
         precision = options.precision or "fp32"
         compile = options.compile
         dtype = TORCH_DTYPES[precision]

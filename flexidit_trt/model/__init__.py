@@ -2,7 +2,8 @@
 
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .config import CONFIGS, DiTConfig, get_config
-from .dit import FlexiDiT, gelu_epilogue_default
+from .dit import FlexiDiT
+from .levers import gelu_epilogue_default
 from .macs import forward_macs
 
 __all__ = [
