@@ -4,7 +4,8 @@
 - hardware.py: GPU facts (NVML), versions, and the matmul peak and copy bandwidth measured in the run;
 - floors.py: the floor of one forward (FLOPs over the peak, weight bytes over the bandwidth);
 - profile.py: torch.profiler over one engine's forward: kernels, busy vs wall, time by category, the limit;
-- reference.py: the reference DiT sampling loop (benchmarks/reference_sample.py) as a baseline;
+- reference.py: the reference DiT sampling loop (reference_loop.py, on reference_iddpm.py's schedule) as
+  a baseline;
 - run.py: the driver, one results file per backend; results.py: that file's format;
 - report.py: every results file merged into REPORT.md and PNG plots.
 """

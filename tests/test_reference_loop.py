@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference_iddpm
 import torch
-from reference_sample import ReferenceDiffusion, forward_with_cfg, reference_sample
 
 from flexidit_trt import kernels
+from flexidit_trt.bench import reference_iddpm
+from flexidit_trt.bench.reference_loop import ReferenceDiffusion, forward_with_cfg, reference_sample
 from flexidit_trt.model import FlexiDiT
 from flexidit_trt.runtime import Pipeline
 from flexidit_trt.runtime.pipeline import INIT_NOISE_STEP

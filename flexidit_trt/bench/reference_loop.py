@@ -32,8 +32,9 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import reference_iddpm
 import torch
+
+from . import reference_iddpm
 
 REFERENCE_GUIDED_CHANNELS = 3  # models.py: "for exact reproducibility", CFG on three channels only
 
