@@ -1,4 +1,4 @@
-"""benchmarks/reference_sample.py, the reference DiT sampling loop the GPU benchmark times: step by step
+"""flexidit_trt/bench/reference_loop.py, the reference DiT sampling loop the GPU benchmark times: step by step
 against the float64 transcription of the sampler math (reference_iddpm), and end to end against our
 Pipeline at budget 1.0 fed the same noise."""
 

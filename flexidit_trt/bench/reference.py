@@ -7,39 +7,42 @@ transcription in reference_loop.py — the loop the tests check against our pipe
 
 from __future__ import annotations
 
-from types import ModuleType
+from dataclasses import dataclass, field
 from typing import Any
 
 WARMUP_STEPS = 5  # the warm-up trajectory: enough for cuBLAS / cuDNN set-up, not a whole loop
 
 
+@dataclass
 class ReferenceLoop:
     """One reference trajectory per call on a fp32 copy of the model's base-patch network."""
 
-    def __init__(
-        self, module: ModuleType, network: Any, device: str, steps: int, cfg_scale: float, seed: int
-    ):
-        self.module = module
-        self.network = network
-        self.device = device
-        self.steps = steps
-        self.cfg_scale = cfg_scale
-        self.seed = seed
-        self.diffusion = module.ReferenceDiffusion(steps)  # sample.py builds it before sampling
-        self._warm = module.ReferenceDiffusion(min(steps, WARMUP_STEPS))
+    network: Any
+    device: str
+    steps: int
+    cfg_scale: float
+    seed: int
+    diffusion: Any = field(init=False)  # sample.py builds it before sampling
+    _warm: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from .reference_loop import ReferenceDiffusion  # imports torch: not when the bench is imported
+
+        self.diffusion = ReferenceDiffusion(self.steps)
+        self._warm = ReferenceDiffusion(min(self.steps, WARMUP_STEPS))
 
     @classmethod
     def load(cls, model: Any, *, device: str, steps: int, cfg_scale: float, seed: int) -> ReferenceLoop:
-        from . import reference_loop  # imports torch: here, not when the bench package is imported
-
         network = model.static(model.config.patch_size).to(device).eval()  # fp32, as sample.py loads it
-        return cls(reference_loop, network, device, steps, cfg_scale, seed)
+        return cls(network, device, steps, cfg_scale, seed)
 
     def __call__(self, labels: list[int], warmup: bool = False) -> Any:
         import torch
 
-        with self.module.reference_precision():
-            samples = self.module.reference_sample(
+        from .reference_loop import reference_precision, reference_sample
+
+        with reference_precision():
+            samples = reference_sample(
                 self.network,
                 labels,
                 cfg_scale=self.cfg_scale,
