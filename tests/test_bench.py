@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from flexidit_trt.artifacts import ManifestError
 from flexidit_trt.bench.floors import against_floor, forward_floor, forward_flops, weight_bytes
 from flexidit_trt.bench.measure import TimingOptions, summarize, time_calls
+from flexidit_trt.bench.options import BenchOptions
 from flexidit_trt.bench.report import build_report
 from flexidit_trt.bench.results import find_results, read_results, step_seconds, write_results
-from flexidit_trt.bench.run import BenchOptions, time_plans
+from flexidit_trt.bench.time_plans import time_plans
 from flexidit_trt.cli import main
 from flexidit_trt.diffusion import plan
 from flexidit_trt.diffusion.time_planner import plan_for_time
@@ -316,7 +317,7 @@ def test_report_marks_a_noisy_reference(tiny_run, tmp_path) -> None:
 
 
 def test_every_backend_has_a_label_on_either_device() -> None:
-    from flexidit_trt.bench.run import BACKENDS, _label
+    from flexidit_trt.bench.backends import BACKENDS, _label
 
     for device in ("cpu", "cuda"):
         labels = [_label(name, device) for name in BACKENDS]

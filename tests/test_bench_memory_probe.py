@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexidit_trt.bench.run import graph_clone
+from flexidit_trt.bench.memory import graph_clone
 from flexidit_trt.cli import main
 from flexidit_trt.model import FlexiDiT
 from flexidit_trt.runtime.select import build_command
@@ -44,7 +44,7 @@ def test_bench_names_the_missing_runtime_before_the_missing_engines(monkeypatch)
     """On the H200 the ort cell said "no export manifest", but the real reason was an onnxruntime without
     its CUDA provider: an export would not have helped."""
     import flexidit_trt.runtime.ort_backend as ort_backend
-    from flexidit_trt.bench.run import unavailable
+    from flexidit_trt.bench.backends import unavailable
 
     monkeypatch.setattr(ort_backend, "cuda_provider_available", lambda: False)
     assert "CPU execution provider only" in unavailable("ort", "cuda:0")

@@ -10,7 +10,8 @@
 - report.py: every results file merged into REPORT.md and PNG plots.
 """
 
+from .options import BenchOptionError, BenchOptions
 from .report import Report, build_report
-from .run import BenchOptionError, BenchOptions, BenchRun, run_bench
+from .run import BenchRun, run_bench
 
 __all__ = ["BenchOptionError", "BenchOptions", "BenchRun", "Report", "build_report", "run_bench"]

@@ -31,142 +31,30 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import date as _date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..artifacts import BuildError, ensure_writable_dir, utc_now
-from ..diffusion import make_sampler, plan
-from ..diffusion.time_planner import TimeBudget, plan_for_time, predict_seconds
-from ..errors import UsageError
+from ..diffusion import plan
 from ..runtime import Pipeline, RunError, Selection
 from ..runtime.pipeline import GUIDANCE
 from ..runtime.select import installed, resolve_device, resolve_precision
 from . import hardware
+from .backends import TORCH_VARIANTS, _config_difference, _label, unavailable
 from .floors import against_floor, forward_floor, weight_bytes
-from .measure import (
-    DEFAULT_TIMING,
-    EventClock,
-    HostClock,
-    TimingOptions,
-    noisy_note,
-    summarize,
-    time_calls,
-    time_wall,
-)
+from .forwards import _stream
+from .measure import EventClock, HostClock, noisy_note, summarize, time_calls, time_wall
+from .memory import graph_clone
+from .options import BenchOptionError, BenchOptions
 from .reference import ReferenceLoop
-from .results import new_document, trajectory_step_seconds, write_results
+from .results import new_document, write_results
+from .time_plans import time_plans
 
-if TYPE_CHECKING:  # torch stays an optional import of the bench
-    from ..runtime.torch_graphs import GraphPool, TorchGraphBackend
-
-# The torch engines the bench compares: one per lever, each adding to the one before (Pipeline.from_model's
-# options, every one given: `run` turns the GELU epilogue on by itself), so a lever's gain is the difference
-# of two neighbouring columns.
-_LEVERS = ("compile", "precompute_modulation", "gelu_epilogue", "flash_attention", "autotune")
-TORCH_VARIANTS: dict[str, dict[str, bool]] = {
-    name: dict(zip(_LEVERS, (i < on for i in range(len(_LEVERS))), strict=True))
-    for on, name in enumerate(
-        ("torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash", "torch-tuned")
-    )
-}
-BACKENDS = (
-    "trt",
-    "aoti",
-    "torch",
-    "torch-premod",
-    "torch-fused",
-    "torch-flash",
-    "torch-tuned",
-    "torch-eager",
-    "ort",
-)
-# The run order: each backend's file is written as it finishes, so a backend that takes the process down
-# (an AOTInductor package that crashes on load, GPU.md) goes last and loses no one else's numbers.
-# torch-tuned is asked for by name only: minutes of autotuning for engines that measured slower (NOTES).
-DEFAULT_BACKENDS = (
-    "torch-eager",
-    "torch",
-    "torch-premod",
-    "torch-fused",
-    "torch-flash",
-    "ort",
-    "trt",
-    "aoti",
-)
-DEFAULT_OUT = Path("benchmarks/results")
 # torch.compile (dynamic=False) compiles each (patch, batch) shape of the one forward code object once;
 # dynamo's default limit of 8 fails a fullgraph compile (FailOnRecompileLimitHit) past 4 batch sizes.
 DYNAMO_RECOMPILE_LIMIT = 64
-
-
-class BenchOptionError(UsageError, ValueError):
-    """A bench option is unusable (the CLI maps it to exit code 2)."""
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    model: str = "dit_xl"
-    backends: tuple[str, ...] = DEFAULT_BACKENDS  # run in this order
-    batch_sizes: tuple[int, ...] = (1, 8)  # images per batch (CFG runs twice as many rows)
-    budgets: tuple[float, ...] = (1.0, 0.5)  # 1.0 (the static model) is always added
-    steps: int = 250
-    precision: str | None = None  # bf16 on a GPU, fp32 on the CPU
-    sampler: str = "ddpm"
-    guidance: str = "cfg"
-    cfg_scale: float = 4.0
-    seed: int = 0
-    device: str | None = None
-    workdir: Path = Path(".")  # where `build` put the engines (trt, aoti, ort)
-    out: Path = DEFAULT_OUT
-    checkpoint: Path | None = None
-    image_size: int | None = None
-    patch_sizes: tuple[int, ...] = (2, 4)
-    overrides: dict = field(default_factory=dict)  # config fields for random weights (depth=2, ...)
-    reference: bool = True
-    repeats: int = 3  # timed trajectories per (images, budget)
-    timing: TimingOptions = DEFAULT_TIMING
-    profile: bool = False  # each engine's forward under torch.profiler too (profile.py)
-
-    def __post_init__(self) -> None:
-        bad = [b for b in self.backends if b not in BACKENDS]
-        if not self.backends or bad:
-            raise BenchOptionError(f"unknown backend(s) {bad or '(none)'}; allowed: {', '.join(BACKENDS)}")
-        if not self.batch_sizes or any(
-            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes
-        ):
-            raise BenchOptionError(f"batch sizes must be positive ints, got {self.batch_sizes!r}")
-        if not self.budgets or any(isinstance(b, bool) or not 0.0 < b <= 1.0 for b in self.budgets):
-            raise BenchOptionError(
-                f"budgets are fractions of the static model's MACs in (0, 1], got {self.budgets!r}"
-            )
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise BenchOptionError(f"steps must be a positive int, got {self.steps!r}")
-        if self.guidance not in GUIDANCE:
-            raise BenchOptionError(f"unknown guidance {self.guidance!r}; allowed: cfg, weak-to-strong, none")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise BenchOptionError(f"repeats must be a positive int, got {self.repeats!r}")
-        try:
-            make_sampler(self.sampler, self.steps)
-        except ValueError as err:
-            raise BenchOptionError(str(err)) from None
-        object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))
-        object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
-        object.__setattr__(self, "budgets", tuple(sorted(set(self.budgets) | {1.0}, reverse=True)))
-
-    def record(self) -> dict:
-        """The options as the results file keeps them."""
-        out = asdict(self)
-        out.update(
-            workdir=str(self.workdir),
-            out=str(self.out),
-            checkpoint=str(self.checkpoint) if self.checkpoint else None,
-            forward_runs=self.timing.runs,
-            warmup=self.timing.warmup,
-        )
-        del out["timing"]
-        return out
 
 
 @dataclass
@@ -635,57 +523,6 @@ class _Bench:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def _label(name: str, device: str) -> str:
-    gpu = device != "cpu"
-    graphs = " in CUDA graphs, one shared pool" if gpu else " (CPU)"
-    premod = "torch.compile, adaLN modulation precomputed per chunk"
-    fused = premod + (", fc1 + GELU in one GEMM" if gpu else "")
-    return {
-        "trt": "TensorRT engines, one shared activation block, CUDA graphs",
-        "aoti": "AOTInductor packages in CUDA graphs, one shared pool",
-        "torch": "torch.compile (GELU epilogue off)" + graphs,
-        "torch-premod": premod + graphs,
-        "torch-fused": fused + (graphs if gpu else " (CPU: no GEMM epilogue)"),
-        "torch-flash": fused
-        + (", flash attention in engines of <= 64 tokens" + graphs if gpu else " (CPU: as torch-premod)"),
-        "torch-tuned": fused
-        + (
-            ", flash attention and inductor max-autotune in engines of <= 64 tokens" + graphs
-            if gpu
-            else " (CPU: as torch-premod, nothing tuned)"
-        ),
-        "torch-eager": "eager PyTorch" + graphs,
-        "ort": "ONNX Runtime " + ("CUDA provider" if gpu else "CPU provider"),
-    }[name]
-
-
-def _stream(pipe: Pipeline) -> Any:
-    """The pipeline's one stream (a runtime.cuda.Stream, made by its first generate), for the events."""
-    stream = getattr(pipe, "stream", None) or getattr(pipe, "_stream", None)
-    if stream is None:
-        raise RuntimeError("the pipeline has no CUDA stream yet: run a trajectory first")
-    return stream
-
-
-def _config_difference(engine_config: dict, model_config: dict) -> str:
-    """The first shape field that differs between an engine's config and the benchmarked model's."""
-    keys = (
-        "depth",
-        "hidden_size",
-        "num_heads",
-        "patch_size",
-        "input_size",
-        "in_channels",
-        "num_classes",
-        "mlp_ratio",
-        "learn_sigma",
-    )
-    for key in keys:
-        if key in engine_config and engine_config[key] != model_config[key]:
-            return f"{key} {engine_config[key]} vs {model_config[key]}"
-    return ""
-
-
 def _speedups(trajectories: list[dict], reference_wall: dict[int, float]) -> None:
     """Add each trajectory's speedup over the static model (budget 1.0, same backend and images) and over
     the reference loop (same images, same run)."""
@@ -694,87 +531,3 @@ def _speedups(trajectories: list[dict], reference_wall: dict[int, float]) -> Non
         t["speedup_vs_static"] = static[t["images"]] / t["wall_s"]
         ref = reference_wall.get(t["images"])
         t["speedup_vs_reference"] = ref / t["wall_s"] if ref else None
-
-
-# -- the time planner on the measured latency ----------------------------------------------------------------
-def time_plans(
-    trajectories: list[dict], options: BenchOptions, macs: dict[int, int], run: Callable[[int, float], dict]
-) -> list[dict]:
-    """Each budget below 1.0 taken as a fraction of the static model's wall time: the weak steps the time
-    planner picks from the step latency measured in `trajectories`, its prediction, and that schedule run
-    (`run(images, macs_budget)` times one trajectory) — beside the MACs planner's schedule at the same
-    number, measured already."""
-    kind, out = GUIDANCE[options.guidance], []
-    for images in options.batch_sizes:
-        runs = {t["budget"]: t for t in trajectories if t["images"] == images}
-        step_s = trajectory_step_seconds(trajectories, images)
-        if set(step_s) != set(macs):
-            continue
-        fixed_s = runs[1.0]["outside_loop_ms"] / 1e3
-        static = runs[1.0]["wall_s"]
-        static_predicted = predict_seconds(plan(1.0, options.steps, macs, kind), step_s, fixed_s)
-        for budget in (b for b in options.budgets if b < 1.0):
-            macs_plan = plan(budget, options.steps, macs, kind)
-            entry = {
-                "images": images,
-                "fraction": budget,
-                "macs_plan_weak_steps": macs_plan.weak_steps,
-                "macs_plan_measured_fraction": runs[budget]["wall_s"] / static,
-                "macs_plan_predicted_fraction": predict_seconds(macs_plan, step_s, fixed_s)
-                / static_predicted,
-                "step_ms_by_patch": {str(p): s * 1e3 for p, s in step_s.items()},
-                "fixed_ms": fixed_s * 1e3,
-            }
-            try:
-                chosen = plan_for_time(
-                    TimeBudget(fraction=budget), options.steps, step_s, macs, kind, fixed_s
-                )
-            except ValueError as err:
-                entry["unreachable"] = str(err)
-                out.append(entry)
-                continue
-            same = [t for t in runs.values() if t["weak_steps"] == chosen.plan.weak_steps]
-            # The MACs budget that gives exactly this schedule: plan() picks it back from its own fraction.
-            ran = same[0] if same else run(images, chosen.plan.achieved_fraction)
-            entry.update(
-                weak_steps=chosen.plan.weak_steps,
-                predicted_fraction=chosen.time_fraction,
-                plan=chosen.plan.describe(),
-                measured_fraction=ran["wall_s"] / static,
-                measured_weak_steps=ran["weak_steps"],
-            )
-            out.append(entry)
-    return out
-
-
-def graph_clone(engine: TorchGraphBackend, pool: GraphPool | None) -> TorchGraphBackend:
-    """The same forward captured in another graph pool (the memory probe's shared vs per-engine layouts);
-    it keeps the engine's backend name for the run record."""
-    from ..runtime.torch_graphs import TorchGraphBackend
-
-    clone = TorchGraphBackend(
-        engine.fn,
-        patch_size=engine.patch_size,
-        device=engine.device,
-        out_dtype=engine.out_dtype,
-        max_batch=engine.max_batch,
-        pool=pool,
-    )
-    clone.name = engine.name
-    return clone
-
-
-def unavailable(backend: str, device: str) -> str | None:
-    """Why `backend` cannot run on `device` in this installation, before anything is built or loaded (a
-    missing runtime is the reason a reader needs, not the missing engines it would have loaded)."""
-    if backend == "trt" and not installed("tensorrt"):
-        return "TensorRT is not installed here"
-    if backend in ("trt", "aoti") and device == "cpu":
-        return f"the {backend} backend runs engines on a CUDA GPU; this run is on the CPU"
-    if backend == "ort":
-        if not installed("onnxruntime"):
-            return "onnxruntime is not installed here"
-        from ..runtime.ort_backend import provider_missing
-
-        return provider_missing(device)
-    return None
