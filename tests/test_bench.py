@@ -317,10 +317,10 @@ def test_report_marks_a_noisy_reference(tiny_run, tmp_path) -> None:
 
 
 def test_every_backend_has_a_label_on_either_device() -> None:
-    from flexidit_trt.bench.backends import BACKENDS, _label
+    from flexidit_trt.bench.backends import BACKENDS, backend_label
 
     for device in ("cpu", "cuda"):
-        labels = [_label(name, device) for name in BACKENDS]
+        labels = [backend_label(name, device) for name in BACKENDS]
         assert len(set(labels)) == len(BACKENDS) and all(labels), device
 
 

@@ -41,7 +41,7 @@ DEFAULT_BACKENDS = (
 )
 
 
-def _label(name: str, device: str) -> str:
+def backend_label(name: str, device: str) -> str:
     gpu = device != "cpu"
     graphs = " in CUDA graphs, one shared pool" if gpu else " (CPU)"
     premod = "torch.compile, adaLN modulation precomputed per chunk"
@@ -65,7 +65,7 @@ def _label(name: str, device: str) -> str:
     }[name]
 
 
-def _config_difference(engine_config: dict, model_config: dict) -> str:
+def config_difference(engine_config: dict, model_config: dict) -> str:
     """The first shape field that differs between an engine's config and the benchmarked model's."""
     keys = (
         "depth",
