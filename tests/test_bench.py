@@ -113,8 +113,8 @@ def test_floor_arithmetic_by_hand() -> None:
     assert got["peak_fraction"] == pytest.approx(got["tflops"] * 1e12 / 1e12)
 
 
-def test_dit_xl_floor_matches_the_gpu_notes() -> None:
-    # GPU.md: 790 TFLOP/s bf16 and ~3.0 TB/s; p2 at batch 16 has a floor near 4.8 ms, and reading the
+def test_dit_xl_floors_at_h100_class_peaks() -> None:
+    # At 790 TFLOP/s bf16 and ~3.0 TB/s (an H100's class): p2 at batch 16 has a floor near 4.8 ms, and reading the
     # 1.35 GB of bf16 weights takes ~0.45 ms.
     xl = get_config("dit_xl")
     assert forward_macs(xl, 2) == pytest.approx(118.6e9, rel=5e-3)
@@ -401,8 +401,8 @@ def test_unwritable_out_fails_before_measuring(tmp_path) -> None:
 
 
 def test_report_skips_other_json_beside_the_results(tiny_run, tmp_path) -> None:
-    """benchmarks/results also holds run records and the eval's results.json; `bench report` on that
-    folder failed on the first of them (2026-12-01)."""
+    """benchmarks/results also holds run records and the eval's results.json: `bench report` reads only
+    the files named as results."""
     root = tmp_path / "results"
     shutil.copytree(tiny_run["root"] / "results", root)  # the fixture's folder is shared by other tests
     files = [root / p.relative_to(tiny_run["root"] / "results") for p in tiny_run["files"]]

@@ -27,8 +27,9 @@ BACKENDS = (
     "ort",
 )
 # The run order: each backend's file is written as it finishes, so a backend that takes the process down
-# (an AOTInductor package that crashes on load, GPU.md) goes last and loses no one else's numbers.
-# torch-tuned is asked for by name only: minutes of autotuning for engines that measured slower (NOTES).
+# (an AOTInductor package that crashes on load) goes last and loses no one else's numbers.
+# torch-tuned is asked for by name only: minutes of autotuning for engines that measured slower
+# (benchmarks/NOTES.md).
 DEFAULT_BACKENDS = (
     "torch-eager",
     "torch",

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-MIN_RUNS = 20  # the floor for a median worth quoting
+MIN_RUNS = 20  # the fewest timed runs whose median is worth quoting
 
 
 @dataclass(frozen=True)
