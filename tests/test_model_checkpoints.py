@@ -1,5 +1,6 @@
 """Loading checkpoints: files that are not checkpoints give one clear line, non-finite weights are
-refused by name at load, and diffusers folders load by rule (shards through the index, the full-precision file before a variant, the head count from config.json or an error)."""
+refused by name at load, and diffusers folders load by rule (shards through the index, the full-precision
+file before a variant, the head count from config.json or an error)."""
 
 from __future__ import annotations
 
