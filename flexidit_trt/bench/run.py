@@ -6,15 +6,17 @@ per backend (results.py), the reference loop beside them.
 
 Per backend (a `Pipeline` as `run` builds it), for each batch of images (ascending) and budget (1.0 first:
 the static model is every backend's baseline):
-- the trajectory: one warm-up `generate` (captures the CUDA graphs, compiles), then `repeats` timed
-  ones: wall time (the record's, from the call to the samples on the host), images/s, and from the last
-  call's record the loop time, the sum of its forwards and the per-step latency by patch size;
-- then each engine's forward alone at the batch the trajectories ran it at (2 × images with CFG):
-  `TimingOptions.runs` back-to-back calls after a warm-up, timed by CUDA events on the run's stream
-  (perf_counter on the CPU), median and spread, against its floor (floors.py);
-- device memory with the engines' graphs in one shared pool against one pool per engine (the torch
-  backends: the same compiled engines re-captured both ways, torch's reserved memory measured);
-- the time planner's choice for each budget taken as a time fraction, from the measured step latency;
+- the trajectory (trajectories.py): one warm-up `generate` (captures the CUDA graphs, compiles), then
+  `repeats` timed ones: wall time (the record's, from the call to the samples on the host), images/s,
+  and from the last call's record the loop time, the sum of its forwards and the per-step latency by
+  patch size;
+- then each engine's forward alone (forwards.py) at the batch the trajectories ran it at (2 × images
+  with CFG): `TimingOptions.runs` back-to-back calls after a warm-up, timed by CUDA events on the run's
+  stream (perf_counter on the CPU), median and spread, against its floor (floors.py);
+- device memory (memory.py) with the engines' graphs in one shared pool against one pool per engine (the
+  torch backends: the same compiled engines re-captured both ways, torch's reserved memory measured);
+- the time planner's choice (time_plans.py) for each budget taken as a time fraction, from the measured
+  step latency;
 - with `profile`, each engine's forward at the same batches under torch.profiler (profile.py), eager
   (no CUDA graph, so the kernels are visible): kernels per forward, device busy against wall time, time
   by kernel category, the top kernels and the limit in words. Torch callables only (torch, torch-eager,
