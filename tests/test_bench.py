@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from flexidit_trt.artifacts import ManifestError
 from flexidit_trt.bench.floors import against_floor, forward_floor, forward_flops, weight_bytes
 from flexidit_trt.bench.measure import TimingOptions, summarize, time_calls
+from flexidit_trt.bench.options import BenchOptions
 from flexidit_trt.bench.report import build_report
 from flexidit_trt.bench.results import find_results, read_results, step_seconds, write_results
-from flexidit_trt.bench.run import BenchOptions, time_plans
+from flexidit_trt.bench.time_plans import time_plans
 from flexidit_trt.cli import main
 from flexidit_trt.diffusion import plan
 from flexidit_trt.diffusion.time_planner import plan_for_time
@@ -112,8 +113,8 @@ def test_floor_arithmetic_by_hand() -> None:
     assert got["peak_fraction"] == pytest.approx(got["tflops"] * 1e12 / 1e12)
 
 
-def test_dit_xl_floor_matches_the_gpu_notes() -> None:
-    # GPU.md: 790 TFLOP/s bf16 and ~3.0 TB/s; p2 at batch 16 has a floor near 4.8 ms, and reading the
+def test_dit_xl_floors_at_h100_class_peaks() -> None:
+    # At 790 TFLOP/s bf16 and ~3.0 TB/s (an H100's class): p2 at batch 16 has a floor near 4.8 ms, and reading the
     # 1.35 GB of bf16 weights takes ~0.45 ms.
     xl = get_config("dit_xl")
     assert forward_macs(xl, 2) == pytest.approx(118.6e9, rel=5e-3)
@@ -316,10 +317,10 @@ def test_report_marks_a_noisy_reference(tiny_run, tmp_path) -> None:
 
 
 def test_every_backend_has_a_label_on_either_device() -> None:
-    from flexidit_trt.bench.run import BACKENDS, _label
+    from flexidit_trt.bench.backends import BACKENDS, backend_label
 
     for device in ("cpu", "cuda"):
-        labels = [_label(name, device) for name in BACKENDS]
+        labels = [backend_label(name, device) for name in BACKENDS]
         assert len(set(labels)) == len(BACKENDS) and all(labels), device
 
 
@@ -400,8 +401,8 @@ def test_unwritable_out_fails_before_measuring(tmp_path) -> None:
 
 
 def test_report_skips_other_json_beside_the_results(tiny_run, tmp_path) -> None:
-    """benchmarks/results also holds run records and the eval's results.json; `bench report` on that
-    folder failed on the first of them (2026-12-01)."""
+    """benchmarks/results also holds run records and the eval's results.json: `bench report` reads only
+    the files named as results."""
     root = tmp_path / "results"
     shutil.copytree(tiny_run["root"] / "results", root)  # the fixture's folder is shared by other tests
     files = [root / p.relative_to(tiny_run["root"] / "results") for p in tiny_run["files"]]

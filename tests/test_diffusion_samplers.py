@@ -1,12 +1,12 @@
-"""Samplers against the reference IDDPM/DiT math (benchmarks/reference_iddpm.py), step by step."""
+"""Samplers against the reference IDDPM/DiT math (flexidit_trt/bench/reference_iddpm.py), step by step."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference_iddpm as ref
 import torch
 
+from flexidit_trt.bench import reference_iddpm as ref
 from flexidit_trt.diffusion import StepCoeffs, apply_step, make_sampler, q_sample, space_timesteps
 
 SHAPE = (2, 4, 8, 8)  # B, C, H, W

@@ -121,7 +121,7 @@ def test_backend_pipeline_and_bench_carry_the_options(monkeypatch) -> None:
     assert AotiOptions(precision="fp32").resolved().gelu_epilogue is False
     assert AotiOptions(precision="bf16", gelu_epilogue=False).resolved().gelu_epilogue is False
 
-    from flexidit_trt.bench.run import BACKENDS, TORCH_VARIANTS
+    from flexidit_trt.bench.backends import BACKENDS, TORCH_VARIANTS
 
     assert set(TORCH_VARIANTS) <= set(BACKENDS)
     # each lever adds to the one before: neighbouring columns differ by exactly one option

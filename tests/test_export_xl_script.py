@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from flexidit_trt.bench.reference import load_module
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "export_xl.py"
+import export_xl  # benchmarks/ is on sys.path (conftest.py)
 
 
 def test_tiny_run_writes_table_and_json(tmp_path, capsys, monkeypatch):
@@ -22,8 +19,7 @@ def test_tiny_run_writes_table_and_json(tmp_path, capsys, monkeypatch):
             built.append(prec) or real_graph_module(model, p, prec, *a, **k)
         ),
     )
-    script = load_module(SCRIPT)
-    code = script.main(
+    code = export_xl.main(
         [
             "--out",
             str(tmp_path),

@@ -5,9 +5,7 @@ against one pool per graph."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
@@ -114,32 +112,6 @@ def test_snapshot_is_taken_when_not_given_and_not_for_unused_pools(fake_pools, m
 
     monkeypatch.setattr(torch.cuda, "memory_snapshot", no_snapshot)
     assert graph_pool_bytes([GraphPool("cuda:0")]) == {"reserved_bytes": 0, "allocated_bytes": 0, "pools": []}
-
-
-def test_benchmark_table_shows_pool_bytes_and_the_peak(fake_pools):
-    """benchmarks/runtime_gpu.py's table reports graph_pool_bytes per layout and the older peak, labelled."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "runtime_gpu.py"
-    spec = importlib.util.spec_from_file_location("runtime_gpu", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    a, b = fake_pools(2)
-    mem = {
-        "shared": {
-            "graph_pools": graph_pool_bytes([a, a], snapshot()),
-            "peak_graphs_and_buffers_bytes": 174 * MIB,
-        },
-        "per_engine": {
-            "graph_pools": graph_pool_bytes([a, b], snapshot()),
-            "peak_graphs_and_buffers_bytes": 175 * MIB,
-        },
-    }
-    results = {"args": {"model": "dit_xl", "precision": "bf16", "steps": 250}, "stages": {"pool_memory": mem}}
-    table = script.markdown(results)
-    assert "shared pool 22.0 MiB, one pool per engine 62.0 MiB (22.0 + 40.0)" in table
-    assert (
-        "peak reserved above the weights" in table
-        and "shared pool 174 MiB, one pool per engine 175 MiB" in table
-    )
 
 
 @pytest.mark.gpu

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from reference_iddpm import GaussianDiffusion, get_named_beta_schedule_linear
 
+from flexidit_trt.bench.reference_iddpm import GaussianDiffusion, get_named_beta_schedule_linear
 from flexidit_trt.diffusion import q_sample
 from flexidit_trt.training.losses import DiffusionLoss
 

@@ -135,7 +135,7 @@ def _clock(device: str, stream: Any) -> Clock:
 
 @contextlib.contextmanager
 def _on_stream(device: str, stream: Any) -> Iterator[None]:
-    """torch work on the run's stream (a runtime.cuda.Stream), so its events time it; nothing on the CPU."""
+    """torch work on the run's stream (an engines.cuda.Stream), so its events time it; nothing on the CPU."""
     if device == "cpu":
         yield
         return

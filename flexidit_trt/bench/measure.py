@@ -1,7 +1,7 @@
 """Timing: back-to-back calls after a warm-up, each timed by its own pair of marks, summarised as the
 median and the spread.
 
-GPU: CUDA events recorded on the run's stream between calls (runtime/cuda.py: no torch), read after one
+GPU: CUDA events recorded on the run's stream between calls (engines/cuda.py: no torch), read after one
 synchronisation at the end, so the host never waits between calls and a host-bound call shows up as the
 gaps it leaves on the device. CPU: perf_counter (the CPU runs synchronously anyway).
 
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-MIN_RUNS = 20  # the issue's floor for a median worth quoting
+MIN_RUNS = 20  # the fewest timed runs whose median is worth quoting
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class HostClock:
 
 
 class EventClock:
-    """CUDA events recorded on `stream` (a runtime.cuda.Stream). The events of one `time_calls` are
+    """CUDA events recorded on `stream` (an engines.cuda.Stream). The events of one `time_calls` are
     created before the timed calls (creating them costs nothing inside the timing) and reused once read."""
 
     def __init__(self, stream: Any):

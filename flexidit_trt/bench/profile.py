@@ -250,7 +250,7 @@ def _rows(events: Iterable[Any], on_gpu: bool) -> tuple[list[tuple[str, float]],
     # onto the GPU timeline under the CPU range's name. The activity type tells them from kernels; without
     # it (torch 2.11's FunctionEvent has none) a device event named like a CPU event is dropped, except
     # inductor's Triton kernels: each launch is recorded on the CPU under its kernel's name, so the name
-    # test alone dropped every one of them (benchmarks/profiler_probe.py, NOTES 2026-12-01).
+    # test alone would drop every one of them.
     host_names = {
         e.name for e in events if e.device_type == DeviceType.CPU and not e.name.startswith(TRITON_PREFIX)
     }

@@ -11,7 +11,7 @@ are the ones each run measured within itself, never across runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,169 +135,111 @@ def _machines(docs: Sequence[dict]) -> list[str]:
     return _table(header, rows)
 
 
+def _rows(docs: Sequence[dict], cells: Callable[[dict], Iterable[Sequence[Any]]]) -> list[list[Any]]:
+    """One table row per cell list `cells(doc)` yields, each led by its document's machine and backend."""
+    return [[d["machine"], d["backend"], *row] for d in docs for row in cells(d)]
+
+
 def _trajectories(docs: Sequence[dict]) -> list[str]:
-    rows = []
-    for d in docs:
+    def cells(d: dict) -> Iterator[list[Any]]:
         if d["status"] != "ok":
-            rows.append([d["machine"], d["backend"], f"{d['status']}: {d['reason']}", *[""] * 8])
-            continue
+            yield [f"{d['status']}: {d['reason']}", *[""] * 8]
+            return
         for t in d.get("trajectories", []):
             budget = t.get("budget")
-            rows.append(
-                [
-                    d["machine"],
-                    d["backend"],
-                    t["images"],
-                    DASH if budget is None else f"{budget:g}",
-                    t.get("weak_steps", DASH),
-                    f"{t['wall_s']:.3f} ± {t['wall']['iqr_ms'] / 1e3:.3f}"
-                    + (f" ({note})" if (note := noisy_note(t["wall"])) else ""),
-                    f"{t['images_per_s']:.2f}",
-                    _times(t.get("speedup_vs_static")),
-                    _times(t.get("speedup_vs_reference")),
-                    _pct(t.get("loop_overhead_fraction")),
-                    _mib(_peak_bytes(t.get("memory"))),
-                ]
-            )
+            wall = f"{t['wall_s']:.3f} ± {t['wall']['iqr_ms'] / 1e3:.3f}"
+            note = noisy_note(t["wall"])
+            yield [t["images"], DASH if budget is None else f"{budget:g}", t.get("weak_steps", DASH),
+                   wall + (f" ({note})" if note else ""), f"{t['images_per_s']:.2f}",
+                   _times(t.get("speedup_vs_static")), _times(t.get("speedup_vs_reference")),
+                   _pct(t.get("loop_overhead_fraction")), _mib(_peak_bytes(t.get("memory")))]  # fmt: skip
+
     header = ["machine", "backend", "images", "budget", "weak steps", "wall s (± IQR)", "images/s", "× static",
               "× reference", "loop over forwards", "peak memory MiB"]  # fmt: skip
-    return _table(header, rows)
+    return _table(header, _rows(docs, cells))
 
 
 def _forwards(docs: Sequence[dict]) -> list[str]:
-    rows = []
-    for d in docs:
+    def cells(d: dict) -> Iterator[list[Any]]:
         for f in d.get("forwards", []):
             s, floor = f["stats"], f["floor"]
-            rows.append(
-                [
-                    d["machine"],
-                    d["backend"],
-                    f["patch_size"],
-                    f["batch"],
-                    f"{s['median_ms']:.3f}",
-                    _pct(s.get("spread")),
-                    f"{f['tflops']:.3g}",
-                    _pct(f["peak_fraction"]),
-                    f"{floor['floor_ms']:.3f} ({floor['bound']})",
-                    _times(f["over_floor"]),
-                ]
-            )
+            yield [f["patch_size"], f["batch"], f"{s['median_ms']:.3f}", _pct(s.get("spread")),
+                   f"{f['tflops']:.3g}", _pct(f["peak_fraction"]), f"{floor['floor_ms']:.3f} ({floor['bound']})",
+                   _times(f["over_floor"])]  # fmt: skip
+
     header = ["machine", "backend", "patch", "batch", "median ms", "spread (IQR)", "TFLOP/s", "of peak",
               "floor ms", "× floor"]  # fmt: skip
-    return _table(header, rows)
+    return _table(header, _rows(docs, cells))
 
 
 def _memory(docs: Sequence[dict]) -> list[str]:
-    rows = []
-    for d in docs:
+    def cells(d: dict) -> Iterator[list[Any]]:
         m = d.get("memory")
         if not m:
-            continue
+            return
         if "not_measured" in m:
-            rows.append(
-                [d["machine"], d["backend"], DASH, DASH, f"not measured: {m['not_measured']}", "", ""]
-            )
-            continue
-        rows.append(
-            [
-                d["machine"],
-                d["backend"],
-                m["images"],
-                f"{m['budget']:g}",
-                _mib(m["shared_pool_bytes"]),
-                _mib(m["pool_per_engine_bytes"]),
-                m["how"],
-            ]
-        )
-    return _table(
-        ["machine", "backend", "images", "budget", "shared pool MiB", "pool per engine MiB", "how"], rows
-    )
+            yield [DASH, DASH, f"not measured: {m['not_measured']}", "", ""]
+            return
+        yield [m["images"], f"{m['budget']:g}", _mib(m["shared_pool_bytes"]), _mib(m["pool_per_engine_bytes"]),
+               m["how"]]  # fmt: skip
+
+    header = ["machine", "backend", "images", "budget", "shared pool MiB", "pool per engine MiB", "how"]
+    return _table(header, _rows(docs, cells))
 
 
 def _time_plans(docs: Sequence[dict]) -> list[str]:
-    rows = []
-    for d in docs:
+    def cells(d: dict) -> Iterator[list[Any]]:
         for t in d.get("time_plans", []):
             chosen = (
                 f"unreachable: {t['unreachable']}"
                 if "unreachable" in t
-                else f"{t['weak_steps']}: {_pct(t['measured_fraction'])} (predicted {_pct(t['predicted_fraction'])})"
+                else f"{t['weak_steps']}: {_fraction(t, 'measured_fraction', 'predicted_fraction')}"
             )
-            rows.append(
-                [
-                    d["machine"],
-                    d["backend"],
-                    t["images"],
-                    _pct(t["fraction"]),
-                    chosen,
-                    t["macs_plan_weak_steps"],
-                    f"{_pct(t['macs_plan_measured_fraction'])} (predicted {_pct(t['macs_plan_predicted_fraction'])})",
-                ]
-            )
+            macs_time = _fraction(t, "macs_plan_measured_fraction", "macs_plan_predicted_fraction")
+            yield [t["images"], _pct(t["fraction"]), chosen, t["macs_plan_weak_steps"], macs_time]
+
     header = ["machine", "backend", "images", "time asked (of static)", "time planner: weak steps, time",
               "MACs planner: weak steps", "its time (of static)"]  # fmt: skip
-    return _table(header, rows)
+    return _table(header, _rows(docs, cells))
 
 
 def _profiles(docs: Sequence[dict]) -> list[str]:
     from .profile import CATEGORIES, CATEGORY_TITLES
 
-    rows = []
-    for d in docs:
+    blank = [""] * (len(CATEGORIES) + 1)
+
+    def cells(d: dict) -> Iterator[list[Any]]:
         profiles = d.get("profiles")
         if isinstance(profiles, dict):
-            rows.append([d["machine"], d["backend"], DASH, DASH, f"not profiled: {profiles['not_profiled']}",
-                         *[""] * (len(CATEGORIES) + 1)])  # fmt: skip
-            continue
+            yield [DASH, DASH, f"not profiled: {profiles['not_profiled']}", *blank]
+            return
         for f in profiles or []:
             if "failed" in f:
-                rows.append([d["machine"], d["backend"], f["patch_size"], f["batch"], f"failed: {f['failed']}",
-                             *[""] * (len(CATEGORIES) + 1)])  # fmt: skip
+                yield [f["patch_size"], f["batch"], f"failed: {f['failed']}", *blank]
                 continue
-            rows.append(
-                [
-                    d["machine"],
-                    d["backend"],
-                    f["patch_size"],
-                    f["batch"],
-                    f"{f['kernels_per_forward']:.0f}",
-                    f"{f['busy_us_per_forward']:.0f} / {f['wall_us_per_forward']:.0f} "
-                    f"({_pct(f['busy_fraction'])})",
-                    *(_pct(f["by_category"][c]["share"]) for c in CATEGORIES),
-                    f["limit"],
-                ]
-            )
+            busy = f"{f['busy_us_per_forward']:.0f} / {f['wall_us_per_forward']:.0f} ({_pct(f['busy_fraction'])})"
+            yield [f["patch_size"], f["batch"], f"{f['kernels_per_forward']:.0f}", busy,
+                   *(_pct(f["by_category"][c]["share"]) for c in CATEGORIES), f["limit"]]  # fmt: skip
+
     header = ["machine", "backend", "patch", "batch", "kernels / forward", "device busy / wall µs",
               *(CATEGORY_TITLES[c] for c in CATEGORIES), "limit"]  # fmt: skip
-    table = _table(header, rows)
+    table = _table(header, _rows(docs, cells))
     return [PROFILE_NOTE, "", *table] if table else []
 
 
 def _top_kernels(docs: Sequence[dict]) -> list[str]:
-    rows = []
-    for d in docs:
+    def cells(d: dict) -> Iterator[list[Any]]:
         profiles = d.get("profiles")
         for f in profiles if isinstance(profiles, list) else []:
             device_us = f.get("device_us_per_forward", 0.0) * f.get("runs", 0)
             for rank, k in enumerate(f.get("top", [])[:TOP_IN_REPORT], start=1):
-                rows.append(
-                    [
-                        d["machine"],
-                        d["backend"],
-                        f["patch_size"],
-                        f["batch"],
-                        rank,
-                        _code(k["name"]),
-                        k["category"],
-                        f"{k['per_forward']:g}",
-                        f"{k['mean_us']:.1f}",
-                        _pct(k["total_us"] / device_us if device_us > 0 else None),
-                    ]
-                )
+                share = _pct(k["total_us"] / device_us if device_us > 0 else None)
+                yield [f["patch_size"], f["batch"], rank, _code(k["name"]), k["category"],
+                       f"{k['per_forward']:g}", f"{k['mean_us']:.1f}", share]  # fmt: skip
+
     header = ["machine", "backend", "patch", "batch", "#", "kernel", "category", "calls / forward", "mean µs",
               "of device time"]  # fmt: skip
-    return _table(header, rows)
+    return _table(header, _rows(docs, cells))
 
 
 # -- plots ---------------------------------------------------------------------------------------------------
@@ -409,6 +351,10 @@ def _code(name: str) -> str:
     if len(name) > KERNEL_NAME_CHARS:
         name = name[: KERNEL_NAME_CHARS - 1] + "…"
     return "`" + name.replace("`", "'").replace("|", "\\|") + "`"
+
+
+def _fraction(entry: dict, measured: str, predicted: str) -> str:
+    return f"{_pct(entry[measured])} (predicted {_pct(entry[predicted])})"
 
 
 def _times(x: float | None) -> str:

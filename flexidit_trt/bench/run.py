@@ -6,15 +6,17 @@ per backend (results.py), the reference loop beside them.
 
 Per backend (a `Pipeline` as `run` builds it), for each batch of images (ascending) and budget (1.0 first:
 the static model is every backend's baseline):
-- the trajectory: one warm-up `generate` (captures the CUDA graphs, compiles), then `repeats` timed
-  ones: wall time (the record's, from the call to the samples on the host), images/s, and from the last
-  call's record the loop time, the sum of its forwards and the per-step latency by patch size;
-- then each engine's forward alone at the batch the trajectories ran it at (2 × images with CFG):
-  `TimingOptions.runs` back-to-back calls after a warm-up, timed by CUDA events on the run's stream
-  (perf_counter on the CPU), median and spread, against its floor (floors.py);
-- device memory with the engines' graphs in one shared pool against one pool per engine (the torch
-  backends: the same compiled engines re-captured both ways, torch's reserved memory measured);
-- the time planner's choice for each budget taken as a time fraction, from the measured step latency;
+- the trajectory (trajectories.py): one warm-up `generate` (captures the CUDA graphs, compiles), then
+  `repeats` timed ones: wall time (the record's, from the call to the samples on the host), images/s,
+  and from the last call's record the loop time, the sum of its forwards and the per-step latency by
+  patch size;
+- then each engine's forward alone (forwards.py) at the batch the trajectories ran it at (2 × images
+  with CFG): `TimingOptions.runs` back-to-back calls after a warm-up, timed by CUDA events on the run's
+  stream (perf_counter on the CPU), median and spread, against its floor (floors.py);
+- device memory (memory.py) with the engines' graphs in one shared pool against one pool per engine (the
+  torch backends: the same compiled engines re-captured both ways, torch's reserved memory measured);
+- the time planner's choice (time_plans.py) for each budget taken as a time fraction, from the measured
+  step latency;
 - with `profile`, each engine's forward at the same batches under torch.profiler (profile.py), eager
   (no CUDA graph, so the kernels are visible): kernels per forward, device busy against wall time, time
   by kernel category, the top kernels and the limit in words. Torch callables only (torch, torch-eager,
@@ -25,150 +27,37 @@ A backend that fails mid-way gets a "failed" file with the error; the others sti
 
 from __future__ import annotations
 
-import gc
 import platform
 import sys
-import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import date as _date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..artifacts import BuildError, ensure_writable_dir, utc_now
-from ..diffusion import make_sampler, plan
-from ..diffusion.time_planner import TimeBudget, plan_for_time, predict_seconds
+from ..diffusion import plan
 from ..engines.backend import RunError
 from ..engines.options import EngineOptions, resolve_precision
-from ..errors import UsageError
-from ..runtime import Pipeline, Selection, pipeline_from_model, pipeline_from_workdir
+from ..runtime import Pipeline, pipeline_from_model, pipeline_from_workdir
 from ..runtime.choose import installed, resolve_device
 from ..runtime.options import GUIDANCE
 from . import hardware
-from .floors import against_floor, forward_floor, weight_bytes
-from .measure import (
-    DEFAULT_TIMING,
-    EventClock,
-    HostClock,
-    TimingOptions,
-    noisy_note,
-    summarize,
-    time_calls,
-    time_wall,
-)
-from .reference import ReferenceLoop, ReferenceUnavailable
-from .results import new_document, trajectory_step_seconds, write_results
+from .backends import TORCH_VARIANTS, backend_label, config_difference, unavailable
+from .forwards import profile_forwards, time_forwards
+from .measure import noisy_note, time_wall
+from .memory import pool_memory
+from .options import BenchOptionError, BenchOptions
+from .reference import ReferenceLoop
+from .results import new_document, write_results
+from .session import Session
+from .time_plans import time_plans
+from .trajectories import add_speedups, trajectories, trajectory
 
-if TYPE_CHECKING:  # torch stays an optional import of the bench
-    from ..engines.torch_graphs import GraphPool, TorchGraphBackend
-
-# The torch engines the bench compares: one per lever, each adding to the one before (EngineOptions'
-# options, every one given: `run` turns the GELU epilogue on by itself), so a lever's gain is the difference
-# of two neighbouring columns.
-_LEVERS = ("compile", "precompute_modulation", "gelu_epilogue", "flash_attention", "autotune")
-TORCH_VARIANTS: dict[str, dict[str, bool]] = {
-    name: dict(zip(_LEVERS, (i < on for i in range(len(_LEVERS))), strict=True))
-    for on, name in enumerate(
-        ("torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash", "torch-tuned")
-    )
-}
-BACKENDS = (
-    "trt",
-    "aoti",
-    "torch",
-    "torch-premod",
-    "torch-fused",
-    "torch-flash",
-    "torch-tuned",
-    "torch-eager",
-    "ort",
-)
-# The run order: each backend's file is written as it finishes, so a backend that takes the process down
-# (an AOTInductor package that crashes on load, GPU.md) goes last and loses no one else's numbers.
-# torch-tuned is asked for by name only: minutes of autotuning for engines that measured slower (NOTES).
-DEFAULT_BACKENDS = (
-    "torch-eager",
-    "torch",
-    "torch-premod",
-    "torch-fused",
-    "torch-flash",
-    "ort",
-    "trt",
-    "aoti",
-)
-DEFAULT_OUT = Path("benchmarks/results")
 # torch.compile (dynamic=False) compiles each (patch, batch) shape of the one forward code object once;
 # dynamo's default limit of 8 fails a fullgraph compile (FailOnRecompileLimitHit) past 4 batch sizes.
 DYNAMO_RECOMPILE_LIMIT = 64
-
-
-class BenchOptionError(UsageError, ValueError):
-    """A bench option is unusable (the CLI maps it to exit code 2)."""
-
-
-@dataclass(frozen=True)
-class BenchOptions:
-    model: str = "dit_xl"
-    backends: tuple[str, ...] = DEFAULT_BACKENDS  # run in this order
-    batch_sizes: tuple[int, ...] = (1, 8)  # images per batch (CFG runs twice as many rows)
-    budgets: tuple[float, ...] = (1.0, 0.5)  # 1.0 (the static model) is always added
-    steps: int = 250
-    precision: str | None = None  # bf16 on a GPU, fp32 on the CPU
-    sampler: str = "ddpm"
-    guidance: str = "cfg"
-    cfg_scale: float = 4.0
-    seed: int = 0
-    device: str | None = None
-    workdir: Path = Path(".")  # where `build` put the engines (trt, aoti, ort)
-    out: Path = DEFAULT_OUT
-    checkpoint: Path | None = None
-    image_size: int | None = None
-    patch_sizes: tuple[int, ...] = (2, 4)
-    overrides: dict = field(default_factory=dict)  # config fields for random weights (depth=2, ...)
-    reference: bool = True
-    repeats: int = 3  # timed trajectories per (images, budget)
-    timing: TimingOptions = DEFAULT_TIMING
-    profile: bool = False  # each engine's forward under torch.profiler too (profile.py)
-
-    def __post_init__(self) -> None:
-        bad = [b for b in self.backends if b not in BACKENDS]
-        if not self.backends or bad:
-            raise BenchOptionError(f"unknown backend(s) {bad or '(none)'}; allowed: {', '.join(BACKENDS)}")
-        if not self.batch_sizes or any(
-            isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes
-        ):
-            raise BenchOptionError(f"batch sizes must be positive ints, got {self.batch_sizes!r}")
-        if not self.budgets or any(isinstance(b, bool) or not 0.0 < b <= 1.0 for b in self.budgets):
-            raise BenchOptionError(
-                f"budgets are fractions of the static model's MACs in (0, 1], got {self.budgets!r}"
-            )
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise BenchOptionError(f"steps must be a positive int, got {self.steps!r}")
-        if self.guidance not in GUIDANCE:
-            raise BenchOptionError(f"unknown guidance {self.guidance!r}; allowed: cfg, weak-to-strong, none")
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise BenchOptionError(f"repeats must be a positive int, got {self.repeats!r}")
-        try:
-            make_sampler(self.sampler, self.steps)
-        except ValueError as err:
-            raise BenchOptionError(str(err)) from None
-        object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))
-        object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
-        object.__setattr__(self, "budgets", tuple(sorted(set(self.budgets) | {1.0}, reverse=True)))
-
-    def record(self) -> dict:
-        """The options as the results file keeps them."""
-        out = asdict(self)
-        out.update(
-            workdir=str(self.workdir),
-            out=str(self.out),
-            checkpoint=str(self.checkpoint) if self.checkpoint else None,
-            forward_runs=self.timing.runs,
-            warmup=self.timing.warmup,
-        )
-        del out["timing"]
-        return out
 
 
 @dataclass
@@ -232,14 +121,22 @@ class _Bench:
         setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), DYNAMO_RECOMPILE_LIMIT))
         self.say(f"model: {self.source.name} ({self.source.label()})")
         self.model = self.source.load()
-        self.config = self.model.config
         self.stream = None
         if self.device != "cpu":
             from ..engines import cuda
 
             self.stream = cuda.Stream(self.device)
             torch.cuda.set_device(self.device)
-        self.hardware = self._hardware()
+        measured = self._hardware()
+        self.session = Session(
+            opts,
+            self.device,
+            self.precision,
+            self.model,
+            peak=measured["matmul_peak"]["per_s"],
+            bandwidth=measured["copy_bandwidth"]["per_s"],
+            say=self.say,
+        )
         self.machine = hardware.slug(self.device)
         created = utc_now()
         self.common = {
@@ -247,7 +144,7 @@ class _Bench:
             "created": created,
             "date": _date.today().isoformat(),
             "machine": self.machine,
-            "hardware": self.hardware,
+            "hardware": measured,
             "model": self._model_facts(),
             "options": opts.record(),
         }
@@ -274,7 +171,6 @@ class _Bench:
         facts = hardware.facts(self.device)
         peak = hardware.matmul_peak(self.device, self.precision, self.stream, self.options.timing)
         copy = hardware.copy_bandwidth(self.device, self.stream, self.options.timing)
-        self.peak, self.bandwidth = peak.per_s, copy.per_s
         self.say(
             f"measured: {peak.what} {peak.per_s / 1e12:.1f} TFLOP/s; {copy.what} {copy.per_s / 1e9:.0f} GB/s"
         )
@@ -283,39 +179,20 @@ class _Bench:
     def _model_facts(self) -> dict:
         import json
 
-        self.weight_bytes = {p: weight_bytes(self.config, p, self.precision) for p in self.config.patch_sizes}
-        self.macs = {p: self.model.macs(p) for p in self.config.patch_sizes}
+        session, config = self.session, self.session.config
         return {
             "name": self.source.name,
-            "config": json.loads(self.config.to_json()),
+            "config": json.loads(config.to_json()),
             "weights": self.source.label(),
             "precision": self.precision,
-            "patch_sizes": list(self.config.patch_sizes),
-            "macs_by_patch": {str(p): m for p, m in self.macs.items()},
-            "weight_bytes_by_patch": {str(p): b for p, b in self.weight_bytes.items()},
+            "patch_sizes": list(config.patch_sizes),
+            "macs_by_patch": {str(p): m for p, m in session.macs.items()},
+            "weight_bytes_by_patch": {str(p): b for p, b in session.weight_bytes.items()},
         }
 
     def _doc(self, backend: str, label: str, status: str, reason: str | None, **fields: Any) -> dict:
         return new_document(
             **self.common, backend=backend, label=label, status=status, reason=reason, **fields
-        )
-
-    def _labels(self, images: int) -> list[int]:
-        return [(17 * i) % self.config.num_classes for i in range(images)]  # spread over the classes
-
-    def _generate(self, pipe: Pipeline, labels: list[int], budget: float) -> Any:
-        """One trajectory of `labels` (one batch) at `budget` with the bench's sampling options."""
-        opts = self.options
-        return pipe.generate(
-            labels,
-            budget=budget,
-            steps=opts.steps,
-            sampler=opts.sampler,
-            guidance=opts.guidance,
-            cfg_scale=opts.cfg_scale,
-            seed=opts.seed,
-            batch_size=len(labels),
-            progress=False,
         )
 
     def _measured(self, name: str, label: str, measure: Callable[[], dict]) -> dict:
@@ -330,7 +207,7 @@ class _Bench:
             self.say(f"{name}: failed:\n{traceback.format_exc()}")
             return self._doc(name, label, "failed", f"{type(err).__name__}: {err}".splitlines()[0])
         finally:
-            self._release()
+            self.session.release()
 
     # -- the reference loop ----------------------------------------------------------------------------------
     def _reference(self) -> dict:
@@ -343,16 +220,13 @@ class _Bench:
             raise _NotRun("skipped (--no-reference)")
         if GUIDANCE[opts.guidance] != "cfg" or opts.sampler != "ddpm":
             raise _NotRun("the reference loop samples with DDPM and CFG only (as sample.py)")
-        try:
-            loop = ReferenceLoop.load(
-                self.model, device=self.device, steps=opts.steps, cfg_scale=opts.cfg_scale, seed=opts.seed
-            )
-        except ReferenceUnavailable as err:
-            raise _NotRun(str(err)) from None
+        loop = ReferenceLoop.load(
+            self.model, device=self.device, steps=opts.steps, cfg_scale=opts.cfg_scale, seed=opts.seed
+        )
         trajectories = []
         try:
             for images in opts.batch_sizes:
-                labels = self._labels(images)
+                labels = self.session.labels(images)
                 loop(labels, warmup=True)
                 stats, _ = time_wall(lambda labels=labels: loop(labels), opts.repeats, warmup=0)
                 wall_s = stats.median_ms / 1e3
@@ -376,28 +250,31 @@ class _Bench:
 
     # -- one backend -----------------------------------------------------------------------------------------
     def _backend(self, name: str) -> dict:
-        return self._measured(name, _label(name, self.device), lambda: self._backend_measurements(name))
+        return self._measured(
+            name, backend_label(name, self.device), lambda: self._backend_measurements(name)
+        )
 
     def _backend_measurements(self, name: str) -> dict:
+        session = self.session
         pipe = self._pipeline(name)
         try:
-            trajectories, forwards = [], []
+            runs, forwards = [], []
             for images in self.options.batch_sizes:
-                trajectories += self._trajectories(name, pipe, images)
-                forwards += self._forwards(pipe, images)
-            _speedups(trajectories, self.reference_wall)
+                runs += trajectories(session, name, pipe, images)
+                forwards += time_forwards(session, pipe, images)
+            add_speedups(runs, self.reference_wall)
             out = {
                 "why": pipe.selection.reason,
                 "engines": [b.describe() for b in pipe.backends.values()],
                 "forwards": forwards,
-                "trajectories": trajectories,
-                "memory": self._memory(pipe),
+                "trajectories": runs,
+                "memory": pool_memory(session, pipe),
                 "time_plans": time_plans(
-                    trajectories, self.options, self.macs, lambda n, b: self._trajectory(pipe, n, b)
+                    runs, self.options, session.macs, lambda n, b: trajectory(session, pipe, n, b)
                 ),
             }
             if self.options.profile:  # last: the timed numbers above are taken without the profiler
-                out["profiles"] = self._profiles(pipe)
+                out["profiles"] = profile_forwards(session, pipe)
             return out
         finally:
             pipe.close()
@@ -427,7 +304,7 @@ class _Bench:
             )
         except (RunError, BuildError) as err:
             raise _NotRun(str(err)) from None
-        differs = _config_difference(pipe.spec.config, self.common["model"]["config"])
+        differs = config_difference(pipe.spec.config, self.common["model"]["config"])
         if differs:
             pipe.close()
             raise _NotRun(
@@ -435,348 +312,3 @@ class _Bench:
                 f"({differs}); rebuild them with `flexidit-trt build` and the same options"
             )
         return pipe
-
-    def _trajectories(self, name: str, pipe: Pipeline, images: int) -> list[dict]:
-        out = []
-        for budget in self.options.budgets:
-            out.append(self._trajectory(pipe, images, budget))
-            self.say(
-                f"{name}: {images} images, budget {budget}: {out[-1]['wall_s']:.3f} s ({out[-1]['plan']})"
-            )
-        return out
-
-    def _trajectory(self, pipe: Pipeline, images: int, budget: float) -> dict:
-        """One (images, budget): a warm-up call (captures the CUDA graphs, compiles), then `repeats` timed
-        ones. Wall time is the record's, from the call to the samples on the host (the record's own
-        bookkeeping after that, package versions and NVML, is not sampling); the whole call beside it."""
-        opts, labels = self.options, self._labels(images)
-        self._generate(pipe, labels, budget)
-        calls, walls = [], []
-        for _ in range(opts.repeats):
-            start = time.perf_counter()
-            result = self._generate(pipe, labels, budget)
-            calls.append((time.perf_counter() - start) * 1e3)
-            walls.append(result.record["timing"]["total_wall_s"] * 1e3)
-        stats = summarize(walls)
-        record = result.record
-        timing = record["timing"]
-        patches = record["plan"]["patch_per_step"]
-        wall_s = stats.median_ms / 1e3
-        return {
-            "images": images,
-            "budget": budget,
-            "plan": record["plan"]["summary"],
-            "weak_steps": sum(p != min(self.config.patch_sizes) for p in patches),
-            "achieved_fraction": record["plan"]["achieved_fraction"],
-            "wall": stats.to_dict(),
-            "wall_s": wall_s,
-            "call": summarize(calls).to_dict(),
-            "images_per_s": images / wall_s,
-            "loop_ms": timing["loop_ms"],
-            "forward_ms_sum": timing["forward_ms_sum"],
-            "loop_overhead_fraction": timing["loop_overhead_fraction"],
-            "outside_loop_ms": timing["total_wall_s"] * 1e3 - timing["loop_ms"],
-            "step_ms_by_patch": {p: v["step_ms_median"] for p, v in timing["by_patch"].items()},
-            "steps_by_patch": {p: v["steps"] for p, v in timing["by_patch"].items()},
-            "memory": record["memory"],
-        }
-
-    def _forward_rows(self, images: int) -> tuple[int, ...]:
-        """The batches (rows) the trajectories run the engines at for `images` per batch."""
-        kind = GUIDANCE[self.options.guidance]
-        return {"cfg": (2 * images,), "none": (images,), "weak_to_strong": (images, 2 * images)}[kind]
-
-    def _forwards(self, pipe: Pipeline, images: int) -> list[dict]:
-        """Each engine alone at the batches the trajectories ran it at, against its floor."""
-        clock = HostClock() if self.device == "cpu" else EventClock(_stream(pipe))
-        out = []
-        for p, backend in pipe.backends.items():
-            for batch in self._forward_rows(images):
-                if not backend.covers(batch):
-                    continue
-                backend.prepare([batch])
-                # (torch-premod: t holds the last trajectory's last step, maybe not this engine's: the
-                # lookup then reads another step's rows, which costs the same.)
-                stats = time_calls(lambda b=backend, n=batch: b.forward(n), clock, self.options.timing)
-                floor = forward_floor(self.config, p, batch, self.weight_bytes[p], self.peak, self.bandwidth)
-                entry = {
-                    "patch_size": p,
-                    "batch": batch,
-                    "images": images,
-                    "stats": stats.to_dict(),
-                    "floor": floor.to_dict(),
-                    **against_floor(floor, stats.median_ms, self.peak),
-                }
-                out.append(entry)
-                self.say(
-                    f"  p{p} batch {batch}: {stats.median_ms:.3f} ms (IQR {stats.iqr_ms:.3f} ms), "
-                    f"{entry['over_floor']:.2f}x its {floor.bound} floor {floor.floor_ms:.3f} ms"
-                )
-        return out
-
-    # -- the profile: one engine's forward under torch.profiler ----------------------------------------------
-    def _profiles(self, pipe: Pipeline) -> list[dict] | dict:
-        """Each engine's callable at each batch the forwards were timed at, under torch.profiler, eagerly
-        (profile.py). A profile that fails is recorded with its error: the timed numbers stay."""
-        from ..engines.torch_graphs import TorchGraphBackend
-        from .profile import profile_forward
-
-        engines = pipe.backends
-        if not all(isinstance(b, TorchGraphBackend) for b in engines.values()):
-            return {
-                "not_profiled": f"the {pipe.selection.backend} engines are not torch callables; profile them "
-                "with Nsight Systems (nsys profile flexidit-trt bench ...)"
-            }
-        self._release()
-        out = []
-        for images in self.options.batch_sizes:
-            for p, backend in engines.items():
-                for batch in self._forward_rows(images):
-                    if not backend.covers(batch):
-                        continue
-                    entry: dict[str, Any] = {"patch_size": p, "batch": batch, "images": images}
-                    try:
-                        inputs = self._forward_inputs(pipe, batch)
-                        backend.begin_chunk(inputs[1].cpu().numpy(), inputs[2].cpu().numpy())  # torch-premod
-                        prof = profile_forward(backend.fn, inputs, device=self.device)
-                    except Exception as err:
-                        self.say(f"  profile p{p} batch {batch}: failed:\n{traceback.format_exc()}")
-                        out.append({**entry, "failed": f"{type(err).__name__}: {err}".splitlines()[0]})
-                        continue
-                    out.append({**entry, **prof.to_dict()})
-                    self.say(
-                        f"  profile p{p} batch {batch} (eager, no CUDA graph): {prof.kernels_per_forward:.0f} "
-                        f"kernels, device busy {prof.busy_us_per_forward:.0f} of {prof.wall_us_per_forward:.0f} "
-                        f"µs per forward; {prof.limit}"
-                    )
-        self._release()
-        return out
-
-    def _forward_inputs(self, pipe: Pipeline, batch: int) -> tuple[Any, ...]:
-        from ..engines.torch_backend import engine_inputs
-
-        return engine_inputs(pipe.spec, batch, self.device, seed=self.options.seed)
-
-    # -- memory: one shared pool against one per engine ------------------------------------------------------
-    def _memory(self, pipe: Pipeline) -> dict:
-        opts = self.options
-        images, budget = max(opts.batch_sizes), min(opts.budgets)
-        if budget == 1.0:
-            return {"not_measured": "every budget ran one engine: give a budget below 1.0 to compare pools"}
-        if self.device == "cpu":
-            return {"not_measured": "CPU run: memory pools are a GPU matter"}
-        from ..engines.torch_graphs import GraphPool, TorchGraphBackend, graph_pool_bytes
-
-        engines = pipe.backends
-        if all(not isinstance(b, TorchGraphBackend) for b in engines.values()):
-            if pipe.selection.backend == "trt":
-                rows = 2 * images
-                sizes = [b.activation_bytes(rows) for b in engines.values()]
-                return {
-                    "images": images,
-                    "budget": budget,
-                    "shared_pool_bytes": max(sizes),
-                    "pool_per_engine_bytes": sum(sizes),
-                    "how": "the engines' activation sizes at the largest batch (max vs sum); not run",
-                }
-            return {"not_measured": f"{pipe.selection.backend} owns its device memory (one shared allocator)"}
-        import torch
-
-        peak, pooled = {}, {}
-        for layout in ("shared", "per_engine"):
-            shared = GraphPool(self.device)
-            pools = {p: shared if layout == "shared" else GraphPool(self.device) for p in engines}
-            clones = {p: graph_clone(b, pools[p]) for p, b in engines.items()}
-            probe = Pipeline(
-                pipe.spec,
-                clones,
-                device=self.device,
-                selection=Selection(pipe.selection.backend, f"memory probe: {layout} graph pool"),
-                precision=pipe.precision,
-                max_batch=images,
-                owned=list({id(v): v for v in pools.values()}.values()),
-            )
-            self._release()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_reserved(self.device)
-            try:
-                self._generate(probe, self._labels(images), budget)
-                peak[layout] = torch.cuda.max_memory_reserved(self.device) - before
-                # Before close(): the captured graphs still hold their pools' segments.
-                pooled[layout] = graph_pool_bytes(list(pools.values()))  # a shared pool counts once
-            finally:
-                probe.close()
-                del probe, clones, pools, shared
-                self._release()
-        self.say(
-            f"  memory at {images} images, budget {budget}: graph pools reserve "
-            f"{pooled['shared']['reserved_bytes'] / 2**20:.0f} MiB shared, "
-            f"{pooled['per_engine']['reserved_bytes'] / 2**20:.0f} MiB one per engine (peak reserved "
-            f"{peak['shared'] / 2**20:.0f} / {peak['per_engine'] / 2**20:.0f} MiB)"
-        )
-        return {
-            "images": images,
-            "budget": budget,
-            "shared_pool_bytes": pooled["shared"]["reserved_bytes"],
-            "pool_per_engine_bytes": pooled["per_engine"]["reserved_bytes"],
-            "graph_pools": pooled,
-            "peak_reserved_bytes": peak,
-            "how": "the same engines re-captured in CUDA graphs either way; the graph pools' own segments "
-            "after one trajectory (torch.cuda.memory_snapshot); peak_reserved_bytes: torch's peak reserved "
-            "memory during it above what was reserved before (eager warm-up and cache included)",
-        }
-
-    # -- the time planner on the measured latency ------------------------------------------------------------
-    def _release(self) -> None:
-        gc.collect()
-        if self.device != "cpu":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-
-
-# -- helpers -------------------------------------------------------------------------------------------------
-def _label(name: str, device: str) -> str:
-    gpu = device != "cpu"
-    graphs = " in CUDA graphs, one shared pool" if gpu else " (CPU)"
-    premod = "torch.compile, adaLN modulation precomputed per chunk"
-    fused = premod + (", fc1 + GELU in one GEMM" if gpu else "")
-    return {
-        "trt": "TensorRT engines, one shared activation block, CUDA graphs",
-        "aoti": "AOTInductor packages in CUDA graphs, one shared pool",
-        "torch": "torch.compile (GELU epilogue off)" + graphs,
-        "torch-premod": premod + graphs,
-        "torch-fused": fused + (graphs if gpu else " (CPU: no GEMM epilogue)"),
-        "torch-flash": fused
-        + (", flash attention in engines of <= 64 tokens" + graphs if gpu else " (CPU: as torch-premod)"),
-        "torch-tuned": fused
-        + (
-            ", flash attention and inductor max-autotune in engines of <= 64 tokens" + graphs
-            if gpu
-            else " (CPU: as torch-premod, nothing tuned)"
-        ),
-        "torch-eager": "eager PyTorch" + graphs,
-        "ort": "ONNX Runtime " + ("CUDA provider" if gpu else "CPU provider"),
-    }[name]
-
-
-def _stream(pipe: Pipeline) -> Any:
-    """The pipeline's one stream (a runtime.cuda.Stream, made by its first generate), for the events."""
-    stream = getattr(pipe, "stream", None) or getattr(pipe, "_stream", None)
-    if stream is None:
-        raise RuntimeError("the pipeline has no CUDA stream yet: run a trajectory first")
-    return stream
-
-
-def _config_difference(engine_config: dict, model_config: dict) -> str:
-    """The first shape field that differs between an engine's config and the benchmarked model's."""
-    keys = (
-        "depth",
-        "hidden_size",
-        "num_heads",
-        "patch_size",
-        "input_size",
-        "in_channels",
-        "num_classes",
-        "mlp_ratio",
-        "learn_sigma",
-    )
-    for key in keys:
-        if key in engine_config and engine_config[key] != model_config[key]:
-            return f"{key} {engine_config[key]} vs {model_config[key]}"
-    return ""
-
-
-def _speedups(trajectories: list[dict], reference_wall: dict[int, float]) -> None:
-    """Add each trajectory's speedup over the static model (budget 1.0, same backend and images) and over
-    the reference loop (same images, same run)."""
-    static = {t["images"]: t["wall_s"] for t in trajectories if t["budget"] == 1.0}
-    for t in trajectories:
-        t["speedup_vs_static"] = static[t["images"]] / t["wall_s"]
-        ref = reference_wall.get(t["images"])
-        t["speedup_vs_reference"] = ref / t["wall_s"] if ref else None
-
-
-# -- the time planner on the measured latency ----------------------------------------------------------------
-def time_plans(
-    trajectories: list[dict], options: BenchOptions, macs: dict[int, int], run: Callable[[int, float], dict]
-) -> list[dict]:
-    """Each budget below 1.0 taken as a fraction of the static model's wall time: the weak steps the time
-    planner picks from the step latency measured in `trajectories`, its prediction, and that schedule run
-    (`run(images, macs_budget)` times one trajectory) — beside the MACs planner's schedule at the same
-    number, measured already."""
-    kind, out = GUIDANCE[options.guidance], []
-    for images in options.batch_sizes:
-        runs = {t["budget"]: t for t in trajectories if t["images"] == images}
-        step_s = trajectory_step_seconds(trajectories, images)
-        if set(step_s) != set(macs):
-            continue
-        fixed_s = runs[1.0]["outside_loop_ms"] / 1e3
-        static = runs[1.0]["wall_s"]
-        static_predicted = predict_seconds(plan(1.0, options.steps, macs, kind), step_s, fixed_s)
-        for budget in (b for b in options.budgets if b < 1.0):
-            macs_plan = plan(budget, options.steps, macs, kind)
-            entry = {
-                "images": images,
-                "fraction": budget,
-                "macs_plan_weak_steps": macs_plan.weak_steps,
-                "macs_plan_measured_fraction": runs[budget]["wall_s"] / static,
-                "macs_plan_predicted_fraction": predict_seconds(macs_plan, step_s, fixed_s)
-                / static_predicted,
-                "step_ms_by_patch": {str(p): s * 1e3 for p, s in step_s.items()},
-                "fixed_ms": fixed_s * 1e3,
-            }
-            try:
-                chosen = plan_for_time(
-                    TimeBudget(fraction=budget), options.steps, step_s, macs, kind, fixed_s
-                )
-            except ValueError as err:
-                entry["unreachable"] = str(err)
-                out.append(entry)
-                continue
-            same = [t for t in runs.values() if t["weak_steps"] == chosen.plan.weak_steps]
-            # The MACs budget that gives exactly this schedule: plan() picks it back from its own fraction.
-            ran = same[0] if same else run(images, chosen.plan.achieved_fraction)
-            entry.update(
-                weak_steps=chosen.plan.weak_steps,
-                predicted_fraction=chosen.time_fraction,
-                plan=chosen.plan.describe(),
-                measured_fraction=ran["wall_s"] / static,
-                measured_weak_steps=ran["weak_steps"],
-            )
-            out.append(entry)
-    return out
-
-
-def graph_clone(engine: TorchGraphBackend, pool: GraphPool | None) -> TorchGraphBackend:
-    """The same forward captured in another graph pool (the memory probe's shared vs per-engine layouts);
-    it keeps the engine's backend name for the run record."""
-    from ..engines.torch_graphs import TorchGraphBackend
-
-    clone = TorchGraphBackend(
-        engine.fn,
-        patch_size=engine.patch_size,
-        device=engine.device,
-        out_dtype=engine.out_dtype,
-        max_batch=engine.max_batch,
-        pool=pool,
-    )
-    clone.name = engine.name
-    return clone
-
-
-def unavailable(backend: str, device: str) -> str | None:
-    """Why `backend` cannot run on `device` in this installation, before anything is built or loaded (a
-    missing runtime is the reason a reader needs, not the missing engines it would have loaded)."""
-    if backend == "trt" and not installed("tensorrt"):
-        return "TensorRT is not installed here"
-    if backend in ("trt", "aoti") and device == "cpu":
-        return f"the {backend} backend runs engines on a CUDA GPU; this run is on the CPU"
-    if backend == "ort":
-        if not installed("onnxruntime"):
-            return "onnxruntime is not installed here"
-        from ..engines.ort_backend import provider_missing
-
-        return provider_missing(device)
-    return None

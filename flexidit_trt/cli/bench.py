@@ -15,7 +15,7 @@ DEFAULT_RESULTS = Path("benchmarks/results")
 
 def parse_backends(ctx, param, value: str) -> tuple[str, ...]:
     """click callback: "torch,ort" → ("torch", "ort"), each one of the bench's backends."""
-    from ..bench.run import BACKENDS
+    from ..bench.backends import BACKENDS
 
     names = tuple(v.strip() for v in value.split(",") if v.strip())
     bad = [n for n in names if n not in BACKENDS]

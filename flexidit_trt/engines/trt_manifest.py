@@ -77,7 +77,7 @@ def engine_activation_bytes(entry: Mapping, max_batch: int) -> int:
 def shared_activation_bytes(entries: Iterable[Mapping], max_batch: int) -> int:
     """The one activation block all engines of a run share: the largest single engine's need at batches
     up to `max_batch` — the max, not the sum, since the engines never run at the same time (one stream).
-    Carve it with `Arena.block(size)`; `kernels.arena_size([size], buffers)` sizes the arena around it."""
+    Carve it with `Arena.block(size)`; `native.arena_size([size], buffers)` (runtime) sizes the arena around it."""
     return max((engine_activation_bytes(e, max_batch) for e in entries), default=0)
 
 

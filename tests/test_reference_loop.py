@@ -1,4 +1,4 @@
-"""benchmarks/reference_sample.py, the reference DiT sampling loop the GPU benchmark times: step by step
+"""flexidit_trt/bench/reference_loop.py, the reference DiT sampling loop the GPU benchmark times: step by step
 against the float64 transcription of the sampler math (reference_iddpm), and end to end against our
 Pipeline at budget 1.0 fed the same noise."""
 
@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference_iddpm
 import torch
 from array_kernels import philox_normal
-from reference_sample import ReferenceDiffusion, forward_with_cfg, reference_sample
 
+from flexidit_trt.bench import reference_iddpm
+from flexidit_trt.bench.reference_loop import ReferenceDiffusion, forward_with_cfg, reference_sample
 from flexidit_trt.engines.options import EngineOptions
 from flexidit_trt.model import FlexiDiT
 from flexidit_trt.runtime import pipeline_from_model

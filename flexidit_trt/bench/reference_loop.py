@@ -15,7 +15,9 @@ index mapped to the original timestep on every call). Kept close to the original
 per-step work (host-side coefficient tables copied to the device on every extract, the variance
 exponentiated though unused, the whole 2B batch stepped): that work is part of what the benchmark
 compares against. The schedule's numpy float64 arrays come from reference_iddpm.py (beside this file,
-the transcription the sampler tests check ours against). No VAE: the benchmark times the loop.
+the transcription the sampler tests check ours against). No VAE: the benchmark times the loop. Nothing
+here comes from the package's diffusion/: this loop is the baseline that code is measured and checked
+against.
 
 Two hooks the original lacks, both off by default: `initial_noise` (sample.py draws z with
 torch.randn) and `step_noise(k, x)` (p_sample draws torch.randn_like(x) at loop position k = 0 for the
@@ -32,8 +34,9 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import reference_iddpm
 import torch
+
+from . import reference_iddpm
 
 REFERENCE_GUIDED_CHANNELS = 3  # models.py: "for exact reproducibility", CFG on three channels only
 
@@ -149,28 +152,10 @@ class ReferenceDiffusion:
         sample = out["mean"] + nonzero_mask * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    def p_sample_loop(
-        self,
-        model,
-        shape,
-        noise=None,
-        clip_denoised=True,
-        model_kwargs=None,
-        device=None,
-        progress=False,
-        step_noise: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-    ):
+    def p_sample_loop(self, model, shape, noise=None, **kwargs):
+        """The last step of p_sample_loop_progressive (the original repeats its keyword list here)."""
         final = None
-        for sample in self.p_sample_loop_progressive(
-            model,
-            shape,
-            noise=noise,
-            clip_denoised=clip_denoised,
-            model_kwargs=model_kwargs,
-            device=device,
-            progress=progress,
-            step_noise=step_noise,
-        ):
+        for sample in self.p_sample_loop_progressive(model, shape, noise=noise, **kwargs):
             final = sample
         return final["sample"]
 
@@ -183,7 +168,7 @@ class ReferenceDiffusion:
         model_kwargs=None,
         device=None,
         progress=False,
-        step_noise=None,
+        step_noise: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> Iterator[dict]:
         if device is None:
             device = next(model.parameters()).device

@@ -1,7 +1,6 @@
-"""Transcription of the reference sampler math, in float64 numpy: the tests' reference for our samplers
-(tests/test_diffusion_samplers.py) and the schedule of benchmarks/reference_sample.py (the reference
-sampling loop itself, in torch). Lives in benchmarks/ so both can import it (tests/conftest.py puts this
-folder on sys.path).
+"""Transcription of the reference sampler math, in float64 numpy: the schedule of the reference sampling
+loop (reference_loop.py, in torch) and the tests' reference for our samplers and training loss
+(tests/test_diffusion_samplers.py, tests/test_training_losses.py). It shares nothing with the package's diffusion/, whose math it checks.
 
 Source: facebookresearch/DiT (commit 29e4fa6), diffusion/__init__.py (create_diffusion),
 diffusion/respace.py (space_timesteps, SpacedDiffusion, _WrappedModel) and diffusion/gaussian_diffusion.py

@@ -1,6 +1,6 @@
-"""Review findings on loading (issue 10, items 2 and 3): files that are not checkpoints give one clear
-line, non-finite weights are refused by name at load, and diffusers folders load by rule (shards through
-the index, the full-precision file before a variant, the head count from config.json or an error)."""
+"""Loading checkpoints: files that are not checkpoints give one clear line, non-finite weights are
+refused by name at load, and diffusers folders load by rule (shards through the index, the full-precision
+file before a variant, the head count from config.json or an error)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def tiny_state(seed: int = 0, hidden: int = 384, depth: int = 1) -> dict[str, to
     return random_official_state(depth, hidden, 2, input_size=8, seed=seed)
 
 
-# -- item 2: files that are not checkpoints ------------------------------------------------------------------
+# -- files that are not checkpoints --------------------------------------------------------------------------
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.pt"
     path.touch()
@@ -70,7 +70,7 @@ def test_malformed_safetensors_metadata(tmp_path, config, problem):
         load_checkpoint(path)
 
 
-# -- item 2: non-finite weights ---------------------------------------------------------------------------------
+# -- non-finite weights --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_official_weights_are_named(bad):
     state = tiny_state()
@@ -100,7 +100,7 @@ def test_finite_check_on_expanded_tensors():
         load_checkpoint(state)
 
 
-# -- item 3: diffusers folders -----------------------------------------------------------------------------------
+# -- diffusers folders ---------------------------------------------------------------------------------------
 def diffusers_folder(tmp_path, state, num_heads=6, name="dit-diffusers"):
     diffusers_state, config = to_diffusers(state, num_heads, 2, 8)
     folder = tmp_path / name / "transformer"

@@ -1,6 +1,6 @@
-"""Review findings on the docs (issue 10, items 12 and 13): the README's set-up lines render as two lines,
-its sampling example runs as written and prints what its comment says, the planner's docstring example
-is real output, and benchmarks/NOTES.md keeps predictions apart from results."""
+"""The docs: the README's set-up lines render as two lines, its examples run as written and print what
+their comments say, the planner's docstring example is real output, and benchmarks/NOTES.md keeps
+predictions apart from results."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_readme_setup_lines_are_a_code_block_under_the_title():
 
 
 def test_readme_first_line_runs_the_default_model_at_half_budget():
-    # Issue 7: the first set-up line installs and runs `run --budget 0.5` on the embedded default.
+    # The first set-up line installs and runs `run --budget 0.5` on the embedded default model.
     assert README.splitlines()[3].endswith("&& flexidit-trt run --budget 0.5")
 
 

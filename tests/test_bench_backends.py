@@ -1,12 +1,13 @@
-"""The bench's memory probe re-captures each engine in another graph pool. On the H200 (2026-12-01) its
-clones lacked the backend name the run record reads, so `bench` failed after every torch timing."""
+"""The bench's backends: which can run here (the missing runtime named before the missing engines), the
+`build` hints its messages print, and the engines re-captured in another graph pool for the memory
+comparison (they keep the backend name the run record reads)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flexidit_trt.bench.run import graph_clone
+from flexidit_trt.bench.memory import graph_clone
 from flexidit_trt.cli import main
 from flexidit_trt.engines.manifest import build_command
 from flexidit_trt.engines.torch_backend import TorchBackend
@@ -41,10 +42,10 @@ def test_build_commands_in_messages_parse(kind: str) -> None:
 
 
 def test_bench_names_the_missing_runtime_before_the_missing_engines(monkeypatch) -> None:
-    """On the H200 the ort cell said "no export manifest", but the real reason was an onnxruntime without
-    its CUDA provider: an export would not have helped."""
+    """An onnxruntime without its CUDA provider is the reason given for ort on a GPU, not the missing
+    export (which would not help)."""
     import flexidit_trt.engines.ort_backend as ort_backend
-    from flexidit_trt.bench.run import unavailable
+    from flexidit_trt.bench.backends import unavailable
 
     monkeypatch.setattr(ort_backend, "cuda_provider_available", lambda: False)
     assert "CPU execution provider only" in unavailable("ort", "cuda:0")
