@@ -26,7 +26,7 @@ pytestmark = [
 def test_event_timing_matches_the_host_clock() -> None:
     """Events between back-to-back calls on one stream time each call: their median × calls agrees with
     the host's clock around the same calls with one synchronisation."""
-    from flexidit_trt.runtime import cuda
+    from flexidit_trt.engines import cuda
 
     stream = cuda.Stream("cuda:0")
     torch_stream = torch.cuda.ExternalStream(stream.handle, device="cuda:0")
