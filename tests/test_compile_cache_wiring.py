@@ -1,7 +1,7 @@
 """`build --compile-cache` warms the torch backend's compiled engines and saves torch.compile's portable
 cache; `run --compile` on that workdir hot-loads it before compiling. torch.compile and the cache's
 save/load are stand-ins here (a real compile on this CPU takes about a minute per shape; the real round
-trip ran on an H100 in benchmarks/runtime_gpu.py: a fresh process's warm-up 68.9 s cold, 10.5 s loaded)."""
+trip ran on an H100 (benchmarks/NOTES.md, 2026-11-22): a fresh process's warm-up 68.9 s cold, 10.5 s loaded)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ cache) with labelled stand-ins.
 STAND-INS: `stand_in_compiler` writes placeholder bytes instead of compiling (it is not an AOTInductor
 package and is never loaded); `fake_cache` replaces torch.compiler's save/load of cache artifacts with
 recorders. The real compile is `test_cpu_package_compiles_loads_and_matches_eager`; the real cache
-round trip and every CUDA package run in benchmarks/runtime_gpu.py on the GPU machine.
+round trip and every CUDA package ran on the GPU machine (benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def test_build_cli_aoti_flag(tmp_path):
 @pytest.fixture()
 def fake_cache(monkeypatch):
     """Stand-ins for torch.compiler.save_cache_artifacts / load_cache_artifacts (a real compile on this
-    CPU takes about a minute; the real round trip runs in benchmarks/runtime_gpu.py)."""
+    CPU takes about a minute; the CUDA round trip ran on the GPU machine, benchmarks/NOTES.md)."""
     loaded = []
 
     class Info:
