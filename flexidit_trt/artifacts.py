@@ -287,6 +287,25 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def locked_manifest(folder: Path, kind: str, schema: int, model_name: str, **fields: Any) -> Iterator[dict]:
+    """An engine folder held under its lock, with its manifest (read, or new with `fields`) and what an
+    interrupted build left there removed; `commit_entry` writes each finished entry."""
+    with folder_lock(folder):
+        manifest = read_manifest(folder / MANIFEST_NAME, kind, schema) or new_manifest(
+            kind, schema, model_name, "engines", **fields
+        )
+        remove_orphans(folder)
+        yield manifest
+
+
+def commit_entry(folder: Path, manifest: dict, patch_size: int, entry: dict) -> None:
+    """Record `entry` for `patch_size` and write the manifest: the commit point for that artifact."""
+    manifest["engines"][str(patch_size)] = entry
+    manifest["updated"] = utc_now()
+    write_json_atomic(folder / MANIFEST_NAME, manifest)
+
+
 def remove_orphans(
     folder: str | os.PathLike, keep: set[str] | None = None, pattern: str | None = None
 ) -> list[str]:

@@ -27,5 +27,15 @@ class Device:
     def is_cpu(self) -> bool:
         return self.kind == "cpu"
 
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
     def __str__(self) -> str:
         return "cpu" if self.is_cpu else f"cuda:{self.index}"
+
+
+def is_cuda(device: object) -> bool:
+    """Whether a device ('cpu', 'cuda', 'cuda:N', or a torch.device of those) is a CUDA device; ValueError
+    for anything else."""
+    return Device.parse(str(device)).is_cuda

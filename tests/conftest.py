@@ -21,6 +21,24 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Saves a flexible dit_s checkpoint (2 blocks, 8x8 latent, patch sizes 2 and 4) of a LoRA rank and
+    seed: `tiny_checkpoint(lora_rank=4, seed=1)` is its path."""
+
+    def save(lora_rank: int, seed: int) -> Path:
+        from flexidit_trt.model import FlexiDiT, save_checkpoint
+
+        model = FlexiDiT.from_config(
+            "dit_s", init="random", input_size=8, depth=2, lora_rank=lora_rank, seed=seed
+        )
+        path = tmp_path_factory.mktemp("ckpt") / "dit_s_tiny.safetensors"
+        save_checkpoint(model, path)
+        return path
+
+    return save
+
+
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
     """The Fashion-MNIST folder; the test is skipped on a machine without it."""

@@ -10,17 +10,13 @@ from click.testing import CliRunner
 
 from flexidit_trt.cli import main
 from flexidit_trt.engines import trt_status
-from flexidit_trt.model import FlexiDiT, save_checkpoint
 
 TRT_HERE = trt_status().available
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model = FlexiDiT.from_config("dit_s", init="random", input_size=8, depth=2, lora_rank=2, seed=5)
-    path = tmp_path_factory.mktemp("cli") / "tiny.safetensors"
-    save_checkpoint(model, path)
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint(lora_rank=2, seed=5)
 
 
 def invoke(*args):

@@ -139,33 +139,25 @@ def test_skip_and_require(tmp_path):
         build_engines(tmp_path, "dit_s", (2,), (1, 2), status=absent, require_trt=True)
 
 
+def export_tiny(workdir, **kw):
+    """build_artifacts on a 2-block dit_s at 64 px, patch sizes 2 and 4, fp16, without TensorRT (`kw` overrides)."""
+    options = dict(
+        overrides={"depth": 2}, image_size=64, patch_sizes=(2, 4), precision="fp16", progress=False
+    )
+    options.update({"trt": TrtStatus(False, "export only"), **kw})
+    return build_artifacts("dit_s", workdir=workdir, **options)
+
+
 def test_require_trt_fails_before_exporting(tmp_path):
     with pytest.raises(BuildError, match="--require-trt"):
-        build_artifacts(
-            "dit_s",
-            overrides={"depth": 2},
-            image_size=64,
-            workdir=tmp_path,
-            require_trt=True,
-            trt=TrtStatus(False, "no CUDA GPU is visible"),
-            progress=False,
-        )
+        export_tiny(tmp_path, require_trt=True, trt=TrtStatus(False, "no CUDA GPU is visible"))
     assert not (tmp_path / "export").exists()
 
 
 # -- bookkeeping with the stub builder -----------------------------------------------------------------------
 @pytest.fixture()
 def exported(tmp_path):
-    build_artifacts(
-        "dit_s",
-        overrides={"depth": 2},
-        image_size=64,
-        patch_sizes=(2, 4),
-        precision="fp16",
-        workdir=tmp_path,
-        trt=TrtStatus(False, "export only"),
-        progress=False,
-    )
+    export_tiny(tmp_path)
     return tmp_path
 
 
@@ -208,16 +200,7 @@ def test_engine_manifest_and_reuse(exported):
     # beside the fp16 p2 is no longer possible: an export manifest holds the graphs of one precision.)
     narrower = build_engines(exported, "dit_s", (2,), (1,), status=FAKE_TRT, builder=stub_builder(calls))
     assert narrower.records[0].rebuilt and "profiles" in narrower.records[0].reason
-    build_artifacts(
-        "dit_s",
-        overrides={"depth": 2},
-        image_size=64,
-        patch_sizes=(2, 4),
-        precision="bf16",
-        workdir=exported,
-        trt=TrtStatus(False, "export only"),
-        progress=False,
-    )
+    export_tiny(exported, precision="bf16")
     changed = build_engines(exported, "dit_s", (2, 4), (1,), status=FAKE_TRT, builder=stub_builder(calls))
     assert [(r.patch_size, r.rebuilt) for r in changed.records] == [(2, True), (4, True)]
     assert all("onnx_files" in r.reason for r in changed.records)

@@ -26,6 +26,7 @@ from flexidit_trt.engines.cuda import CudaCallError
 from flexidit_trt.engines.trt import PlanBuild
 from flexidit_trt.engines.trt_backend import CudaGraphs, TrtBackend, load_trt_engines
 from flexidit_trt.engines.trt_manifest import (
+    TrtTarget,
     check_engine_entry,
     engine_activation_bytes,
     find_trt_engines,
@@ -207,7 +208,7 @@ def fakes():
 
 def load(folder, p, fakes, **kw):
     trt, cudart = fakes
-    return TrtBackend.load(folder, p, trt=trt, graphs=CudaGraphs(cudart), gpu=H100, **kw)
+    return TrtBackend.load(folder, p, TrtTarget(trt=trt, gpu=H100, **kw), CudaGraphs(cudart))
 
 
 @contextlib.contextmanager
@@ -364,17 +365,19 @@ def test_manifest_mismatches_name_the_field(engines):
 def test_finding_missing_or_foreign_engines(engines, fakes, tmp_path):
     workdir, folder = engines
     trt, cudart = fakes
-    got_folder, entries = find_trt_engines(workdir, "dit_s", trt=trt, gpu=H100)
+    got_folder, entries = find_trt_engines(workdir, "dit_s", target=TrtTarget(trt=trt, gpu=H100))
     assert got_folder == folder and sorted(entries) == [2, 4]
     graphs = json.loads((workdir / "export/dit_s/manifest.json").read_text())["graphs"]
     assert [entries[p]["macs"] for p in (2, 4)] == [graphs["2"]["macs"], graphs["4"]["macs"]]
-    backends, _ = load_trt_engines(workdir, "dit_s", (4,), trt=trt, graphs=CudaGraphs(cudart), gpu=H100)
+    backends, _ = load_trt_engines(workdir, "dit_s", (4,), TrtTarget(trt=trt, gpu=H100), CudaGraphs(cudart))
     assert list(backends) == [4] and backends[4].patch_size == 4 and backends[4].out_dtype == "float32"
     with pytest.raises(RunError) as err:  # another GPU: the folder for it does not exist
-        find_trt_engines(workdir, "dit_s", (2, 4), trt=trt, gpu=GpuInfo("NVIDIA A100-SXM4-80GB", 8, 0))
+        find_trt_engines(
+            workdir, "dit_s", (2, 4), TrtTarget(trt=trt, gpu=GpuInfo("NVIDIA A100-SXM4-80GB", 8, 0))
+        )
     assert f"engines there are for: {folder.name}" in str(err.value)
     with pytest.raises(RunError) as err:
-        find_trt_engines(tmp_path, "dit_xl", (2, 4), trt=trt, gpu=H100)
+        find_trt_engines(tmp_path, "dit_xl", (2, 4), TrtTarget(trt=trt, gpu=H100))
     assert str(err.value).endswith("run `flexidit-trt build --model dit_xl --require-trt`")
     broken = tmp_path / "engines"
     broken.mkdir()

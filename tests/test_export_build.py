@@ -18,12 +18,8 @@ TINY = {"depth": 2}
 
 
 @pytest.fixture(scope="module")
-def flexible_checkpoint(tmp_path_factory):
-    """A flexible dit_s checkpoint (2 blocks, 8x8 latent, patch sizes 2 and 4, LoRA rank 4)."""
-    model = FlexiDiT.from_config("dit_s", init="random", input_size=8, depth=2, lora_rank=4, seed=1)
-    path = tmp_path_factory.mktemp("ckpt") / "dit_s_tiny.safetensors"
-    save_checkpoint(model, path)
-    return path
+def flexible_checkpoint(tiny_checkpoint):
+    return tiny_checkpoint(lora_rank=4, seed=1)
 
 
 def build(workdir, **kw):

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..device import Device, is_cuda
 from ..runtime.record import gpu_facts, versions
 from .measure import DEFAULT_TIMING, Clock, EventClock, HostClock, Stats, TimingOptions, time_calls
 
@@ -51,7 +52,7 @@ def slug(device: str) -> str:
         return f"cpu-{platform.machine().lower() or 'unknown'}"
     from ..engines.trt import gpu_info
 
-    info = gpu_info(_index(device))
+    info = gpu_info(Device.parse(device).index)
     return info.slug if info is not None else "gpu-unknown"
 
 
@@ -76,7 +77,7 @@ def facts(device: str) -> dict[str, Any]:
     except Exception as err:  # NVML present but unusable (no driver access): say so, keep going
         gpu = {"nvml": f"NVML failed: {type(err).__name__}: {err}"}
     if isinstance(gpu, dict) and "nvml" not in gpu:
-        gpu["clocks"] = _nvml_clocks(_index(device))
+        gpu["clocks"] = _nvml_clocks(Device.parse(device).index)
     out["gpu"] = gpu
     out["cuda"] = _cuda_versions()
     return out
@@ -88,8 +89,7 @@ def matmul_peak(
     """FLOP/s of an n×n×n matmul in the precision's dtype on `device` (the run's stream on a GPU)."""
     import torch
 
-    kind = "cpu" if device == "cpu" else "cuda"
-    n = MATMUL_N[kind]
+    n = MATMUL_N["cuda" if is_cuda(device) else "cpu"]
     dtype = getattr(torch, PRECISION_DTYPES[precision])
     gen = torch.Generator(device=device).manual_seed(0)
     with _on_stream(device, stream):
@@ -110,7 +110,7 @@ def copy_bandwidth(device: str, stream: Any = None, timing: TimingOptions = DEFA
     """Bytes/s moved by a device-to-device copy (read + write)."""
     import torch
 
-    size = COPY_BYTES["cpu" if device == "cpu" else "cuda"]
+    size = COPY_BYTES["cuda" if is_cuda(device) else "cpu"]
     with _on_stream(device, stream):
         src = torch.ones(size, dtype=torch.uint8, device=device)
         dst = torch.empty_like(src)
@@ -125,10 +125,6 @@ def copy_bandwidth(device: str, stream: Any = None, timing: TimingOptions = DEFA
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def _index(device: str) -> int:
-    return 0 if device == "cuda" else int(device.split(":")[1])
-
-
 def _clock(device: str, stream: Any) -> Clock:
     return HostClock() if device == "cpu" else EventClock(stream)
 

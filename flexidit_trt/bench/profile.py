@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..device import is_cuda
+
 CATEGORIES = ("gemm", "attention", "norm_elementwise", "copies", "other")
 CATEGORY_TITLES = {
     "gemm": "GEMM",
@@ -181,7 +183,7 @@ def profile_forward(
         raise ValueError(f"runs must be a positive int, got {runs!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
-    on_gpu = torch.device(device).type == "cuda"
+    on_gpu = is_cuda(device)
 
     def sync() -> None:
         if on_gpu:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import main, parse_sizes
+from .common import main, path_option, sizes_option
 from .eval import parse_budgets
 
 DEFAULT_RESULTS = Path("benchmarks/results")
@@ -59,9 +59,7 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
     "measured slower on an H200, so only when named), "
     "torch-eager: eager kernels (all in CUDA graphs on a GPU); unavailable ones are recorded with the reason",
 )
-@click.option(
-    "--batch-sizes", callback=parse_sizes, default="1,8", show_default=True, help="images per batch"
-)
+@sizes_option("--batch-sizes", "1,8", "images per batch")
 @click.option(
     "--budgets",
     callback=parse_budgets,
@@ -160,9 +158,7 @@ def bench(ctx: click.Context, forward_runs: int, warmup: int, **options) -> None
     show_default=True,
     help="the folder `bench` wrote into",
 )
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="[default: --results]"
-)
+@path_option("--out", "[default: --results]", file_okay=False)
 def report(results: Path, out: Path | None) -> None:
     """Merge every results file into one markdown report (REPORT.md) and PNG plots."""
     from ..bench.report import build_report

@@ -8,12 +8,11 @@ work itself (an unreadable checkpoint, a failed validation, an unwritable folder
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from ..engines.aoti import AOTI_VARIANTS
-from .common import checkpoint_option, main, parse_sizes, precision_option, workdir_option
+from .common import checkpoint_option, main, path_option, precision_option, sizes_option, workdir_option
 
 
 def parse_image_size(ctx, param, value: int | None) -> int | None:
@@ -41,7 +40,7 @@ def parse_image_size(ctx, param, value: int | None) -> int | None:
     show_default=True,
     help="pixels (latent = size / 8)",
 )
-@click.option("--patch-sizes", callback=parse_sizes, default="2,4", show_default=True)
+@sizes_option("--patch-sizes", "2,4")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json: bool) -> None:
     """Parameters, tokens and GMACs per patch size (computed from the config)."""
@@ -80,16 +79,8 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
 @checkpoint_option(
     "official DiT .pt, diffusers folder or flexible .safetensors  [default: seeded random weights]"
 )
-@click.option(
-    "--patch-sizes", callback=parse_sizes, default="2,4", show_default=True, help="one graph and engine each"
-)
-@click.option(
-    "--batch-sizes",
-    callback=parse_sizes,
-    default="1,2,4,8,16",
-    show_default=True,
-    help="image batches the engines serve (with --cfg also twice each)",
-)
+@sizes_option("--patch-sizes", "2,4", "one graph and engine each")
+@sizes_option("--batch-sizes", "1,2,4,8,16", "image batches the engines serve (with --cfg also twice each)")
 @precision_option(["fp16", "bf16", "fp32"], "fp16", show_default=True)
 @click.option(
     "--fp32-residual", is_flag=True, help="keep embedders, adaLN modulation, gates and the residual in fp32"
@@ -134,12 +125,7 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     show_default=True,
     help="also cover twice each batch (guided passes)",
 )
-@click.option(
-    "--timing-cache",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="[default: in the engine folder]",
-)
+@path_option("--timing-cache", "[default: in the engine folder]", dir_okay=False)
 @click.option("--force", is_flag=True, help="rebuild every graph and engine")
 @click.option("--revalidate", is_flag=True, help="rerun the ONNX Runtime comparison on reused graphs")
 @click.option(

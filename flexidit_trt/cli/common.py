@@ -66,6 +66,16 @@ def workdir_option() -> Callable:
     )
 
 
+def sizes_option(name: str, default: str, help: str | None = None) -> Callable:
+    """An option of comma-separated positive integers (--patch-sizes, --batch-sizes), its default shown."""
+    return click.option(name, callback=parse_sizes, default=default, show_default=True, help=help)
+
+
+def path_option(name: str, help: str, default: Path | None = None, **checks: bool) -> Callable:
+    """A path option; `checks`: click.Path's (exists=True, file_okay=False, dir_okay=False)."""
+    return click.option(name, type=click.Path(path_type=Path, **checks), default=default, help=help)
+
+
 def checkpoint_option(help: str) -> Callable:
     """--checkpoint: an existing weights file or folder."""
     return click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, help=help)

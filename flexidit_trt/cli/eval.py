@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import main, parse_sizes
+from .common import main, sizes_option
 
 GUIDANCE_NAMES = {"cfg": "cfg", "weak-to-strong": "weak_to_strong", "none": "none"}
 
@@ -48,7 +48,7 @@ _path = click.Path(path_type=Path)
     default=None,
     help="flexible .safetensors or a base checkpoint  [default: the packaged model]",
 )
-@click.option("--patch-sizes", callback=parse_sizes, default="2,4", show_default=True, help="base, then weak")
+@sizes_option("--patch-sizes", "2,4", "base, then weak")
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=250, show_default=True, help="images per chunk"
 )

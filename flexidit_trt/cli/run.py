@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
-from .common import checkpoint_option, main, precision_option, workdir_option
+from .common import checkpoint_option, main, path_option, precision_option, workdir_option
 
 
 def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
@@ -69,13 +68,8 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
     help="images per batch  [default: all, up to 64]",
 )
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="[default: samples/<timestamp>]")
-@click.option(
-    "--vae",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="local diffusers AutoencoderKL folder (latent models)",
-)
+@path_option("--out", "[default: samples/<timestamp>]")
+@path_option("--vae", "local diffusers AutoencoderKL folder (latent models)")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N  [default: the first GPU, else cpu]")
 @click.option("--compile", is_flag=True, help="torch backend: torch.compile the engines")
 @click.option(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .common import main, parse_sizes
+from .common import main, sizes_option
 
 DIR = click.Path(file_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -86,9 +86,7 @@ def train(**kwargs) -> None:
 @click.option(
     "--checkpoint", type=click.Path(exists=True, path_type=Path), required=True, help="the base model"
 )
-@click.option(
-    "--patch-sizes", callback=parse_sizes, default="2,4", show_default=True, help="base + weak sizes"
-)
+@sizes_option("--patch-sizes", "2,4", "base + weak sizes")
 @click.option("--lora-rank", type=int, default=8, show_default=True, help="0: embeddings only")
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option("--minutes", type=float, default=None, help="stop after this much distillation time too")

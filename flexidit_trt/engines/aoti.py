@@ -45,19 +45,18 @@ from ..artifacts import (
     BuildError,
     Progress,
     Step,
+    commit_entry,
     ensure_writable_dir,
-    folder_lock,
     fsync_replace,
+    locked_manifest,
     new_manifest,
     no_progress,
     read_manifest,
-    remove_orphans,
     settings_changed,
     sha256_file,
     sha256_state_dict,
     staging_dir,
     utc_now,
-    write_json_atomic,
 )
 from ..device import Device
 from .build import EngineRecord
@@ -211,14 +210,10 @@ def build_aoti_engines(
         source.resolve()
     folder = ensure_writable_dir(aoti_dir(workdir, source.name, target))
     result = AotiBuildResult(folder)
-    with folder_lock(folder):
-        manifest = read_or_new_manifest(folder, source.name, target)
-        remove_orphans(folder)
+    with locked_manifest(folder, AOTI_KIND, AOTI_SCHEMA, source.name, **target.to_dict()) as manifest:
         for p in sorted({int(q) for q in patch_sizes}):
             record = _one_package(source, folder, manifest, p, options, target, force, compiler, say)
-            manifest["engines"][str(p)] = record.entry
-            manifest["updated"] = utc_now()
-            write_json_atomic(folder / MANIFEST_NAME, manifest)  # the commit point for this package
+            commit_entry(folder, manifest, p, record.entry)
             result.records.append(record)
     return result
 

@@ -20,14 +20,12 @@ from ..artifacts import (
     OptionError,
     Progress,
     Step,
+    commit_entry,
     ensure_writable_dir,
     export_dir,
-    folder_lock,
     load_export_manifest,
-    new_manifest,
+    locked_manifest,
     no_progress,
-    read_manifest,
-    remove_orphans,
     settings_changed,
     sha256_file,
     utc_now,
@@ -130,16 +128,10 @@ def build_engines(
     folder = ensure_writable_dir(engine_dir(workdir, model_name, status.gpu, status.version))
     cache_path = Path(timing_cache) if timing_cache else folder / TIMING_CACHE_NAME
     result = EngineBuildResult(folder, status=status)
-    with folder_lock(folder):
-        manifest = read_manifest(folder / MANIFEST_NAME, ENGINE_KIND, ENGINE_SCHEMA) or new_manifest(
-            ENGINE_KIND,
-            ENGINE_SCHEMA,
-            model_name,
-            "engines",
-            gpu={"name": status.gpu.name, "compute_capability": status.gpu.compute_capability},
-            tensorrt=status.version,
-        )
-        remove_orphans(folder)  # temporary files of an interrupted build
+    gpu = {"name": status.gpu.name, "compute_capability": status.gpu.compute_capability}
+    with locked_manifest(
+        folder, ENGINE_KIND, ENGINE_SCHEMA, model_name, gpu=gpu, tensorrt=status.version
+    ) as manifest:
         for p in patch_sizes:
             graph = graphs[str(p)]
             settings = {
@@ -192,9 +184,7 @@ def build_engines(
                 layers_name = f"p{p}.layers.json"
                 write_json_atomic(folder / layers_name, built.layers)
             entry = _entry(p, graph, settings, profiles, built, plan_path, cache_path, layers_name, status)
-            manifest["engines"][str(p)] = entry
-            manifest["updated"] = utc_now()
-            write_json_atomic(folder / MANIFEST_NAME, manifest)  # the commit point for this plan
+            commit_entry(folder, manifest, p, entry)
             result.records.append(EngineRecord(p, plan_path, entry, rebuilt=True, reason=reason))
     return result
 

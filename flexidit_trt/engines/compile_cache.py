@@ -22,6 +22,7 @@ from ..artifacts import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from ..device import Device
 from .aoti import (
     AOTI_KIND,
     AOTI_SCHEMA,
@@ -107,7 +108,7 @@ def build_torch_compile_cache(
         except BuildError as err:
             return CompileCacheResult(None, skipped=str(err))
     rows = sorted({int(b) for b in rows})
-    device = "cuda:0" if target.device == "cuda" else "cpu"
+    device = str(Device.parse(target.device))  # the target's "cuda" is the first GPU
     options = EngineOptions(precision=precision, max_batch=max(rows), compile=True).resolved(device)
     engines, _pools = torch_engines(model, device, options)
     spec = spec_from_model(model)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..device import is_cuda
 from .backend import Backend, DeviceArray, IOBuffers, RunError
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -107,7 +108,7 @@ class TorchGraphBackend(Backend):
         self.out_dtype = out_dtype
         self.max_batch = max_batch
         self.pool = pool
-        self.use_graphs = cuda_graphs and device.startswith("cuda")
+        self.use_graphs = cuda_graphs and is_cuda(device)
         if self.use_graphs and pool is None:
             raise ValueError("CUDA graphs need the pipeline's GraphPool")
         self._tensors: tuple[torch.Tensor, ...] = ()
@@ -124,7 +125,7 @@ class TorchGraphBackend(Backend):
         ]
         if self._tensors[3].dtype != want:
             raise ValueError(f"out buffer is {self._tensors[3].dtype}, this engine writes {want}")
-        if self.device.startswith("cuda"):
+        if is_cuda(self.device):
             self._stream = torch.cuda.ExternalStream(int(stream or 0), device=self.device)
         self._graphs.clear()
 

@@ -1,7 +1,7 @@
 """TensorRT backend (`trt`): one plan per patch size from `flexidit-trt build`, run on fixed buffers, its
 activations in ONE block of the pipeline's arena shared by every engine. No torch import.
 
-    backends, entries = load_trt_engines(workdir, "dit_xl", device="cuda:0")    # manifests checked
+    backends, entries = load_trt_engines(workdir, "dit_xl", target=TrtTarget("cuda:0"))    # manifests checked
     size = shared_activation_bytes(entries.values(), max_batch=16)              # max over engines, not sum
     block = arena.block(size)                                                    # one block for all of them
     for b in backends.values():
@@ -49,13 +49,11 @@ from typing import Any
 
 from . import cuda
 from .backend import Backend, IOBuffers, RunError
-from .trt import GpuInfo
 from .trt_manifest import (
-    check_engine_entry,
-    device_gpu,
+    DEFAULT_TARGET,
+    TrtTarget,
     engine_activation_bytes,
     find_trt_engines,
-    import_tensorrt,
     profile_index,
     read_engine_manifest,
 )
@@ -189,25 +187,16 @@ class TrtBackend(Backend):
         cls,
         folder: str | Path,
         patch_size: int,
-        *,
-        device: str = "cuda:0",
-        checkpoint_sha256: str | None = None,
-        trt: Any = None,
+        target: TrtTarget = DEFAULT_TARGET,
         graphs: CudaGraphs | None = None,
-        gpu: GpuInfo | None = None,
     ) -> TrtBackend:
-        """The engine of `patch_size` in an engine folder, after checking its manifest entry against this
-        GPU, TensorRT and checkpoint. trt/graphs/gpu: the tensorrt module, the CUDA graph calls and the
-        GPU facts (default: the real ones; parameters so the logic can be tested without them)."""
-        trt = trt if trt is not None else import_tensorrt()
+        """The engine of `patch_size` in an engine folder, after checking its manifest entry against the
+        target's GPU, TensorRT and checkpoint. graphs: the CUDA graph calls (default: the real ones; a
+        parameter so the logic can be tested without them)."""
+        target = target.resolved()
+        trt, device = target.trt, target.device
         folder = Path(folder)
-        entry = check_engine_entry(
-            read_engine_manifest(folder),
-            patch_size,
-            gpu=gpu or device_gpu(device),
-            trt_version=str(trt.__version__),
-            checkpoint_sha256=checkpoint_sha256,
-        )
+        entry = target.check(read_engine_manifest(folder), patch_size)
         path = folder / entry["file"]
         if not path.is_file() or path.stat().st_size != entry["bytes"]:
             raise RunError(f"TensorRT plan {path} is missing or not the one its manifest records: rebuild it")
@@ -334,23 +323,11 @@ def load_trt_engines(
     workdir: str | Path,
     model_name: str,
     patch_sizes: Sequence[int] | None = None,
-    *,
-    device: str = "cuda:0",
-    checkpoint_sha256: str | None = None,
-    trt: Any = None,
+    target: TrtTarget = DEFAULT_TARGET,
     graphs: CudaGraphs | None = None,
-    gpu: GpuInfo | None = None,
 ) -> tuple[dict[int, TrtBackend], dict[int, dict]]:
     """One TrtBackend per patch size (default: every engine built), and their checked manifest entries."""
-    trt = trt if trt is not None else import_tensorrt()
-    gpu = gpu or device_gpu(device)
-    folder, entries = find_trt_engines(
-        workdir, model_name, patch_sizes, device=device, checkpoint_sha256=checkpoint_sha256, trt=trt, gpu=gpu
-    )
-    backends = {
-        p: TrtBackend.load(
-            folder, p, device=device, checkpoint_sha256=checkpoint_sha256, trt=trt, graphs=graphs, gpu=gpu
-        )
-        for p in entries
-    }
+    target = target.resolved()
+    folder, entries = find_trt_engines(workdir, model_name, patch_sizes, target)
+    backends = {p: TrtBackend.load(folder, p, target, graphs) for p in entries}
     return backends, entries

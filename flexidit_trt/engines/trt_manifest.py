@@ -5,6 +5,7 @@ activation block's size. No TensorRT call here besides importing it."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,24 +82,50 @@ def shared_activation_bytes(entries: Iterable[Mapping], max_batch: int) -> int:
     return max((engine_activation_bytes(e, max_batch) for e in entries), default=0)
 
 
+@dataclass(frozen=True)
+class TrtTarget:
+    """What TensorRT engines load against: the CUDA device, the checkpoint hash their manifests must
+    record (None: not checked), the tensorrt module and the GPU facts (None: the real ones, which
+    `resolved()` finds; fields so the logic can be tested without them)."""
+
+    device: str = "cuda:0"
+    checkpoint_sha256: str | None = None
+    trt: Any = None
+    gpu: GpuInfo | None = None
+
+    def resolved(self) -> TrtTarget:
+        """This target with the tensorrt module imported and the device's GPU facts read, where not given."""
+        trt = self.trt if self.trt is not None else import_tensorrt()
+        return replace(self, trt=trt, gpu=self.gpu or device_gpu(self.device))
+
+    def check(self, manifest: Mapping, patch_size: int) -> dict:
+        """The entry of `patch_size`, checked against this resolved target (check_engine_entry)."""
+        return check_engine_entry(
+            manifest,
+            patch_size,
+            gpu=self.gpu,
+            trt_version=str(self.trt.__version__),
+            checkpoint_sha256=self.checkpoint_sha256,
+        )
+
+
+DEFAULT_TARGET = TrtTarget()  # the first GPU, the real TensorRT, no checkpoint check
+
+
 def find_trt_engines(
     workdir: str | Path,
     model_name: str,
     patch_sizes: Sequence[int] | None = None,
-    *,
-    device: str = "cuda:0",
-    checkpoint_sha256: str | None = None,
-    trt: Any = None,
-    gpu: GpuInfo | None = None,
+    target: TrtTarget = DEFAULT_TARGET,
 ) -> tuple[Path, dict[int, dict]]:
     """The engine folder for this GPU and TensorRT and its checked entry per patch size (default: every
     one built). RunError when TensorRT or a GPU is missing, when no engines were built (with the exact
     `build` command), or naming the field that differs when they were built for another GPU, TensorRT or
     checkpoint. Each entry gets the graph's `macs` from the export manifest when it has one (so the run
     record needs no model code)."""
-    trt = trt if trt is not None else import_tensorrt()
-    gpu = gpu or device_gpu(device)
-    folder = engine_dir(workdir, model_name, gpu, str(trt.__version__))
+    target = target.resolved()
+    trt_version = str(target.trt.__version__)
+    folder = engine_dir(workdir, model_name, target.gpu, trt_version)
     if not (folder / MANIFEST_NAME).is_file():
         parent = folder.parent
         others = sorted(p.name for p in parent.glob("*-trt*") if p.is_dir()) if parent.is_dir() else []
@@ -113,9 +140,7 @@ def find_trt_engines(
     graphs = _export_graphs(workdir, model_name)
     entries = {}
     for p in sizes:
-        entry = check_engine_entry(
-            manifest, p, gpu=gpu, trt_version=str(trt.__version__), checkpoint_sha256=checkpoint_sha256
-        )
+        entry = target.check(manifest, p)
         macs = graphs.get(str(p), {}).get("macs")
         entries[p] = {**entry, "macs": macs} if macs is not None else entry
     return folder, entries

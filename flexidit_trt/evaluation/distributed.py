@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device import Device
 from .options import EvalError, OptionsError
 
 
@@ -55,12 +56,13 @@ def pick_device(device: str | None, local_rank: int) -> torch.device:
     if device is None:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
-        dev = torch.device(device)
-    except RuntimeError:
+        parsed = Device.parse(device)
+    except ValueError:
         raise OptionsError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if parsed.is_cuda and not torch.cuda.is_available():
         raise EvalError(f"device {device}: no CUDA device is visible to torch")
-    return torch.device(f"cuda:{local_rank}") if dev.type == "cuda" and dev.index is None else dev
+    # a bare "cuda" is each process's own GPU (its local rank); "cuda:N" is that GPU
+    return torch.device(f"cuda:{local_rank}") if device == "cuda" else torch.device(str(parsed))
 
 
 def gather_rows(rows: torch.Tensor, ctx: Distributed) -> torch.Tensor | None:

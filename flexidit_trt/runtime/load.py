@@ -129,16 +129,14 @@ def _trt_pipeline(op: _Opening) -> Pipeline:
     if device == "cpu":
         raise RunError("the trt backend needs a CUDA GPU")
     try:
-        from ..engines.trt_backend import load_trt_engines
+        from ..engines.trt_backend import TrtTarget, load_trt_engines
     except ImportError as err:
         raise RunError(f"the trt backend is not available: {err}") from None
     from ..engines import cuda
 
     stream = cuda.Stream(device)
     try:
-        engines, entries = load_trt_engines(
-            workdir, model_name, device=device, checkpoint_sha256=op.checkpoint_sha
-        )
+        engines, entries = load_trt_engines(workdir, model_name, target=TrtTarget(device, op.checkpoint_sha))
     except (BuildError, ManifestError) as err:
         raise RunError(str(err)) from None
     precision = entries[min(entries)].get("precision", engine.precision or "fp16")

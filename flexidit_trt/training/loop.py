@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ..device import Device
 from ..errors import UsageError
 
 
@@ -47,10 +48,13 @@ class LoopOptions:
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    try:
+        parsed = Device.parse(device)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+    if parsed.is_cuda and not torch.cuda.is_available():
         raise TrainError(f"device {device!r} requested but CUDA is not available")
-    return dev
+    return torch.device(device)  # as given: torch keeps "cuda" (the current GPU) apart from "cuda:0"
 
 
 class BatchSchedule:
