@@ -110,8 +110,9 @@ def build_artifacts(
 ) -> BuildReport:
     """Export (and validate) the graphs, then build the engines; reuse whatever is current.
 
-    model: a config name (dit_s/b/l/xl); None with a checkpoint takes the checkpoint's. checkpoint:
-    anything load_checkpoint reads; None means seeded random weights. overrides: config fields for
+    model: a config name (dit_s/b/l/xl, dit_fmnist); None with a checkpoint takes the checkpoint's.
+    checkpoint: anything load_checkpoint reads; None means seeded random weights, except for dit_fmnist
+    without overrides: the embedded default weights (runtime/default_model.py says why). overrides: config fields for
     random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
     engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
@@ -140,6 +141,7 @@ def build_artifacts(
     engine_profiles(batch_sizes, guidance=guidance, profile_mode=profile_mode, opt_level=opt_level)
     precision, fp32_residual, opset = export_options(precision, fp32_residual, opset)
     patch_sizes = tuple(sorted({int(p) for p in patch_sizes}))
+    checkpoint = _embedded_default(model, checkpoint, overrides) or checkpoint
     source = ModelSource(
         model,
         patch_sizes,
@@ -213,6 +215,15 @@ def build_artifacts(
     return BuildReport(
         source.name, source.label(), workdir, exported.graphs, plans, aoti, exported.removed, cache
     )
+
+
+def _embedded_default(model, checkpoint, overrides) -> Path | None:
+    from .runtime.default_model import embedded_weights_for
+
+    try:
+        return embedded_weights_for(model, checkpoint, overrides)
+    except FileNotFoundError as err:  # a broken install, said in one line
+        raise BuildError(str(err)) from None
 
 
 def _build_aoti(source, workdir, patch_sizes, options, force, bar, compiler) -> AotiBuildResult:
