@@ -11,13 +11,16 @@ build one TensorRT engine per patch size where TensorRT is present.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artifacts import BuildError, OptionError, Step, ensure_writable_dir
+from .build_cost import build_cost, check_disk
 from .engines.build import EngineBuildResult, PlanBuilder, build_engines, engine_profiles, resolve_trt
 from .engines.profiles import engine_batches
 from .engines.trt import TrtStatus, build_plan
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .engines.compile_cache import CompileCacheResult
     from .export.graphs import GraphRecord, StaleGraph
 
+_log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
 # TensorRT plans; AOTInductor packages; torch.compile's portable cache for `run --compile` (engines/aoti.py,
 # engines/compile_cache.py)
@@ -107,6 +111,7 @@ def build_artifacts(
     aoti_variant: str | None = None,
     aoti_gelu_epilogue: bool | None = None,
     aoti_compiler: PackageCompiler | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Export (and validate) the graphs, then build the engines; reuse whatever is current.
 
@@ -120,7 +125,9 @@ def build_artifacts(
     MLP's fc1 + GELU as one GEMM (None: on for bf16/fp16); "compile-cache": the torch
     backend compiled at every engine batch and its portable torch.compile cache saved; both skipped
     without a GPU);
-    aoti_compiler: the package compile (a parameter for tests). Raises BuildError with a one-line reason
+    aoti_compiler: the package compile (a parameter for tests). say: gets the build's plan and cost in one
+    line (build_cost.py) before any work starts; the build refuses (BuildError) when the free disk under
+    the workdir is below what the graphs will take. Raises BuildError with a one-line reason
     for anything the caller can fix: OptionError where the options themselves are wrong or contradict
     the checkpoint (the CLI's exit code 2), another BuildError where the work failed (exit code 1).
     """
@@ -167,6 +174,17 @@ def build_artifacts(
             gelu_epilogue=aoti_gelu_epilogue,
         )
         aoti_options = aoti_options.resolved()
+    cost = build_cost(
+        source,
+        workdir,
+        precision=precision,
+        fp32_residual=fp32_residual,
+        opset=opset,
+        force=force,
+        engines=engines,
+    )
+    (say or _log.info)(cost.line())
+    check_disk(cost)
     bar = _Progress(total=len(patch_sizes) * (1 + len(engines)), enabled=progress)
     try:
         exported = export_graphs(

@@ -15,21 +15,6 @@ import click
 from ..engines.aoti import AOTI_VARIANTS
 from .common import checkpoint_option, main, parse_sizes, precision_option, workdir_option
 
-
-def parse_image_size(ctx, param, value: int | None) -> int | None:
-    """click callback: --image-size a positive integer (whether it fits the model, a multiple of the VAE's
-    8 for latent models, is checked once the model's config is known)."""
-    from ..artifacts import OptionError
-    from ..export.source import latent_size
-
-    if value is not None:
-        try:
-            latent_size(value, 1)
-        except OptionError as err:
-            raise click.BadParameter(str(err)) from None
-    return value
-
-
 MODEL_NAMES = "dit_s, dit_b, dit_l, dit_xl, dit_fmnist (the embedded default model's config)"
 
 
@@ -38,7 +23,6 @@ MODEL_NAMES = "dit_s, dit_b, dit_l, dit_xl, dit_fmnist (the embedded default mod
 @click.option(
     "--image-size",
     type=int,
-    callback=parse_image_size,
     default=None,
     help="pixels (latent = size / 8; pixel-space dit_fmnist: the size itself)  [default: the model's, 256 "
     "for the DiTs, 32 for dit_fmnist]",
@@ -104,7 +88,6 @@ def info(model_name: str, image_size: int | None, patch_sizes: tuple[int, ...], 
 @click.option(
     "--image-size",
     type=int,
-    callback=parse_image_size,
     default=None,
     help="pixels  [default: the model's (256; 32 for dit_fmnist), or the checkpoint's]",
 )
@@ -178,6 +161,6 @@ def build(model_name: str | None, aoti: bool, compile_cache: bool, **options) ->
     from ..build import build_artifacts, report_lines
 
     engines = ("trt", *(["aoti"] if aoti else []), *(["compile-cache"] if compile_cache else []))
-    report = build_artifacts(model_name, engines=engines, **options)
+    report = build_artifacts(model_name, engines=engines, say=click.echo, **options)
     for line in report_lines(report):
         click.echo(line)
