@@ -174,29 +174,13 @@ def build_artifacts(
             gelu_epilogue=aoti_gelu_epilogue,
         )
         aoti_options = aoti_options.resolved()
-    cost = build_cost(
-        source,
-        workdir,
-        precision=precision,
-        fp32_residual=fp32_residual,
-        opset=opset,
-        force=force,
-        engines=engines,
-    )
+    graph_settings = {"precision": precision, "fp32_residual": fp32_residual, "opset": opset, "force": force}
+    cost = build_cost(source, workdir, engines=engines, **graph_settings)
     (say or _log.info)(cost.line())
     check_disk(cost)
     bar = _Progress(total=len(patch_sizes) * (1 + len(engines)), enabled=progress)
     try:
-        exported = export_graphs(
-            source,
-            workdir,
-            precision=precision,
-            fp32_residual=fp32_residual,
-            opset=opset,
-            force=force,
-            revalidate=revalidate,
-            progress=bar,
-        )
+        exported = export_graphs(source, workdir, revalidate=revalidate, progress=bar, **graph_settings)
         bar.finish_phase()
         plans = EngineBuildResult(None)
         if "trt" in engines:
