@@ -238,6 +238,20 @@ def read_manifest(path: str | os.PathLike, kind: str, schema: int) -> dict | Non
     return data
 
 
+def signature_mismatch(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
+    """The first field ("inputs[1].name", "outputs[0].shape") where two graph signatures ({"inputs":
+    [{name, dtype, shape}], "outputs": [...]}, as export manifests record them) differ; None if they agree."""
+    for key in ("inputs", "outputs"):
+        a, b = list(have.get(key) or []), list(want.get(key) or [])
+        if len(a) != len(b):
+            return key
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            for name in ("name", "dtype", "shape"):
+                if x.get(name) != y.get(name):
+                    return f"{key}[{i}].{name}"
+    return None
+
+
 def export_dir(workdir: str | os.PathLike, model_name: str) -> Path:
     """`<workdir>/export/<model>`: the ONNX graphs and their manifest (export/README.md)."""
     return Path(workdir) / "export" / model_name
@@ -252,39 +266,48 @@ def load_export_manifest(workdir: str | os.PathLike, model_name: str) -> dict:
     return data
 
 
-LOCK_NOTE = (
-    "flexidit-trt: a build writing to this folder holds an flock on this file. The file stays between "
-    "builds on purpose: deleting a file another build may have open would let two builds lock two "
-    "different files of one name (filelock keeps its lock files for the same reason). It is safe to "
-    "delete while no build runs.\n"
-)
-
-
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
     """Exclusive lock on an artifact folder, so two builds never interleave their writes.
 
-    The lock is an flock on `<folder>/.lock`, released when the build ends (or its process dies). The
-    file itself is permanent (LOCK_NOTE, which it holds, says why), as filelock's are on Unix."""
+    The lock is an flock on `<folder>/.lock`, which the holder deletes before it unlocks, so no lock file
+    stays after a build (one killed outright leaves it, unlocked, and the next build takes it). Deleting a
+    file another build may have open is safe because a build, once it holds the flock, checks that its
+    open file is still the one at the path; if the holder before it deleted it meanwhile, it locks the new
+    one instead (the scheme of filelock's and git's lock files)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as handle:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, builds must not overlap
-            yield
-            return
+    path = folder / ".lock"
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, builds must not overlap
+        yield
+        return
+    handle = _locked_file(path, fcntl)
+    try:
+        yield
+    finally:
+        remove_quietly(path)  # while still held: a build waiting on this file sees it gone and retries
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+
+def _locked_file(path: Path, fcntl) -> Any:
+    """An open `path` this process holds the flock of, and which is still the file at `path`."""
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115 - held for the whole build, closed by folder_lock
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise BuildError(f"another build is writing to {folder} (lock file {folder / '.lock'})") from None
+            handle.close()
+            raise BuildError(f"another build is writing to {path.parent} (lock file {path})") from None
         try:
-            if handle.tell() == 0:  # opened for appending: at 0 only when empty (a new or an older lock)
-                handle.write(LOCK_NOTE)
-                handle.flush()
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            here, mine = os.stat(path), os.fstat(handle.fileno())
+            if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file the previous holder had just deleted: take the new one
 
 
 @contextlib.contextmanager

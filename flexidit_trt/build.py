@@ -11,13 +11,16 @@ build one TensorRT engine per patch size where TensorRT is present.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artifacts import BuildError, OptionError, Step, ensure_writable_dir
+from .build_cost import build_cost, check_disk
 from .engines.build import EngineBuildResult, PlanBuilder, build_engines, engine_profiles, resolve_trt
 from .engines.profiles import engine_batches
 from .engines.trt import TrtStatus, build_plan
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .engines.compile_cache import CompileCacheResult
     from .export.graphs import GraphRecord, StaleGraph
 
+_log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
 # TensorRT plans; AOTInductor packages; torch.compile's portable cache for `run --compile` (engines/aoti.py,
 # engines/compile_cache.py)
@@ -107,11 +111,13 @@ def build_artifacts(
     aoti_variant: str | None = None,
     aoti_gelu_epilogue: bool | None = None,
     aoti_compiler: PackageCompiler | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Export (and validate) the graphs, then build the engines; reuse whatever is current.
 
-    model: a config name (dit_s/b/l/xl); None with a checkpoint takes the checkpoint's. checkpoint:
-    anything load_checkpoint reads; None means seeded random weights. overrides: config fields for
+    model: a config name (dit_s/b/l/xl, dit_fmnist); None with a checkpoint takes the checkpoint's.
+    checkpoint: anything load_checkpoint reads; None means seeded random weights, except for dit_fmnist
+    without overrides: the embedded default weights (runtime/default_model.py says why). overrides: config fields for
     random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
     engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
@@ -119,7 +125,9 @@ def build_artifacts(
     MLP's fc1 + GELU as one GEMM (None: on for bf16/fp16); "compile-cache": the torch
     backend compiled at every engine batch and its portable torch.compile cache saved; both skipped
     without a GPU);
-    aoti_compiler: the package compile (a parameter for tests). Raises BuildError with a one-line reason
+    aoti_compiler: the package compile (a parameter for tests). say: gets the build's plan and cost in one
+    line (build_cost.py) before any work starts; the build refuses (BuildError) when the free disk under
+    the workdir is below what the graphs will take. Raises BuildError with a one-line reason
     for anything the caller can fix: OptionError where the options themselves are wrong or contradict
     the checkpoint (the CLI's exit code 2), another BuildError where the work failed (exit code 1).
     """
@@ -140,6 +148,7 @@ def build_artifacts(
     engine_profiles(batch_sizes, guidance=guidance, profile_mode=profile_mode, opt_level=opt_level)
     precision, fp32_residual, opset = export_options(precision, fp32_residual, opset)
     patch_sizes = tuple(sorted({int(p) for p in patch_sizes}))
+    checkpoint = _embedded_default(model, checkpoint, overrides) or checkpoint
     source = ModelSource(
         model,
         patch_sizes,
@@ -165,18 +174,13 @@ def build_artifacts(
             gelu_epilogue=aoti_gelu_epilogue,
         )
         aoti_options = aoti_options.resolved()
+    graph_settings = {"precision": precision, "fp32_residual": fp32_residual, "opset": opset, "force": force}
+    cost = build_cost(source, workdir, engines=engines, **graph_settings)
+    (say or _log.info)(cost.line())
+    check_disk(cost)
     bar = _Progress(total=len(patch_sizes) * (1 + len(engines)), enabled=progress)
     try:
-        exported = export_graphs(
-            source,
-            workdir,
-            precision=precision,
-            fp32_residual=fp32_residual,
-            opset=opset,
-            force=force,
-            revalidate=revalidate,
-            progress=bar,
-        )
+        exported = export_graphs(source, workdir, revalidate=revalidate, progress=bar, **graph_settings)
         bar.finish_phase()
         plans = EngineBuildResult(None)
         if "trt" in engines:
@@ -213,6 +217,15 @@ def build_artifacts(
     return BuildReport(
         source.name, source.label(), workdir, exported.graphs, plans, aoti, exported.removed, cache
     )
+
+
+def _embedded_default(model, checkpoint, overrides) -> Path | None:
+    from .runtime.default_model import embedded_weights_for
+
+    try:
+        return embedded_weights_for(model, checkpoint, overrides)
+    except FileNotFoundError as err:  # a broken install, said in one line
+        raise BuildError(str(err)) from None
 
 
 def _build_aoti(source, workdir, patch_sizes, options, force, bar, compiler) -> AotiBuildResult:

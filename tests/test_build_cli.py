@@ -34,7 +34,8 @@ def assert_clean_error(result, code: int, message: str):
 def test_build_exports_validates_and_skips_engines(tmp_path, checkpoint):
     result = invoke("--checkpoint", checkpoint, "--workdir", tmp_path, "--precision", "fp32")
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    plan, *lines = result.output.splitlines()
+    assert plan.startswith(f"dit_s (checkpoint {checkpoint}): export and validate 2 ONNX graph(s) (p2, p4)")
     assert lines[0] == f"dit_s: weights from checkpoint {checkpoint}"
     assert lines[1].startswith(f"p2  {tmp_path / 'export/dit_s/p2.onnx'}  fp32  16 tokens")
     assert "exported in" in lines[1] and "(new)" in lines[1] and "ORT vs PyTorch max abs" in lines[1]
@@ -71,9 +72,9 @@ def test_random_weights_are_announced(tmp_path):
         "--fp32-residual",
     )
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(
-        "dit_s: weights from seeded random weights (seed 0; no --checkpoint given)"
-    )
+    plan, report = result.output.splitlines()[:2]  # announced up front, in the plan line, and in the report
+    assert plan.startswith("dit_s (seeded random weights (seed 0; no --checkpoint given)): export")
+    assert report == "dit_s: weights from seeded random weights (seed 0; no --checkpoint given)"
     entry = json.loads((tmp_path / "export/dit_s/manifest.json").read_text())["graphs"]["4"]
     assert (entry["precision"], entry["fp32_residual"], entry["config"]["depth"]) == ("bf16", True, 12)
 

@@ -250,7 +250,7 @@ def test_leftovers_of_an_interrupted_build_are_removed(tmp_path, flexible_checkp
     (folder / "p2.0123456789ab.onnx.data").write_bytes(b"orphan side file")
     report = build(tmp_path, checkpoint=flexible_checkpoint)
     assert all(not g.rebuilt for g in report.graphs) and state(tmp_path) == before
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", "manifest.json", "p2.onnx", "p4.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "p2.onnx", "p4.onnx"]
 
 
 def test_interrupt_during_export_keeps_the_previous_graph(tmp_path, flexible_checkpoint, monkeypatch):
@@ -266,7 +266,6 @@ def test_interrupt_during_export_keeps_the_previous_graph(tmp_path, flexible_che
         build(tmp_path, checkpoint=flexible_checkpoint, patch_sizes=(2,), precision="bf16")
     assert state(tmp_path) == before and manifest(tmp_path)["graphs"]["2"] == entry
     assert sorted(p.name for p in (tmp_path / "export/dit_s").iterdir()) == [
-        ".lock",
         "manifest.json",
         "p2.onnx",
     ]
@@ -311,7 +310,6 @@ def test_revalidating_a_bf16_graph_leaves_nothing_behind(tmp_path, flexible_chec
     )
     assert not report.graphs[0].rebuilt and report.graphs[0].validation["route"].startswith("bf16 emulated")
     assert sorted(p.name for p in (tmp_path / "export/dit_s").iterdir()) == [
-        ".lock",
         "manifest.json",
         "p2.onnx",
     ]
@@ -405,16 +403,40 @@ def test_interrupted_rebuild_with_other_settings_is_not_mixed(tmp_path, flexible
     assert {g["precision"] for g in manifest(tmp_path)["graphs"].values()} == {"fp32"}
 
 
-def test_lock_file_stays_and_says_why(tmp_path, flexible_checkpoint):
-    """The lock file is permanent by design (as filelock keeps its own): deleting a file others may have
-    open would let two builds lock different files of one name. It says so to whoever opens it, and the
-    artifact READMEs list it as permanent."""
-    from pathlib import Path
+def test_lock_file_is_gone_after_a_build_and_a_deleted_lock_is_not_shared(
+    tmp_path, flexible_checkpoint, monkeypatch
+):
+    """No `.lock` stays after a build; a build that locked a file its predecessor deleted meanwhile takes
+    the file now at the path, so two builds never hold locks on two files of one name."""
+    from flexidit_trt.artifacts import BuildError, folder_lock
 
     build(tmp_path, checkpoint=flexible_checkpoint, patch_sizes=(2,))
-    note = (tmp_path / "export/dit_s/.lock").read_text()
-    assert "stays between builds" in note and "safe to delete while no build runs" in note
-    root = Path(__file__).resolve().parents[1]
-    for readme in ("export/README.md", "engines/README.md"):
-        line = next(x for x in (root / readme).read_text().splitlines() if x.strip().startswith(".lock"))
-        assert "stays" in line, (readme, line)
+    assert not (tmp_path / "export/dit_s/.lock").exists()
+    folder = tmp_path / "locked"
+    with folder_lock(folder):
+        assert (folder / ".lock").exists()
+        with pytest.raises(BuildError, match="another build is writing to"), folder_lock(folder):
+            pass
+    assert not (folder / ".lock").exists()
+    # The race: this build opens `.lock`, then the holder before it deletes that file and unlocks; the
+    # flock this build then takes is on a deleted file and excludes nobody, so it must take the new one.
+    import builtins
+    from pathlib import Path
+
+    import flexidit_trt.artifacts as artifacts
+
+    opened = []
+
+    def open_then_deleted(path, *args, **kwargs):
+        handle = builtins.open(path, *args, **kwargs)  # noqa: SIM115 - returned open, as open() does
+        if not opened:
+            Path(path).unlink()
+        opened.append(path)
+        return handle
+
+    monkeypatch.setattr(artifacts, "open", open_then_deleted, raising=False)
+    with folder_lock(folder):
+        assert len(opened) == 2 and (folder / ".lock").exists()
+        with pytest.raises(BuildError), folder_lock(folder):  # the file at the path is the one held
+            pass
+    assert not (folder / ".lock").exists()

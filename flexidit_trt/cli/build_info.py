@@ -14,43 +14,33 @@ import click
 from ..engines.aoti import AOTI_VARIANTS
 from .common import checkpoint_option, main, path_option, precision_option, sizes_option, workdir_option
 
-
-def parse_image_size(ctx, param, value: int | None) -> int | None:
-    """click callback: --image-size through the library's one check (a positive multiple of 8)."""
-    from ..artifacts import OptionError
-    from ..export.source import latent_size
-
-    if value is not None:
-        try:
-            latent_size(value)
-        except OptionError as err:
-            raise click.BadParameter(str(err)) from None
-    return value
+MODEL_NAMES = "dit_s, dit_b, dit_l, dit_xl, dit_fmnist (the embedded default model's config)"
 
 
 @main.command()
-@click.option(
-    "--model", "model_name", default="dit_xl", show_default=True, help="dit_s, dit_b, dit_l, dit_xl"
-)
+@click.option("--model", "model_name", default="dit_xl", show_default=True, help=MODEL_NAMES)
 @click.option(
     "--image-size",
     type=int,
-    callback=parse_image_size,
-    default=256,
-    show_default=True,
-    help="pixels (latent = size / 8)",
+    default=None,
+    help="pixels (latent = size / 8; pixel-space dit_fmnist: the size itself)  [default: the model's, 256 "
+    "for the DiTs, 32 for dit_fmnist]",
 )
 @sizes_option("--patch-sizes", "2,4")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json: bool) -> None:
+def info(model_name: str, image_size: int | None, patch_sizes: tuple[int, ...], as_json: bool) -> None:
     """Parameters, tokens and GMACs per patch size (computed from the config)."""
     from ..export.source import latent_size
     from ..info import model_info
     from ..model.config import get_config
 
     try:
-        config = get_config(model_name, input_size=latent_size(image_size), patch_sizes=patch_sizes)
-    except ValueError as err:
+        base = get_config(model_name)
+        size = base.image_size if image_size is None else image_size
+        config = get_config(
+            model_name, input_size=latent_size(size, base.pixels_per_latent), patch_sizes=patch_sizes
+        )
+    except ValueError as err:  # an unknown name or patch size (a bad image size: OptionError, exit 2 too)
         raise click.UsageError(str(err)) from None
     facts = model_info(config)
     if as_json:
@@ -58,7 +48,7 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
         return
     click.echo(
         f"{facts.name}: depth {facts.depth}, hidden {facts.hidden_size}, {facts.num_heads} heads, "
-        f"latent {facts.input_size}x{facts.input_size}"
+        f"{'latent' if config.pixels_per_latent > 1 else 'pixel-space input'} {facts.input_size}x{facts.input_size}"
     )
     click.echo(
         f"parameters: {facts.base_parameters / 1e6:.1f} M (reference layout), "
@@ -74,7 +64,8 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
     "--model",
     "model_name",
     default=None,
-    help="dit_s, dit_b, dit_l, dit_xl  [default: dit_xl, or the checkpoint's]",
+    help=f"{MODEL_NAMES}; dit_fmnist without --checkpoint builds the embedded default weights  "
+    "[default: dit_xl, or the checkpoint's]",
 )
 @checkpoint_option(
     "official DiT .pt, diffusers folder or flexible .safetensors  [default: seeded random weights]"
@@ -88,9 +79,8 @@ def info(model_name: str, image_size: int, patch_sizes: tuple[int, ...], as_json
 @click.option(
     "--image-size",
     type=int,
-    callback=parse_image_size,
     default=None,
-    help="pixels  [default: 256, or the checkpoint's]",
+    help="pixels  [default: the model's (256; 32 for dit_fmnist), or the checkpoint's]",
 )
 @click.option(
     "--opset",
@@ -157,6 +147,6 @@ def build(model_name: str | None, aoti: bool, compile_cache: bool, **options) ->
     from ..build import build_artifacts, report_lines
 
     engines = ("trt", *(["aoti"] if aoti else []), *(["compile-cache"] if compile_cache else []))
-    report = build_artifacts(model_name, engines=engines, **options)
+    report = build_artifacts(model_name, engines=engines, say=click.echo, **options)
     for line in report_lines(report):
         click.echo(line)

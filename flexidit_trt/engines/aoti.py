@@ -104,19 +104,20 @@ class TorchTarget:
         return {"device": self.device, "gpu": gpu, "torch": self.torch_version}
 
 
-def torch_target(device: str = "cuda") -> TorchTarget:
-    """The target of this process: the GPU that `device` names (BuildError without one) or the CPU."""
+def torch_target(device: str = "cuda", what: str = "AOTInductor engines") -> TorchTarget:
+    """The target of this process: the GPU that `device` names (BuildError without one) or the CPU. `what`:
+    the artifact the errors name (the torch.compile cache shares the folder and the rule)."""
     import torch
 
     try:
         parsed = Device.parse(device)
     except ValueError:
-        raise BuildError(f"AOTInductor engines are built for 'cuda' or 'cpu', not {device!r}") from None
+        raise BuildError(f"{what} are built for 'cuda' or 'cpu', not {device!r}") from None
     if parsed.is_cpu:
         return TorchTarget("cpu", None, torch.__version__)
     gpu = gpu_info(parsed.index) if torch.cuda.is_available() else None
     if gpu is None:
-        raise BuildError("no CUDA GPU is visible: AOTInductor engines are compiled on the GPU they run on")
+        raise BuildError(f"no CUDA GPU is visible: {what} are compiled on the GPU they run on")
     return TorchTarget("cuda", gpu, torch.__version__)
 
 

@@ -85,6 +85,9 @@ class CompileCacheResult:
     skipped: str | None = None
 
 
+COMPILE_CACHE_WHAT = "torch.compile caches"  # what torch_target's errors name for this artifact
+
+
 def build_torch_compile_cache(
     model: FlexiDiT,
     workdir: str | Path,
@@ -104,7 +107,7 @@ def build_torch_compile_cache(
 
     if target is None:
         try:
-            target = torch_target("cuda")
+            target = torch_target("cuda", COMPILE_CACHE_WHAT)
         except BuildError as err:
             return CompileCacheResult(None, skipped=str(err))
     rows = sorted({int(b) for b in rows})

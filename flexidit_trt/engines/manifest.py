@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import MANIFEST_NAME, ManifestError, read_manifest
+from ..artifacts import MANIFEST_NAME, ManifestError, read_manifest, sha256_file, signature_mismatch
 from .backend import RunError
 
 
@@ -76,3 +76,42 @@ def check_built_for(
             raise RunError(
                 f"{engine} was built for {field} {built!r}, this run has {here!r}: rebuild it with `{rebuild}`"
             )
+
+
+def check_files(folder: str | Path, files: Mapping[str, str], what: str, rebuild: str) -> None:
+    """RunError unless every file of `files` (name → sha256, as a manifest records them) is in `folder` with
+    that hash: a damaged, truncated or edited file, or a hand-edited hash, is named with the field."""
+    if not files:
+        raise RunError(
+            f"{what}: its manifest entry records no files (field 'files'): rebuild it with `{rebuild}`"
+        )
+    for name, recorded in files.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise RunError(f"{what}: {path} is missing: rebuild it with `{rebuild}`")
+        have = sha256_file(path)
+        if have != recorded:
+            raise RunError(
+                f"{what}: {path} does not match its manifest (field files.{name}: sha256 {str(recorded)[:12]}... "
+                f"recorded, the file has {have[:12]}...): rebuild it with `{rebuild}`"
+            )
+
+
+def check_signature(recorded: Mapping, actual: Mapping, what: str, rebuild: str) -> None:
+    """RunError naming the first field of the recorded inputs/outputs that differs from the loaded graph's."""
+    field = signature_mismatch(recorded, actual)
+    if field is not None:
+        raise RunError(
+            f"{what}: manifest field {field} differs from the graph's (recorded {_at(recorded, field)!r}, the "
+            f"graph has {_at(actual, field)!r}): rebuild it with `{rebuild}`"
+        )
+
+
+def _at(signature: Mapping, field: str) -> Any:
+    """The value of "inputs[1].name" (or of a whole "inputs") in a signature."""
+    key, _, rest = field.partition("[")
+    if not rest:
+        return signature.get(key)
+    index, _, name = rest.partition("].")
+    items = signature.get(key) or []
+    return items[int(index)].get(name) if int(index) < len(items) else None

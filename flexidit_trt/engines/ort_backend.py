@@ -22,6 +22,10 @@ from ..device import Device
 from .backend import Backend, IOBuffers, RunError
 
 _ORT_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+_ORT_TYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
+# The exported graphs' tensors (export/onnx_export.py names them; not imported: that module needs torch)
+GRAPH_INPUTS = ("x", "t", "y")
+GRAPH_OUTPUT = "out"
 _ENV_ALLOCATORS: set[str] = set()  # devices whose shared allocator is registered in this process
 
 
@@ -104,11 +108,38 @@ class OrtBackend(Backend):
                 cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(stream))
             providers = [("CUDAExecutionProvider", cuda_options)]
         _register_env_allocator(ort, device)
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # a truncated or foreign file: InvalidProtobuf, Fail, InvalidGraph, ...
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            raise RunError(
+                f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]})"
+            ) from None
+        names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+        if names != (list(GRAPH_INPUTS), [GRAPH_OUTPUT]):
+            raise RunError(
+                f"exported graph {path} has inputs {names[0]} and outputs {names[1]}, not "
+                f"{list(GRAPH_INPUTS)} and [{GRAPH_OUTPUT!r}] (edited or foreign)"
+            )
         run_options = ort.RunOptions()
         if device != "cpu":  # the pipeline orders everything on its stream; never block the host per step
             run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         return cls(session, patch_size, max_batch, device, path, run_options)
+
+    def signature(self) -> dict:
+        """The loaded graph's inputs and outputs as the export manifest records them (name, dtype, shape)."""
+
+        def spec(arg: Any) -> dict:
+            return {
+                "name": arg.name,
+                "dtype": _ORT_TYPE_NAMES.get(arg.type, arg.type),
+                "shape": list(arg.shape),
+            }
+
+        return {
+            "inputs": [spec(a) for a in self.session.get_inputs()],
+            "outputs": [spec(a) for a in self.session.get_outputs()],
+        }
 
     def activation_bytes(self, batch: int) -> int:
         return 0  # ONNX Runtime owns its memory (one shared allocator per device)
@@ -131,10 +162,10 @@ class OrtBackend(Backend):
         device = Device.parse(self.device)
         kind, index = (device.kind, max(device.index, 0))
         binding = self.session.io_binding()
-        for name, buf in (("x", io.x), ("t", io.t), ("y", io.y)):
+        for name, buf in zip(GRAPH_INPUTS, (io.x, io.t, io.y), strict=True):
             binding.bind_input(name, kind, index, _np_dtype(buf), [batch, *buf.shape[1:]], _address(buf))
         out = io.out
-        binding.bind_output("out", kind, index, np.float32, [batch, *out.shape[1:]], _address(out))
+        binding.bind_output(GRAPH_OUTPUT, kind, index, np.float32, [batch, *out.shape[1:]], _address(out))
         return binding
 
     def forward(self, batch: int) -> None:

@@ -45,12 +45,21 @@ from ..artifacts import (
     settings_changed,
     sha256_file,
     sha256_state_dict,
+    signature_mismatch,
     utc_now,
     write_json_atomic,
 )
-from .onnx_export import EXPORTER_VERSION, ExportedGraph, export_onnx, export_options, graph_module
+from .onnx_export import (
+    EXPORTER_VERSION,
+    ExportedGraph,
+    export_onnx,
+    export_options,
+    file_signature,
+    graph_module,
+    graph_signature,
+)
 from .ops import load_op_table
-from .source import VAE_FACTOR, ModelSource
+from .source import ModelSource
 from .validate import DEFAULT_BATCHES, ValidationReport, validate_onnx
 
 
@@ -187,9 +196,9 @@ def _one_graph(source, folder, entry, settings, force, revalidate, batches, say)
     reason = settings_changed(entry, settings, force)
     if reason is None and not _files_intact(folder, entry):  # hashed once per run
         reason = "files missing or modified"
-    usable = reason is None and (
-        source.image_size is None or entry["config"]["input_size"] * VAE_FACTOR == source.image_size
-    )
+    if reason is None and (field := _signature_changed(folder, entry)) is not None:
+        reason = f"{field} differs from what the export writes"
+    usable = reason is None and (source.image_size is None or entry_image_size(entry) == source.image_size)
     # Fast paths: the same weights, known without building the model (not even loading a checkpoint).
     same = _same_source(source, entry) if usable else None
     if same is not None:
@@ -263,6 +272,23 @@ def _reuse(source, path, entry, why, revalidate, batches, settings, say, module=
     return GraphRecord(p, path, entry, rebuilt=False, reason=why, validated=validated)
 
 
+def _signature_changed(folder: Path, entry: dict) -> str | None:
+    """The first input/output field, of the manifest's record ("manifest field inputs[0].shape") or of the
+    file itself ("p2.onnx inputs[1].name"), that differs from what the export of the entry's config writes;
+    None when both match. A hand-edited record or graph is not reused, even with its hash edited to match."""
+    inputs, outputs = graph_signature(_entry_config(entry))
+    want = {"inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]}
+    try:
+        in_file = file_signature(folder / entry["file"])
+    except Exception:  # unreadable as ONNX: not reusable
+        return f"{entry.get('file')} (unreadable as ONNX)"
+    for label, have in (("manifest field", entry), (entry["file"], in_file)):
+        field = signature_mismatch(have, want)
+        if field is not None:
+            return f"{label} {field}"
+    return None
+
+
 def _files_intact(folder: Path, entry: dict) -> bool:
     files = entry.get("files") or {}
     return bool(files) and all(
@@ -286,7 +312,7 @@ def _entry(source, model, graph: ExportedGraph, settings, weights_sha, static_co
         "patch_size": graph.patch_size,
         "tokens": graph.tokens,
         "latent_size": cfg.input_size,
-        "image_size": cfg.input_size * VAE_FACTOR,
+        "image_size": cfg.image_size,
         "precision": graph.precision,
         "fp32_residual": graph.fp32_residual,
         "opset": graph.opset,
@@ -300,6 +326,18 @@ def _entry(source, model, graph: ExportedGraph, settings, weights_sha, static_co
         "validation": report.to_dict(),
         "ops_table": load_op_table().version,  # the operator table `validation.ops` was checked against
     }
+
+
+def entry_image_size(entry: dict) -> int:
+    """The image side in pixels of a manifest entry's graph, from its config (not its `image_size` field,
+    which older builds wrote as input_size x 8 for pixel-space models too)."""
+    return _entry_config(entry).image_size
+
+
+def _entry_config(entry: dict):
+    from ..model.config import DiTConfig
+
+    return DiTConfig.from_json(json.dumps(entry["config"]))
 
 
 def json_config(config) -> dict:

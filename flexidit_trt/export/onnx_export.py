@@ -214,7 +214,7 @@ def export_onnx(
             fsync_replace(stage / data_name, path.parent / data_name)
         fsync_replace(staged, path)
     _remove_stale_data(path, keep=data_name)
-    spatial = (config.input_size, config.input_size)
+    inputs, outputs = graph_signature(config)
     return ExportedGraph(
         path=path,
         data_path=path.parent / data_name if data_name else None,
@@ -224,14 +224,35 @@ def export_onnx(
         fp32_residual=fp32_residual,
         opset=opset,
         ir_version=ir_version,
-        inputs=[
-            TensorSpec("x", "float32", (BATCH_AXIS, config.in_channels, *spatial)),
-            TensorSpec("t", "float32", (BATCH_AXIS,)),
-            TensorSpec("y", "int64", (BATCH_AXIS,)),
-        ],
-        outputs=[TensorSpec(OUTPUT_NAME, "float32", (BATCH_AXIS, config.out_channels, *spatial))],
+        inputs=inputs,
+        outputs=outputs,
         seconds=seconds,
     )
+
+
+def file_signature(path: str | os.PathLike) -> dict:
+    """The inputs and outputs an ONNX file declares, as the manifest records them (its weights unread)."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(value) -> dict:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        return {"name": value.name, "dtype": dtype, "shape": dims}
+
+    return {"inputs": [spec(v) for v in model.graph.input], "outputs": [spec(v) for v in model.graph.output]}
+
+
+def graph_signature(config) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs every exported graph of `config` has (whatever the patch size and precision):
+    what the manifest records, and what a reused entry's record is checked against."""
+    spatial = (config.input_size, config.input_size)
+    inputs = [
+        TensorSpec("x", "float32", (BATCH_AXIS, config.in_channels, *spatial)),
+        TensorSpec("t", "float32", (BATCH_AXIS,)),
+        TensorSpec("y", "int64", (BATCH_AXIS,)),
+    ]
+    return inputs, [TensorSpec(OUTPUT_NAME, "float32", (BATCH_AXIS, config.out_channels, *spatial))]
 
 
 def _export_to(

@@ -13,22 +13,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..artifacts import BuildError, OptionError, sha256_path
+from ..model.config import VAE_FACTOR
 
 if TYPE_CHECKING:
     from ..model import DiTConfig, FlexiDiT
 
-VAE_FACTOR = 8  # the SD VAE maps 8x8 pixels to one latent
 
-
-def latent_size(image_size: int) -> int:
-    """The latent side of `image_size` pixels; OptionError unless it is a positive multiple of VAE_FACTOR.
-    The one check of an image size: `build`, `info` and ModelSource all call it."""
+def latent_size(image_size: int, factor: int = VAE_FACTOR) -> int:
+    """The model-input side of `image_size` pixels, `factor` pixels per cell (the VAE's 8 for latent models,
+    1 for pixel-space ones: DiTConfig.pixels_per_latent); OptionError unless it is a positive multiple of
+    `factor`. The one check of an image size: `build`, `info` and ModelSource all call it."""
     whole = isinstance(image_size, Integral) and not isinstance(image_size, bool)
-    if not whole or image_size <= 0 or image_size % VAE_FACTOR:
-        raise OptionError(
-            f"image size {image_size} is not a positive multiple of {VAE_FACTOR} (the VAE's factor)"
-        )
-    return int(image_size) // VAE_FACTOR
+    if not whole or image_size <= 0 or image_size % factor:
+        what = "a positive multiple of {factor} (the VAE's factor)" if factor > 1 else "a positive integer"
+        raise OptionError(f"image size {image_size} is not {what.format(factor=factor)}")
+    return int(image_size) // factor
 
 
 @dataclass
@@ -53,8 +52,6 @@ class ModelSource:
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:
-            self.image_size = 256 if self.image_size is None else self.image_size
-            latent_size(self.image_size)
             self._spec = self.name or "dit_xl"  # as given: "DiT-S/4" also names the base patch
             self._config = self.random_config()  # fail fast on a bad name or patch size
             self.name = self._config.name
@@ -66,7 +63,7 @@ class ModelSource:
             if not self.checkpoint.exists():
                 raise BuildError(f"checkpoint not found: {self.checkpoint}")
             if self.image_size is not None:
-                latent_size(self.image_size)
+                latent_size(self.image_size, 1)  # a positive integer; the factor is the checkpoint's
             if self.overrides:
                 raise OptionError(
                     "config overrides apply to random weights only; a checkpoint fixes its config"
@@ -108,8 +105,11 @@ class ModelSource:
     def random_config(self) -> DiTConfig:
         from ..model.config import get_config
 
-        latent = latent_size(self.image_size)
         try:
+            base = get_config(self._spec, **self.overrides)
+            if self.image_size is None:
+                self.image_size = base.image_size
+            latent = latent_size(self.image_size, base.pixels_per_latent)
             return get_config(self._spec, input_size=latent, patch_sizes=self.patch_sizes, **self.overrides)
         except (ValueError, TypeError) as err:
             raise OptionError(str(err)) from None
@@ -164,10 +164,10 @@ class ModelSource:
                 f"checkpoint {self.checkpoint} holds a {config.name} (depth {config.depth}, hidden "
                 f"{config.hidden_size}), not {self.name}; pass --model {config.name} or omit --model"
             )
-        image = config.input_size * VAE_FACTOR
+        image = config.image_size
         if self.image_size is not None and self.image_size != image:
             raise OptionError(
-                f"checkpoint {self.checkpoint} is for {image} px images (latent {config.input_size}), "
+                f"checkpoint {self.checkpoint} is for {image} px images (model input {config.input_size}), "
                 f"not {self.image_size}"
             )
         self.image_size = image

@@ -6,6 +6,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+VAE_FACTOR = 8  # the SD VAE maps 8x8 pixels to one latent
+LATENT_CHANNELS = 4  # SD-VAE latents; 1 or 3 channels are pixels in [-1, 1]
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -48,6 +51,17 @@ class DiTConfig:
     @property
     def out_channels(self) -> int:
         return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def pixels_per_latent(self) -> int:
+        """Image pixels per side of one model input cell: the VAE's factor for latent models, 1 for pixel-space
+        ones (dit_fmnist denoises the 32x32 image itself)."""
+        return VAE_FACTOR if self.in_channels == LATENT_CHANNELS else 1
+
+    @property
+    def image_size(self) -> int:
+        """The image side in pixels this config makes."""
+        return self.input_size * self.pixels_per_latent
 
     @property
     def head_dim(self) -> int:

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from ..model import FlexiDiT
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
-DEFAULT_NAME = "default"
+# The embedded weights' config name: `build --model dit_fmnist` (no --checkpoint) builds these weights and
+# writes their artifacts under it, and `run` without --model looks for a build there (--backend ort/trt).
+DEFAULT_MODEL = "dit_fmnist"
 
 
 def default_checkpoint() -> Path:
@@ -25,6 +27,17 @@ def default_checkpoint() -> Path:
             "reinstall flexidit-trt, or name a model with --model / --checkpoint"
         )
     return DEFAULT_WEIGHTS
+
+
+def embedded_weights_for(model: str | None, checkpoint: object, overrides: object = None) -> Path | None:
+    """The embedded default weights where `model` names their config and nothing else names weights (no
+    checkpoint, no config overrides): random weights of dit_fmnist show nothing, so its name means the
+    trained ones, in `build` and `run` alike. None otherwise."""
+    if model is None or checkpoint is not None or overrides:
+        return None
+    if model.lower().replace("-", "_").replace("/", "_") != DEFAULT_MODEL:
+        return None
+    return default_checkpoint()
 
 
 def default_model() -> tuple[FlexiDiT, str]:

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import BuildError, ManifestError, export_dir, load_export_manifest, sha256_path
+from ..artifacts import (
+    MANIFEST_NAME,
+    BuildError,
+    ManifestError,
+    export_dir,
+    load_export_manifest,
+    sha256_path,
+)
 from ..engines.backend import Backend, RunError, RunOptionError
-from ..engines.manifest import build_command, check_checkpoint
+from ..engines.manifest import build_command, check_checkpoint, check_files, check_signature
 from ..engines.options import DEFAULT_ENGINE, EngineOptions
 from ..engines.spec import spec_from_entries
 from .choose import BACKENDS, choose_backend, resolve_device
@@ -88,32 +95,42 @@ def _ort_pipeline(op: _Opening) -> Pipeline:
     from ..engines.ort_backend import OrtBackend
 
     precision = engine.precision
-
+    build = build_command(model_name, "ort", precision=precision)
+    folder = export_dir(workdir, model_name)
+    if not (folder / MANIFEST_NAME).is_file():
+        raise RunError(f"no exported graphs for {model_name} under {folder}: run `{build}`")
     try:
         manifest = load_export_manifest(workdir, model_name)
     except ManifestError as err:
-        raise RunError(f"{err} (`{build_command(model_name, 'ort')}`)") from None
+        raise RunError(f"{err}; rebuild with `{build}`") from None
     graphs = {int(p): g for p, g in manifest["graphs"].items()}
     if not graphs:
-        raise RunError(f"no exported graphs for {model_name}: run `{build_command(model_name, 'ort')}`")
+        raise RunError(f"no exported graphs for {model_name}: run `{build}`")
     first = graphs[min(graphs)]
     for p, g in graphs.items():
         check_checkpoint(g.get("checkpoint"), op.checkpoint_sha, f"the exported graph p{p}")
         if precision is not None and g["precision"] != precision:
             raise RunError(
                 f"the exported graph p{p} is {g['precision']}, --precision {precision} asked for: precision "
-                f"differs; run `{build_command(model_name, 'ort', precision=precision)}`"
+                f"differs; run `{build}`"
             )
-    folder = export_dir(workdir, model_name)
+    # The files against their manifest before anything loads them: a damaged or edited graph (or record)
+    # is named with the field and the command that rebuilds it from the weights it was built from.
+    rebuild = _rebuild_command(model_name, first)
+    for p, g in graphs.items():
+        check_files(folder, g.get("files") or {}, f"the exported graph p{p}", rebuild)
     stream = None
     if device != "cpu":
         from ..engines import cuda
 
         stream = cuda.Stream(device)
-    engines: dict[int, Backend] = {
-        p: OrtBackend.load(folder / g["file"], p, device, stream=stream.handle if stream else 0)
-        for p, g in graphs.items()
-    }
+    engines: dict[int, Backend] = {}
+    for p, g in graphs.items():
+        try:
+            engines[p] = OrtBackend.load(folder / g["file"], p, device, stream=stream.handle if stream else 0)
+        except RunError as err:
+            raise RunError(f"{err}: rebuild it with `{rebuild}`") from None
+        check_signature(g, engines[p].signature(), f"the exported graph p{p} ({folder / g['file']})", rebuild)
     return _over_engines(
         op,
         engines,
@@ -122,6 +139,18 @@ def _ort_pipeline(op: _Opening) -> Pipeline:
         engine.max_batch,
         stream=stream,
     )
+
+
+def _rebuild_command(model_name: str, entry: dict) -> str:
+    """`build` for the weights and precision a manifest entry records (the embedded default's weights are
+    what `--model dit_fmnist` builds, so they need no --checkpoint)."""
+    from .default_model import DEFAULT_WEIGHTS
+
+    weights = entry.get("checkpoint") or {}
+    path = weights.get("path") if weights.get("init") == "checkpoint" else None
+    if path is not None and Path(path).resolve() == DEFAULT_WEIGHTS:
+        path = None
+    return build_command(model_name, "ort", checkpoint=path, precision=entry.get("precision"))
 
 
 def _trt_pipeline(op: _Opening) -> Pipeline:

@@ -112,6 +112,8 @@ def torch_pipeline_from_workdir(
                 seed=recorded["seed"],
                 overrides=recorded["overrides"],
             )
+        elif (embedded := _embedded(model_name)) is not None:  # dit_fmnist: the trained weights, not random
+            source = ModelSource(None, (2, 4), checkpoint=embedded)
         else:
             source = ModelSource(model_name, (2, 4))
         model = source.load()
@@ -133,14 +135,23 @@ def torch_pipeline_from_workdir(
     )
 
 
+def _embedded(model_name: str) -> Path | None:
+    from .default_model import embedded_weights_for
+
+    try:
+        return embedded_weights_for(model_name, None)
+    except FileNotFoundError as err:
+        raise RunError(str(err)) from None
+
+
 def _hot_load_compile_cache(workdir: Path, model_name: str, device: str, precision: str | None) -> str:
     """Load the torch.compile cache `build --compile-cache` saved for this GPU and torch, before anything
     compiles (the compiles then hit it); the words for the selection reason either way."""
     from ..engines.aoti import aoti_dir, torch_target
-    from ..engines.compile_cache import load_compile_cache
+    from ..engines.compile_cache import COMPILE_CACHE_WHAT, load_compile_cache
 
     try:
-        target = torch_target(device)
+        target = torch_target(device, COMPILE_CACHE_WHAT)
     except BuildError as err:
         return f"no torch.compile cache ({err})"
     folder = aoti_dir(workdir, model_name, target)

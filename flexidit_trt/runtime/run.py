@@ -163,15 +163,15 @@ def _workdir_pipeline(options: RunOptions, name: str, checkpoint: Path | None) -
 
 
 def _default_pipeline(options: RunOptions) -> Pipeline:
-    from .default_model import DEFAULT_NAME, default_checkpoint, default_model
+    from .default_model import DEFAULT_MODEL, default_checkpoint, default_model
 
     try:
         path = default_checkpoint()
     except FileNotFoundError as err:
         raise RunError(str(err)) from None
     if not installed("torch") or options.backend not in ("auto", "torch"):
-        # Engines of the default model, built like any other (`build --checkpoint <default weights>`).
-        return _workdir_pipeline(options, DEFAULT_NAME, path)
+        # Engines of the default model, built like any other (`build --model dit_fmnist`).
+        return _workdir_pipeline(options, DEFAULT_MODEL, path)
     from .load_model import pipeline_from_model
 
     try:
