@@ -24,16 +24,16 @@ class LossWatch:
     anyway (its log line, its checkpoint), so the loop stops there, naming the step, before it writes
     anything. On the CPU reading costs nothing, so every step is checked as it ends."""
 
-    def __init__(self, what: str, device: torch.device):
+    def __init__(self, what: str, device: torch.device, per_step: bool | None = None):
         self.what = what
-        self.host = device.type == "cpu"
+        self.host = device.type == "cpu" if per_step is None else per_step
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
     def add(self, loss: torch.Tensor, step: int) -> None:
         """After `step`'s loss is known (before its optimizer step on the CPU)."""
         if self.host:
-            if not math.isfinite(float(loss)):
-                self._fail(step, f"{float(loss)}")
+            if not math.isfinite(float(loss.detach())):
+                self._fail(step, f"{float(loss.detach())}")
             return
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
