@@ -68,7 +68,7 @@ class LoopOptions:
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (
                 self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0),
-                f"minutes must be a positive number, got {self.minutes}",
+                f"minutes must be > 0 and finite, got {self.minutes}",
             ),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
