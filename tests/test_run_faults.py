@@ -277,11 +277,20 @@ def test_plan_line_comes_before_sampling_and_steps_are_reported_when_piped(tmp_p
     assert json.loads(json_run.output)["options"]["num_images"] == 2  # nothing but the record
 
 
-def test_a_terminal_gets_a_bar(monkeypatch):
-    monkeypatch.setattr(timing.sys.stderr, "isatty", lambda: True, raising=False)
-    bar = timing.progress_bar(10, None)
-    assert type(bar.bar).__module__.startswith("tqdm")
-    bar.close()
+def test_a_terminal_gets_a_bar_even_one_that_reports_no_size(monkeypatch):
+    """A fresh pseudo-terminal reports 0 x 0 (as under `script` or `docker exec -t`), where tqdm left to
+    itself draws nothing; piped, a line per tenth; --json, nothing."""
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w", encoding="utf-8") as terminal:
+        monkeypatch.setattr(timing.sys, "stderr", terminal)
+        assert os.get_terminal_size(slave) == (0, 0)
+        bar = timing.progress_bar(4, None)
+        bar.bar.update(2)
+        bar.close()
+        terminal.flush()
+        drawn = os.read(master, 1 << 16).decode(errors="replace")
+    os.close(master)
+    assert "| 2/4 [" in drawn  # without a size given, tqdm writes nothing but the closing newline
     monkeypatch.setattr(timing.sys.stderr, "isatty", lambda: False, raising=False)
     assert isinstance(timing.progress_bar(10, None).bar, timing.StepLines)
     assert timing.progress_bar(10, False).bar is None

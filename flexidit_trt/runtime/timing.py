@@ -3,6 +3,7 @@ the progress bar that follows the device without waiting for it, and the record 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -145,7 +146,14 @@ def progress_bar(total: int, enabled: bool | None) -> ProgressBar:
         return ProgressBar(StepLines(total))
     from tqdm.auto import tqdm
 
-    return ProgressBar(tqdm(total=total, unit="step", file=sys.stderr))
+    # A terminal that reports its size as 0 x 0 (a pseudo-terminal nobody sized: `script`, `docker exec
+    # -t`) makes tqdm draw nothing: give it a default size there.
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+    shape = {"ncols": None if size.columns else 80, "nrows": None if size.lines else 20}
+    return ProgressBar(tqdm(total=total, unit="step", file=sys.stderr, **shape))
 
 
 class StepLines:
