@@ -43,7 +43,7 @@ from ..engines.options import EngineOptions, resolve_precision
 from ..runtime import Pipeline, pipeline_from_model, pipeline_from_workdir
 from ..runtime.choose import installed, resolve_device
 from ..runtime.options import GUIDANCE
-from . import hardware
+from . import cost, hardware
 from .backends import TORCH_VARIANTS, backend_label, config_difference, unavailable
 from .forwards import profile_forwards, time_forwards
 from .measure import noisy_note, time_wall
@@ -119,15 +119,18 @@ class _Bench:
         ensure_writable_dir(opts.out)  # fail now, not after minutes of measuring
         limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
         setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), DYNAMO_RECOMPILE_LIMIT))
-        self.say(f"model: {self.source.name} ({self.source.label()})")
-        self.model = self.source.load()
+        self.say(cost.outline(opts, self.source.name, self.device))
         self.stream = None
         if self.device != "cpu":
             from ..engines import cuda
 
             self.stream = cuda.Stream(self.device)
             torch.cuda.set_device(self.device)
-        measured = self._hardware()
+        measured = self._hardware()  # before the model loads: the cost line says what loading leads to
+        backends = len(cost.runnable(opts, self.device))
+        self.say(cost.estimate(cost.trajectory_macs(opts, macs, backends), measured["matmul_peak"]["per_s"]))
+        self.say(f"model: {self.source.name} ({self.source.label()})")
+        self.model = self.source.load()
         self.session = Session(
             opts,
             self.device,
@@ -152,7 +155,7 @@ class _Bench:
         docs, paths = [], []
         try:
             for measure in [
-                self._reference,
+                *([self._reference] if opts.reference else []),  # --no-reference: not even a file
                 *(lambda name=name: self._backend(name) for name in opts.backends),
             ]:
                 docs.append(measure())
@@ -216,8 +219,6 @@ class _Bench:
 
     def _reference_trajectories(self) -> dict:
         opts = self.options
-        if not opts.reference:
-            raise _NotRun("skipped (--no-reference)")
         if GUIDANCE[opts.guidance] != "cfg" or opts.sampler != "ddpm":
             raise _NotRun("the reference loop samples with DDPM and CFG only (as sample.py)")
         loop = ReferenceLoop.load(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import main, path_option, sizes_option
+from .common import FiniteFloat, main, path_option, sizes_option
 from .eval import parse_budgets
 
 DEFAULT_RESULTS = Path("benchmarks/results")
@@ -78,7 +78,7 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option(
     "--guidance", type=click.Choice(["cfg", "weak-to-strong", "none"]), default="cfg", show_default=True
 )
-@click.option("--cfg-scale", type=float, default=4.0, show_default=True)
+@click.option("--cfg-scale", type=FiniteFloat(), default=4.0, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0, max=2**64 - 1), default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N  [default: the first GPU, else cpu]")
 @click.option(

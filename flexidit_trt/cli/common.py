@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,22 @@ class Group(click.Group):
 
 
 Group.group_class = Group
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that must be a finite number (click's float takes "nan" and "inf", which no option
+    here can use), within an optional range as click.FloatRange has it."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.types.FloatParamType.convert(self, value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
 
 
 def parse_sizes(ctx, param, value: str | None) -> tuple[int, ...] | None:

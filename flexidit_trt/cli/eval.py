@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import main, sizes_option
+from .common import FiniteFloat, main, sizes_option
 
 GUIDANCE_NAMES = {"cfg": "cfg", "weak-to-strong": "weak_to_strong", "none": "none"}
 
@@ -39,7 +39,11 @@ _path = click.Path(path_type=Path)
 )
 @click.option("--guidance", type=click.Choice(list(GUIDANCE_NAMES)), default="cfg", show_default=True)
 @click.option(
-    "--cfg-scale", type=float, default=1.5, show_default=True, help="guidance scale (DiT's FID setting)"
+    "--cfg-scale",
+    type=FiniteFloat(),
+    default=1.5,
+    show_default=True,
+    help="guidance scale (DiT's FID setting)",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=250, show_default=True, help="DDPM steps")
 @click.option(

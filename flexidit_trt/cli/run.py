@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import checkpoint_option, main, path_option, precision_option, workdir_option
+from .common import FiniteFloat, checkpoint_option, main, path_option, precision_option, workdir_option
 
 
 def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
@@ -28,11 +28,14 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 
 @main.command()
 @click.option(
-    "--budget", type=float, default=None, help="fraction of the static model's MACs, (0, 1]  [default: 0.5]"
+    "--budget",
+    type=FiniteFloat(),
+    default=None,
+    help="fraction of the static model's MACs, (0, 1]  [default: 0.5]",
 )
 @click.option(
     "--time-budget",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloat(min=0.0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="seconds of sampling loop instead of --budget: the weak steps are chosen from the engines' step "
@@ -51,7 +54,7 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @precision_option(["bf16", "fp16", "fp32"], None, help="[default: bf16 on a GPU, fp32 on the CPU]")
 @click.option("--steps", type=click.IntRange(min=1), default=250, show_default=True, help="sampler steps")
 @click.option("--sampler", type=click.Choice(["ddpm", "ddim", "flow"]), default="ddpm", show_default=True)
-@click.option("--cfg-scale", type=float, default=4.0, show_default=True, help="guidance scale")
+@click.option("--cfg-scale", type=FiniteFloat(), default=4.0, show_default=True, help="guidance scale")
 @click.option(
     "--guidance", type=click.Choice(["cfg", "weak-to-strong", "none"]), default="cfg", show_default=True
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .common import main, sizes_option
+from .common import FiniteFloat, main, sizes_option
 
 DIR = click.Path(file_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -59,10 +59,10 @@ def _common(fn):
 @click.option("--hidden-size", type=int, default=None, help="override the config's width")
 @click.option("--num-heads", type=int, default=None, help="override the config's head count")
 @click.option("--steps", type=int, default=20_000, show_default=True, help="total optimizer steps")
-@click.option("--minutes", type=float, default=None, help="stop after this much training time too")
+@click.option("--minutes", type=FiniteFloat(), default=None, help="stop after this much training time too")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True)
-@click.option("--ema-decay", type=float, default=0.999, show_default=True)
+@click.option("--lr", type=FiniteFloat(), default=3e-4, show_default=True)
+@click.option("--ema-decay", type=FiniteFloat(), default=0.999, show_default=True)
 @click.option("--subset", type=int, default=None, help="train on the first N images only")
 @click.option("--checkpoint-every", type=int, default=1000, show_default=True, help="steps between them")
 @click.option("--bf16/--no-bf16", default=True, show_default=True, help="bf16 autocast on the GPU")
@@ -89,9 +89,11 @@ def train(**kwargs) -> None:
 @sizes_option("--patch-sizes", "2,4", "base + weak sizes")
 @click.option("--lora-rank", type=int, default=8, show_default=True, help="0: embeddings only")
 @click.option("--steps", type=int, default=2000, show_default=True)
-@click.option("--minutes", type=float, default=None, help="stop after this much distillation time too")
+@click.option(
+    "--minutes", type=FiniteFloat(), default=None, help="stop after this much distillation time too"
+)
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="peak; cosine decay to 0")
+@click.option("--lr", type=FiniteFloat(), default=2e-3, show_default=True, help="peak; cosine decay to 0")
 @click.option(
     "--timesteps",
     type=click.Choice(["weak", "all"]),

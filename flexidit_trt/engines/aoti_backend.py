@@ -17,7 +17,7 @@ import torch
 
 from ..artifacts import MANIFEST_NAME
 from .aoti import AOTI_KIND, AOTI_SCHEMA, TorchTarget, aoti_dir, torch_target
-from .backend import Backend, RunError
+from .backend import Backend, RunError, RunOptionError
 from .manifest import build_command, check_built_for, read_engines_manifest
 from .torch_graphs import GraphPool, TorchGraphBackend
 
@@ -54,7 +54,7 @@ def load_aoti_backends(
     """The AOTInductor engines `build` compiled for this GPU and torch, their manifest entries (checked)
     and the one CUDA-graph pool they share."""
     if device == "cpu":
-        raise RunError(
+        raise RunOptionError(
             "the aoti backend runs CUDA packages: use --device cuda, or the torch backend on the CPU"
         )
     target = torch_target(device)

@@ -44,6 +44,7 @@ class TorchBackend(TorchGraphBackend):
     ):
         super().__init__(fn, **kwargs)
         self.levers = levers
+        self.compiles_on_first_call = levers.compiled
         self.table = table  # the precomputed modulation (None: computed in each forward)
 
     @classmethod

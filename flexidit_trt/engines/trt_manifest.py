@@ -11,7 +11,7 @@ from typing import Any
 
 from ..artifacts import MANIFEST_NAME, ManifestError
 from . import cuda
-from .backend import RunError
+from .backend import RunError, RunOptionError
 from .build import ENGINE_KIND, ENGINE_SCHEMA, engine_dir
 from .manifest import build_command, check_built_for, read_engines_manifest
 from .trt import GpuInfo, gpu_info
@@ -168,5 +168,5 @@ def import_tensorrt() -> Any:
 def device_gpu(device: str) -> GpuInfo:
     gpu = gpu_info(cuda.device_index(device))
     if gpu is None:
-        raise RunError(f"no CUDA GPU {device} is visible: the trt backend runs on a GPU")
+        raise RunOptionError(f"no CUDA GPU {device} is visible: the trt backend runs on a GPU")
     return gpu

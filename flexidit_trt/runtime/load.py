@@ -156,7 +156,9 @@ def _rebuild_command(model_name: str, entry: dict) -> str:
 def _trt_pipeline(op: _Opening) -> Pipeline:
     workdir, model_name, device, engine = op.workdir, op.model_name, op.device, op.engine
     if device == "cpu":
-        raise RunError("the trt backend needs a CUDA GPU")
+        raise RunOptionError(
+            "the trt backend needs a CUDA GPU: use --device cuda, or --backend ort on the CPU"
+        )
     try:
         from ..engines.trt_backend import TrtTarget, load_trt_engines
     except ImportError as err:
@@ -176,7 +178,7 @@ def _trt_pipeline(op: _Opening) -> Pipeline:
 def _aoti_pipeline(op: _Opening) -> Pipeline:
     workdir, model_name, device, engine = op.workdir, op.model_name, op.device, op.engine
     if device == "cpu":
-        raise RunError(
+        raise RunOptionError(
             "the aoti backend runs CUDA packages: use --device cuda, or the torch backend on the CPU"
         )
     from ..engines.aoti_backend import load_aoti_backends

@@ -36,7 +36,7 @@ def pipeline_from_model(
     weights (given in memory)"); random_weights, checkpoint_sha256: what the record says of them;
     reason: the selection's words (default: the engines as made)."""
     if backend not in ("auto", "torch"):
-        raise RunError(
+        raise RunOptionError(
             f"backend {backend!r} runs built engines: use pipeline_from_workdir (or `run --model NAME`) after "
             "`flexidit-trt build`"
         )

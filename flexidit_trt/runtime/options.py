@@ -3,8 +3,9 @@ command or `Pipeline.generate`), then handed to the pipeline as one value."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 
 from ..diffusion import Sampler, make_sampler
 from ..diffusion.time_planner import TimeBudget
@@ -43,6 +44,9 @@ class SamplingOptions:
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed < 2**64:
             raise RunOptionError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        cfg = self.cfg_scale
+        if isinstance(cfg, bool) or not isinstance(cfg, Real) or not math.isfinite(cfg):
+            raise RunOptionError(f"the guidance scale must be a finite number, got {cfg!r}")
         budget = resolve_budget(self.budget, self.time_budget)
         if budget is not None and (isinstance(budget, bool) or not 0.0 < float(budget) <= 1.0):
             raise RunOptionError(

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,37 +23,104 @@ PNG_NAME, NPY_NAME, RECORD_NAME = "samples.png", "samples.npy", "record.json"
 MIN_CELL = 96  # images are scaled up (nearest) to at least this many pixels a side
 
 
-def check_out_dir(out: Path) -> None:
-    """Fail before sampling when `out` cannot be written: an existing non-empty folder, a file, or a parent
-    that cannot be created or written."""
+def check_out_dir(out: Path, need_bytes: int = 0) -> None:
+    """Fail before sampling when `out` cannot be written, creating nothing: an existing non-empty folder or
+    a file, a mount point (the output folder is renamed into place, which a mount point refuses), a parent
+    that is a file or not writable, or less free space than `need_bytes`. RunError (exit 1): the value is
+    well-formed, the file system's state at that path is what fails, and it can change between two runs."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"--out {out} already exists and is not an empty folder: choose a new one")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
+    if os.path.ismount(out):
         raise RunError(
-            f"cannot write to --out {out}: {os.strerror(err.errno) if err.errno else err}"
-        ) from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write to --out {out}: {parent} is not writable")
+            f"--out {out} is a mount point, which the finished output folder cannot be renamed onto: "
+            "give a new folder inside it"
+        )
+    base = existing_ancestor(out.parent)
+    if not base.is_dir():
+        raise RunError(f"cannot write to --out {out}: {base} is a file")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write to --out {out}: {base} is not writable")
+    free = shutil.disk_usage(base).free
+    if free < need_bytes:
+        raise RunError(
+            f"not enough free space for --out {out}: its files need about {_mib(need_bytes)}, {base} has "
+            f"{_mib(free)} free"
+        )
 
 
-@contextlib.contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A staging folder beside `out`; on success it becomes `out` (one rename), on error it is removed."""
-    out = Path(out)
-    check_out_dir(out)
-    with staging_dir(out.parent) as stage:
-        yield stage
-        os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp made it private; the output folder gets the usual mode
+def existing_ancestor(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def unique_out(out: Path) -> Iterator[Path]:
+    """`out`, then `out`-2, `out`-3, ...: the names a default output folder may take."""
+    yield out
+    for i in itertools.count(2):
+        yield out.with_name(f"{out.name}-{i}")
+
+
+class StagedOutput:
+    """A staging folder beside `out`: on success it becomes `out` with one rename (`self.out` is the
+    folder written), on error it is removed with any parent folder it created. With `unique`, a name taken
+    meanwhile (another run finished first) moves on to `out`-2, -3, ...: the rename refuses a non-empty
+    folder, so two runs can never write into one."""
+
+    def __init__(self, out: Path, unique: bool = False):
+        self.names = unique_out(Path(out)) if unique else iter([Path(out)])
+        self.out = next(self.names)
+        self._stage: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> Path:
+        check_out_dir(self.out)
+        parent = self.out.parent
+        self._created = [p for p in [parent, *parent.parents] if not p.exists()]  # innermost first
+        self._stack = contextlib.ExitStack()
+        self.stage = self._stack.enter_context(staging_dir(parent))
+        return self.stage
+
+    def __exit__(self, kind, err, tb) -> None:
+        failed = kind is not None
         try:
-            os.replace(stage, out)  # an empty `out` is replaced; a non-empty one refuses
-        except OSError as err:
-            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise RunError(f"--out {out} was created by someone else during the run") from None
+            if not failed:
+                self._publish()
+        except BaseException:
+            failed = True
             raise
+        finally:
+            self._stack.close()
+            if failed:  # nothing half-made: not even an empty samples/
+                for folder in self._created:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+
+    def _publish(self) -> None:
+        os.chmod(
+            self.stage, 0o777 & ~_UMASK
+        )  # mkdtemp made it private; the output folder gets the usual mode
+        while True:
+            try:
+                os.replace(self.stage, self.out)  # an empty `out` is replaced; a non-empty one refuses
+                return
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+                taken, self.out = self.out, next(self.names, None)
+                if self.out is None:
+                    raise RunError(f"--out {taken} was created by someone else during the run") from None
+
+
+def staged_output(out: Path, unique: bool = False) -> StagedOutput:
+    """`with staged_output(out) as stage:` write into `stage`; it becomes the folder `.out` on success."""
+    return StagedOutput(out, unique)
 
 
 def write_outputs(
@@ -117,12 +186,13 @@ def decode_latents(latents: np.ndarray, vae_path: str | os.PathLike, device: str
     return np.concatenate(out)
 
 
-def grid_png(images: np.ndarray, labels: np.ndarray, title: str):
-    """One row per class when classes repeat (columns: that class's images), else rows of up to 10;
-    the title above. Returns a PIL image."""
-    from PIL import Image, ImageDraw, ImageFont
+GRID_PAD, GRID_TOP = 2, 22  # pixels between cells; the title line's height
 
-    n, h, w, _ = images.shape
+
+def grid_layout(labels: np.ndarray, h: int, w: int) -> tuple[list[list[int]], int, tuple[int, int]]:
+    """The PNG grid: rows of image indices (one row per class when classes repeat, else rows of up to
+    10), the scale-up factor, and the canvas size (width, height)."""
+    n = len(labels)
     scale = max(1, -(-MIN_CELL // max(h, w)))
     order = list(dict.fromkeys(labels.tolist()))
     if len(order) < n:  # repeated classes: a row each
@@ -130,9 +200,54 @@ def grid_png(images: np.ndarray, labels: np.ndarray, title: str):
     else:
         rows = [list(range(i, min(i + 10, n))) for i in range(0, n, 10)]
     cols = max(len(r) for r in rows)
-    pad, top = 2, 22
+    size = (
+        cols * (w * scale + GRID_PAD) + GRID_PAD,
+        GRID_TOP + len(rows) * (h * scale + GRID_PAD) + GRID_PAD,
+    )
+    return rows, scale, size
+
+
+def output_bytes(
+    labels: np.ndarray, sample_shape: tuple[int, ...], image_hw: tuple[int, int], steps: int
+) -> dict:
+    """What writing a run's outputs takes, before it runs: on disk, per file (upper bounds: the PNG at
+    its uncompressed size, as deflate can store incompressible data; the record's per-step and per-image
+    lists at their JSON width), and in host memory (the samples, the uint8 images, the grid canvas and
+    the copy PIL encodes from)."""
+    n = len(labels)
+    npy = 128 + n * int(np.prod(sample_shape)) * 4
+    _, _, (cw, ch) = grid_layout(labels, *image_hw)
+    canvas = cw * ch * 3
+    png = canvas + ch + canvas // 1000 + 4096  # + a filter byte per row, zlib's stored-block overhead
+    record = 65536 + 160 * steps + 24 * n
+    images = n * image_hw[0] * image_hw[1] * 3
+    return {"disk": npy + png + record, "memory": npy + images + 2 * canvas}
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (Linux's MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def grid_png(images: np.ndarray, labels: np.ndarray, title: str):
+    """The images in `grid_layout`'s rows, the title above. Returns a PIL image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    _, h, w, _ = images.shape
+    rows, scale, size = grid_layout(labels, h, w)
+    pad, top = GRID_PAD, GRID_TOP
     cell_h, cell_w = h * scale, w * scale
-    canvas = Image.new("RGB", (cols * (cell_w + pad) + pad, top + len(rows) * (cell_h + pad) + pad), "white")
+    canvas = Image.new("RGB", size, "white")
     for r, row in enumerate(rows):
         for c, i in enumerate(row):
             tile = Image.fromarray(images[i]).resize((cell_w, cell_h), Image.NEAREST)

@@ -177,13 +177,7 @@ class Pipeline:
                 f"{self.spec.name} has no null class (trained without label dropout): use guidance none"
             )
         smp = options.make_sampler()
-        try:
-            # A time budget's schedule is chosen below, once the engines' step latency is measured
-            # (budget 1.0 checks the patch sizes and guidance against the planner the same way).
-            budget = 1.0 if options.budget is None else options.budget
-            schedule = plan(budget, len(smp), self.spec.macs_by_patch, options.guidance)
-        except ValueError as err:
-            raise RunOptionError(str(err)) from None
+        schedule = self._schedule(options, len(smp))
         n = len(labels)
         batch = self._check_batch(batch_size, n)
         chunks = [(i0, min(batch, n - i0)) for i0 in range(0, n, batch)]
@@ -215,6 +209,20 @@ class Pipeline:
             record.plan.time_budget = timing.time_record(timed, by_batch, len(smp), record.timing.clock)
             record.plan.time_budget.achieved_s = float(timer.loop_ms) / 1e3  # the loops, as budgeted
         return GenerateResult(samples, record)
+
+    def outline(self, n: int, options: SamplingOptions, batch_size: int | None = None) -> str:
+        """What `sample` will run for n images, said before it runs: the schedule (a time budget's is
+        chosen once the engines' steps are timed) and the work, steps × batches."""
+        steps = len(options.make_sampler())
+        schedule = self._schedule(options, steps)
+        batch = self._check_batch(batch_size, n)
+        batches = -(-n // batch)
+        what = (
+            schedule.describe()
+            if options.time_budget is None
+            else f"time budget {options.time_budget:g} s: the schedule is chosen once each engine's steps are timed"
+        )
+        return f"plan: {what}; {steps} steps x {batches} batch(es) of up to {batch} images = {steps * batches} loop steps"
 
     def close(self) -> None:
         for backend in self.backends.values():
@@ -248,6 +256,15 @@ class Pipeline:
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise RunOptionError(f"batch size must be a positive int, got {batch_size!r}")
         return min(int(batch_size), n)
+
+    def _schedule(self, options: SamplingOptions, steps: int) -> Plan:
+        try:
+            # A time budget's schedule is chosen once the engines' step latency is measured (budget 1.0
+            # checks the patch sizes and guidance against the planner the same way).
+            budget = 1.0 if options.budget is None else options.budget
+            return plan(budget, steps, self.spec.macs_by_patch, options.guidance)
+        except ValueError as err:
+            raise RunOptionError(str(err)) from None
 
     # -- the time budget ---------------------------------------------------------------------------------------
     def _plan_for_time(

@@ -9,6 +9,7 @@ bad input costs a second, prints one line and writes nothing.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +23,17 @@ from ..engines.options import EngineOptions
 from .choose import BACKENDS, installed
 from .load import pipeline_from_workdir
 from .options import SamplingOptions
-from .outputs import check_out_dir, decode_latents, latents_as_images, staged_output, to_images, write_outputs
+from .outputs import (
+    available_memory,
+    check_out_dir,
+    decode_latents,
+    latents_as_images,
+    output_bytes,
+    staged_output,
+    to_images,
+    unique_out,
+    write_outputs,
+)
 from .pipeline import GenerateResult, Pipeline
 from .record import PngRecord, RunRecord
 
@@ -77,29 +88,42 @@ class RunSummary:
 
 
 def default_out(now: float | None = None) -> Path:
-    return Path("samples") / time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    """samples/<timestamp>, or <timestamp>-2, -3, ... where a run of the same second has it already (the
+    rename at the end moves on again if another run takes it meanwhile)."""
+    stamp = Path("samples") / time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return next(p for p in unique_out(stamp) if not p.exists() or (p.is_dir() and not any(p.iterdir())))
 
 
 def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) -> RunSummary:
     """Sample and write samples.png, samples.npy and record.json into options.out (atomically)."""
     start = time.perf_counter()
-    out = Path(options.out) if options.out is not None else default_out()
     sampling = _check_options(options)
-    check_out_dir(out)  # before minutes of sampling
-    pipe = open_pipeline(options)
-    say(f"model: {pipe.spec.name}, {pipe.spec.weights}")
-    say(f"backend: {pipe.selection.backend} ({pipe.selection.reason})")
-    labels = resolve_labels(options.class_labels, options.num_images, pipe.spec.num_classes)
-    with pipe:
+    out = Path(options.out) if options.out is not None else default_out()
+    check_out_dir(out)  # before loading anything (creates nothing); its free space once the sizes are known
+    with open_pipeline(options) as pipe:
+        say(f"model: {pipe.spec.name}, {pipe.spec.weights}")
+        say(f"backend: {pipe.selection.backend} ({pipe.selection.reason})")
+        labels = resolve_labels(options.class_labels, options.num_images, pipe.spec.num_classes)
+        _check_outputs_fit(out, np.asarray(labels), pipe, options, sampling)
+        say(pipe.outline(len(labels), sampling, options.batch_size))
         result = pipe.sample(labels, sampling, batch_size=options.batch_size, progress=options.progress)
+    _check_finite(result.samples)
     record = result.run_record
     record.options.cli = options.to_dict()
     image, shows = _png_content(result.samples, pipe, options)
     title = _title(pipe, record)
     record.png = PngRecord(shows, title)
-    with staged_output(out) as stage:
-        record.timing.run_wall_s = time.perf_counter() - start
-        write_outputs(stage, result.samples, record.to_dict(), np.asarray(labels), title, image)
+    staged = staged_output(out, unique=options.out is None)
+    try:
+        with staged as stage:
+            record.timing.run_wall_s = time.perf_counter() - start
+            write_outputs(stage, result.samples, record.to_dict(), np.asarray(labels), title, image)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        if err.errno == errno.EBUSY:
+            reason += " (a mount point or a folder in use cannot be renamed onto)"
+        raise RunError(f"the samples were lost, nothing was written to {staged.out}: {reason}") from None
+    out = staged.out
     timing = record.timing
     lines = [
         record.plan.summary,
@@ -115,6 +139,32 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     if pipe.spec.random_weights:
         lines.insert(0, "random weights: these samples show the pipeline, not a trained model")
     return RunSummary(out, result, lines)
+
+
+def _check_outputs_fit(
+    out: Path, labels: np.ndarray, pipe: Pipeline, options: RunOptions, sampling: SamplingOptions
+) -> None:
+    """Before sampling: the outputs' free space on --out's file system, and host memory for them (sampling
+    itself goes by batches of --batch-size, so what grows with --num-images is the samples and the PNG)."""
+    shape = pipe.spec.latent_shape
+    image_hw = shape[1:] if not (pipe.spec.is_latent and options.vae) else (8 * shape[1], 8 * shape[2])
+    need = output_bytes(labels, shape, image_hw, len(sampling.make_sampler()))
+    check_out_dir(out, need["disk"])
+    free = available_memory()
+    if free is not None and need["memory"] > free:
+        raise RunOptionError(
+            f"--num-images {len(labels)} needs about {need['memory'] / 2**30:.1f} GiB of host memory for the "
+            f"samples and the PNG grid, {free / 2**30:.1f} GiB is available: ask for fewer images per run"
+        )
+
+
+def _check_finite(samples: np.ndarray) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if bad:
+        raise RunError(
+            f"the samples are not finite ({bad} of {samples.size} values NaN or Inf: the weights, the "
+            "engines or the guidance scale overflow); nothing was written"
+        )
 
 
 def _check_options(options: RunOptions) -> SamplingOptions:
@@ -216,8 +266,8 @@ def _folder_name(workdir: Path, name: str) -> str:
 
         try:
             return canonical_name(name)
-        except Exception as err:
-            raise RunError(str(err)) from None
+        except Exception as err:  # an unknown name: the option to change
+            raise RunOptionError(str(err)) from None
     return name.lower().replace("-", "_").replace("/", "_")
 
 

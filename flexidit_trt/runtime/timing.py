@@ -3,6 +3,7 @@ the progress bar that follows the device without waiting for it, and the record 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -137,13 +138,39 @@ class ProgressBar:
 
 
 def progress_bar(total: int, enabled: bool | None) -> ProgressBar:
+    """True: a bar; None: a bar on a terminal, else a line every tenth of the run (a bar redrawn with
+    carriage returns is unreadable in a log); False: nothing. All on stderr, never on stdout (--json)."""
     if enabled is False:
         return ProgressBar(None)
+    if enabled is None and not sys.stderr.isatty():
+        return ProgressBar(StepLines(total))
     from tqdm.auto import tqdm
 
-    return ProgressBar(
-        tqdm(total=total, unit="step", file=sys.stderr, disable=None if enabled is None else not enabled)
-    )
+    # A terminal that reports its size as 0 x 0 (a pseudo-terminal nobody sized: `script`, `docker exec
+    # -t`) makes tqdm draw nothing: give it a default size there.
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+    shape = {"ncols": None if size.columns else 80, "nrows": None if size.lines else 20}
+    return ProgressBar(tqdm(total=total, unit="step", file=sys.stderr, **shape))
+
+
+class StepLines:
+    """A progress bar's `update`/`close` as a line on stderr every `every` steps (default: a tenth)."""
+
+    def __init__(self, total: int, every: int | None = None):
+        self.total, self.every = total, every or max(1, -(-total // 10))
+        self.n, self.started = 0, time.perf_counter()
+
+    def update(self, k: int) -> None:
+        before, self.n = self.n, self.n + k
+        if self.n // self.every > before // self.every or self.n == self.total:
+            elapsed = time.perf_counter() - self.started
+            print(f"step {self.n}/{self.total} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 def time_record(

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .loop import TrainError, resolve_device
+from .loop import LossWatch, TrainError, resolve_device
 
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "weights" / "classifier.safetensors"
 NUM_CLASSES = 10
@@ -195,17 +195,21 @@ def train_classifier(options: ClassifierOptions) -> ClassifierResult:
     started = time.perf_counter()
     bar = tqdm(total=options.epochs * per_epoch, disable=not options.progress, desc="classifier", unit="step")
     model.train()
+    watch, step = LossWatch("classifier training", device), 0
     for _ in range(options.epochs):
         perm = torch.randperm(n, generator=gen, device=device)
         for idx in perm.split(options.batch_size):
             shift = torch.randint(-2, 3, (2,), generator=shifts).tolist()
             xb = torch.roll(x[idx], shifts=shift, dims=(2, 3))
             loss = F.cross_entropy(model(xb), y[idx])
+            watch.add(loss, step)
+            step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             bar.update(1)
+        watch.check()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
     model.eval()

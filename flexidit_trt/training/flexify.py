@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from ..diffusion import make_sampler, plan
 from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
 from ..model import CheckpointError, FlexiDiT, load_checkpoint, save_checkpoint
-from ..model.checkpoints import infer_config, read_state_dict
+from ..model.checkpoints import check_finite, infer_config, read_state_dict
 from ..model.config import DiTConfig
 from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
 from .data import load_split
-from .loop import BatchSchedule, LoopOptions, TrainError, resolve_device
+from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, resolve_device
 from .sampling import SampleOptions, sample_images
 
 TIMESTEP_MODES = ("weak", "all")
@@ -139,6 +139,7 @@ def load_base(options: FlexifyOptions) -> FlexiDiT:
     """The base weights of `options.checkpoint` in a model with the requested patch sizes and LoRA rank;
     weak sizes start from the pinv-resized base, adapters as no-ops."""
     state, config, hints = read_state_dict(options.checkpoint)
+    check_finite(state)  # every weight, not only the base ones kept: NaN anywhere means a damaged file
     base = {k: v for k, v in state.items() if is_base_key(k)}
     if not base:
         raise CheckpointError(f"{options.checkpoint} holds no base DiT weights")
@@ -189,6 +190,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
 
     def log_line() -> None:
         nonlocal since_log
+        watch.check()
         mean = (sums / since_log).item()
         losses.append({"step": step, "loss": mean, "seconds": round(time.perf_counter() - started, 3)})
         bar.set_postfix(loss=f"{mean:.5f}")
@@ -196,6 +198,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
         since_log = 0
 
     model.train()
+    watch = LossWatch("flexify", device)
     bar = tqdm(total=options.steps, disable=not options.progress, desc="flexify", unit="step")
     while step < options.steps and not _out_of_time(options, started):
         for group in opt.param_groups:
@@ -204,6 +207,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
         loss = distillation_loss(
             model, x_train[idx], y_train[idx], ranges, batches.generator(step), options, autocast
         )
+        watch.add(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -8,11 +8,47 @@ import math
 import torch
 
 from ..device import Device
-from ..errors import UsageError
+from ..errors import FlexiditError, UsageError
 
 
 class TrainError(UsageError, ValueError):
     """Options or a run folder that cannot be used; the message says which and why."""
+
+
+class DivergedError(FlexiditError):
+    """A training loop's loss is no longer finite: the work failed (exit 1), nothing more is written."""
+
+
+class LossWatch:
+    """Stops a training loop at its first non-finite loss. On a GPU the check adds no host sync per step:
+    each step folds its loss's finiteness into a device-side "first bad step", read where the loop syncs
+    anyway (its log line, its checkpoint), so the loop stops there, naming the step, before it writes
+    anything. On the CPU reading costs nothing, so every step is checked as it ends."""
+
+    def __init__(self, what: str, device: torch.device, per_step: bool | None = None):
+        self.what = what
+        self.host = device.type == "cpu" if per_step is None else per_step
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        """After `step`'s loss is known (before its optimizer step on the CPU)."""
+        if self.host:
+            if not math.isfinite(float(loss.detach())):
+                self._fail(step, f"{float(loss.detach())}")
+            return
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self) -> None:
+        """Where the loop syncs anyway: raise if any step so far had a non-finite loss."""
+        if not self.host and (step := int(self.first_bad)) >= 0:
+            self._fail(step, "not finite")
+
+    def _fail(self, step: int, value: str) -> None:
+        raise DivergedError(
+            f"{self.what} stopped: the loss at step {step + 1} is {value} "
+            "(a learning rate too high, or NaN in the data or the weights); nothing was written for it"
+        )
 
 
 class LoopOptions:
@@ -31,7 +67,10 @@ class LoopOptions:
         """TrainError listing every failed check."""
         checks = [
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.minutes is None or self.minutes > 0, f"minutes must be > 0, got {self.minutes}"),
+            (
+                self.minutes is None or (math.isfinite(self.minutes) and self.minutes > 0),
+                f"minutes must be > 0 and finite, got {self.minutes}",
+            ),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
             *self.checks(),

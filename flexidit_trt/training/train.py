@@ -29,7 +29,7 @@ from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
 from ..model import FlexiDiT, get_config, save_checkpoint
 from ..model.config import DiTConfig
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split
-from .loop import BatchSchedule, LoopOptions, TrainError, resolve_device
+from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, resolve_device
 from .losses import DiffusionLoss
 
 STATE_NAME = "state.pt"
@@ -168,16 +168,19 @@ def train(options: TrainOptions) -> TrainResult:
     ema_pairs = ([p for p in ema.parameters()], [p for p in model.parameters()])
     sums = torch.zeros(3, device=device)  # loss, mse, vb summed since the last log line
     since_log, stopped_by = 0, "steps"
+    watch = LossWatch("training", device)
     started = time.perf_counter()
     seconds_before = seconds
 
     def save() -> None:
         nonlocal seconds
+        watch.check()  # never a checkpoint of diverged weights
         seconds = seconds_before + time.perf_counter() - started
         _save(out, options, model, ema, opt, step, seconds, losses)
 
     def log_line() -> None:
         nonlocal since_log
+        watch.check()
         mean = (sums / since_log).tolist()  # the only host sync of the loop
         elapsed = seconds_before + time.perf_counter() - started
         losses.append(
@@ -209,6 +212,7 @@ def train(options: TrainOptions) -> TrainResult:
             model_out = forward(x_t, t, y)
         terms = loss_fn(model_out, x0, t, noise, x_t)
         loss = terms.loss.mean()
+        watch.add(loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
