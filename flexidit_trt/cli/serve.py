@@ -32,13 +32,7 @@ from .common import checkpoint_option, main, precision_option, workdir_option
     "--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="requests per batch"
 )
 @click.option("--batch-wait-ms", type=click.FloatRange(0, 10_000), default=20.0, show_default=True)
-@click.option(
-    "--max-queue",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="waiting requests per replica before 503",
-)
+@click.option("--max-queue", type=click.IntRange(min=1), default=32, help="requests waiting per replica [32]")
 @click.option(
     "--address", default=None, help="join this Ray cluster (e.g. 10.0.0.1:6379)  [default: start one]"
 )

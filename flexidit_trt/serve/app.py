@@ -28,6 +28,7 @@ APP = "flexidit"
 GENERATOR = "Generator"
 RETRY_AFTER_S = 1  # a batch of the default model takes about a second on a GPU
 WARMUP_LABELS = [0]
+DRAIN_S = 20.0  # how long a stopping replica waits for its in-flight requests
 log = logging.getLogger(__name__)
 
 
@@ -128,5 +129,7 @@ def build_app(options: ServeOptions, replicas: int, gpus_per_replica: int) -> An
         ray_actor_options=actor,
         max_ongoing_requests=2 * options.max_batch,
         max_queued_requests=options.max_queue,
+        graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=DRAIN_S,
     ).bind(options)
     return Ingress.bind(generator)

@@ -17,6 +17,7 @@ from ..runtime.run import RunOptions
 
 MAX_LABELS = 64  # images one request may ask for: the engines' default max batch
 FORMATS = ("png", "npy")
+PIPELINE_FIELDS = ("model", "checkpoint", "workdir", "backend", "precision", "device", "compile")
 SAMPLING_FIELDS = ("budget", "time_budget", "steps", "sampler", "guidance", "cfg_scale", "seed")
 
 
@@ -71,15 +72,7 @@ class ServeOptions:
 
     def run_options(self) -> RunOptions:
         """The options a replica opens its pipeline with, as `run` would."""
-        return RunOptions(
-            model=self.model,
-            checkpoint=self.checkpoint,
-            workdir=self.workdir,
-            backend=self.backend,
-            precision=self.precision,
-            device=self.device,
-            compile=self.compile,
-        )
+        return RunOptions(**{name: getattr(self, name) for name in PIPELINE_FIELDS})
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import signal
 import threading
 from collections.abc import Callable
 
+from ..errors import FlexiditError
 from .options import ServeOptionError, ServeOptions
 
 log = logging.getLogger(__name__)
-DRAIN_S = 20.0  # how long a stopping replica waits for its in-flight requests
 
 
 def replica_count(options: ServeOptions, cluster_gpus: int) -> tuple[int, int]:
@@ -37,10 +37,13 @@ def serve_until_stopped(
 ) -> None:
     """Serve until SIGTERM / SIGINT (or `stop` is set); then drain in-flight requests, delete the
     application and shut down Serve and the Ray instance if this call started them."""
-    import ray
-    from ray import serve
+    try:
+        import ray
+        from ray import serve
 
-    from .app import APP, build_app
+        from .app import APP, build_app
+    except ImportError as err:
+        raise FlexiditError(f"serve needs Ray Serve ({err}): pip install 'flexidit-trt[serve]'") from None
 
     stop = stop or threading.Event()
     started_ray = options.address is None
