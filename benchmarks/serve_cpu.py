@@ -119,6 +119,19 @@ def fire(server: Server, bodies: list[dict], concurrency: int, timeout: float = 
         return list(pool.map(one, bodies))
 
 
+def kill_replica(server: Server) -> int:
+    """SIGKILL one generator replica's process (Ray should start another); its pid."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    pids = [
+        int(line.split(None, 1)[0]) for line in out.splitlines() if "ServeReplica:flexidit:Generator" in line
+    ]
+    pids = [p for p in pids if p not in server.before]
+    if not pids:
+        raise RuntimeError("no generator replica process found")
+    os.kill(pids[0], signal.SIGKILL)
+    return pids[0]
+
+
 def stop(server: Server, limit_s: float = 60) -> tuple[float, set[int]]:
     """SIGTERM; the seconds it took to exit, and the Ray processes it left behind (none expected)."""
     t0 = time.perf_counter()
@@ -150,10 +163,10 @@ def main() -> int:
     ap.add_argument("--labels", type=int, default=2, help="labels per request")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    ap.add_argument("--log", type=Path, default=Path("serve_cpu.log"), help="the server's output")
     ap.add_argument("serve_args", nargs="*", help="passed to flexidit-trt serve (after --)")
     args = ap.parse_args()
-    log = Path("serve_cpu.log")
-    server = start(log, *args.serve_args)
+    server = start(args.log, *args.serve_args)
     try:
         ready_s, before = wait_healthy(server, 300)
         print(f"/healthz 200 after {ready_s:.1f} s (before: {before})")

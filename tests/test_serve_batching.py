@@ -42,6 +42,9 @@ def test_noise_streams_give_each_request_its_own_run(pipe):
     b = pipe.generate([3], budget=0.5, steps=20, seed=12).samples
     # Same noise per image; only the forwards' float rounding differs with the batch shape (as batching).
     assert rel_error(both[:2], a) < 1e-5 and rel_error(both[2:], b) < 1e-5
+    # A stream split across the call's batches: its second image starts the next batch at image 1.
+    split = pipe.sample([3, 1, 2], opts, noise=[NoiseStream(12, 1), NoiseStream(11, 2)], batch_size=2).samples
+    assert rel_error(split[:1], b) < 1e-5 and rel_error(split[1:], a) < 1e-5
     swapped = pipe.generate([3], budget=0.5, steps=20, seed=11).samples
     assert rel_error(swapped, b) > 1e-2  # the seed matters, so the equality above is not vacuous
 

@@ -4,6 +4,7 @@ stopped by SIGTERM at the end and checked to leave no Ray process behind."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -83,6 +84,24 @@ def test_bad_requests_get_4xx_naming_the_field(server, name):
 def test_unknown_path_is_404(server):
     status, _, answer = serve_cpu.call(server, "GET", "/generate")
     assert status == 404 and answer["error"].startswith("path: ")
+
+
+def test_a_killed_replica_is_restarted_and_no_request_hangs(server):
+    """SIGKILL the replica while requests run: each answers 200 or a one-line 5xx (none hangs: the
+    client's timeout is 90 s), then Ray's new replica turns /healthz 200 again and serves."""
+    import threading
+
+    bodies = [body([i], 1.0, i, steps=100) for i in range(4)]  # seconds of work: the kill lands in it
+    killer = threading.Timer(1.0, serve_cpu.kill_replica, args=(server,))
+    killer.start()
+    answers = serve_cpu.fire(server, bodies, concurrency=4, timeout=90)
+    killer.join()
+    statuses = [a[0] for a in answers]
+    assert all(s == 200 or (500 <= s < 600 and "\n" not in a["error"]) for s, _, a, _ in answers), answers
+    assert any(s >= 500 for s in statuses), statuses  # the kill did hit work in flight
+    serve_cpu.wait_healthy(server, 120)
+    status, _, answer = serve_cpu.call(server, "POST", "/generate", json.dumps(body([5], 0.5, 5)).encode())
+    assert status == 200, answer
 
 
 def test_sigterm_stops_it_and_leaves_nothing(server):

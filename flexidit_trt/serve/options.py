@@ -160,7 +160,8 @@ def _types(values: dict) -> None:
         v = values[name]
         if (v is None and nullable) or (isinstance(v, kind) and not isinstance(v, bool)):
             continue
-        raise RequestError(f"{name}: {kind.__name__.lower()} expected, got {json.dumps(v)}")
+        word = {Real: "a number", Integral: "an integer", str: "a string"}[kind]
+        raise RequestError(f"{name}: {word} expected, got {json.dumps(v)}")
 
 
 def _field_of(message: str) -> str:
