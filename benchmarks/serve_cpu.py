@@ -79,14 +79,14 @@ def call(server: Server, method: str, path: str, body: bytes | None = None, time
     req = urllib.request.Request(server.url + path, data=body, method=method)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), json.loads(r.read())
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, json.loads(r.read())
     except urllib.error.HTTPError as err:
         text = err.read()
         try:
             payload = json.loads(text)
         except ValueError:
             payload = {"error": text.decode(errors="replace")}
-        return err.code, dict(err.headers), payload
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, payload
     except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
         return 0, {}, {"error": str(err)}
 

@@ -143,3 +143,18 @@ def test_pngs_decode_to_the_samples(pipe):
     out = run_batch(pipe, [request([1, 2], 0)])[0]
     pngs = [np.asarray(Image.open(io.BytesIO(base64.b64decode(p)))) for p in out.body["images"]]
     assert [p.shape for p in pngs] == [(8, 8, 3)] * 2
+
+
+def test_one_replica_per_gpu_or_one_on_the_cpu():
+    from flexidit_trt.serve import ServeOptions
+    from flexidit_trt.serve.options import ServeOptionError
+    from flexidit_trt.serve.server import replica_count
+
+    assert replica_count(ServeOptions(), 0) == (1, 0)
+    assert replica_count(ServeOptions(), 4) == (4, 1)
+    assert replica_count(ServeOptions(replicas=2), 4) == (2, 1)
+    assert replica_count(ServeOptions(device="cpu", replicas=2), 4) == (2, 0)
+    with pytest.raises(ServeOptionError, match="--replicas 3 needs one GPU each"):
+        replica_count(ServeOptions(replicas=3), 2)
+    with pytest.raises(ServeOptionError, match="--max-batch"):
+        ServeOptions(max_batch=0).checked()

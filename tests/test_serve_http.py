@@ -24,7 +24,7 @@ STEPS = 10
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    srv = serve_cpu.start(log, "--max-batch", "4", "--batch-wait-ms", "200", "--max-queue", "16")
+    srv = serve_cpu.start(log, "--max-batch", "4", "--batch-wait-ms", "200", "--max-queue", "4")
     try:
         serve_cpu.wait_healthy(srv, 240)
         yield srv
@@ -84,6 +84,16 @@ def test_bad_requests_get_4xx_naming_the_field(server, name):
 def test_unknown_path_is_404(server):
     status, _, answer = serve_cpu.call(server, "GET", "/generate")
     assert status == 404 and answer["error"].startswith("path: ")
+
+
+def test_a_full_queue_answers_503_with_retry_after(server):
+    """One replica takes 2 x 4 requests at once and queues 4 more: of 20 at once, some get 503."""
+    answers = serve_cpu.fire(server, [body([1], 0.5, i, steps=4) for i in range(20)], concurrency=20)
+    statuses = sorted(a[0] for a in answers)
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 12, statuses
+    for status, headers, answer, _ in answers:
+        if status == 503:
+            assert int(headers["retry-after"]) >= 1 and answer["error"].startswith("queue: ")
 
 
 def test_a_killed_replica_is_restarted_and_no_request_hangs(server):

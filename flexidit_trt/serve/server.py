@@ -50,9 +50,8 @@ def serve_until_stopped(
     ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING)
     try:
         replicas, gpus = replica_count(options, int(ray.cluster_resources().get("GPU", 0)))
-        say(
-            f"ray: {'started locally' if started_ray else 'joined ' + options.address}; {replicas} replica(s) on {'GPUs' if gpus else 'the CPU'}"
-        )
+        where = "started locally" if started_ray else f"joined {options.address}"
+        say(f"ray: {where}; {replicas} replica(s) on {'GPUs, one each' if gpus else 'the CPU'}")
         serve.start(http_options={"host": options.host, "port": options.port})
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
