@@ -10,6 +10,7 @@ from . import (
     build_info,  # noqa: F401  (registers info, build)
     eval,  # noqa: F401  (registers eval)
     run,  # noqa: F401  (registers run)
+    serve,  # noqa: F401  (registers serve)
     train,  # noqa: F401  (registers train, flexify, train-classifier)
 )
 from .common import main

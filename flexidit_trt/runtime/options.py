@@ -81,3 +81,36 @@ def resolve_budget(budget: float | None, time_budget: float | None) -> float | N
     except (TypeError, ValueError):
         raise RunOptionError(f"a time budget must be positive seconds, got {time_budget!r}") from None
     return None
+
+
+@dataclass(frozen=True)
+class NoiseStream:
+    """`count` consecutive images of a sampling call that draw the noise of images first..first+count-1 of
+    `seed`'s stream: what a call for those images alone with that seed gives them. A call given several
+    (in label order) samples independent requests in one batch, each as if it ran alone."""
+
+    seed: int
+    count: int
+    first: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "count", "first"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise RunOptionError(f"noise stream {name} must be an int, got {value!r}")
+        if not 0 <= self.seed < 2**64:
+            raise RunOptionError(f"seed must be an int in [0, 2**64), got {self.seed!r}")
+        if self.count < 1 or self.first < 0:
+            raise RunOptionError(f"a noise stream covers >= 1 images from image >= 0, got {self}")
+
+
+def chunk_streams(streams: list[NoiseStream], i0: int, b: int) -> list[tuple[int, int, int, int]]:
+    """The pieces of `streams` (laid end to end) that images i0..i0+b-1 of a call cover, as
+    (first image in the chunk, count, seed, image index in the seed's stream)."""
+    out, start = [], 0
+    for s in streams:
+        lo, hi = max(start, i0), min(start + s.count, i0 + b)
+        if lo < hi:
+            out.append((lo - i0, hi - lo, s.seed, s.first + lo - start))
+        start += s.count
+    return out

@@ -27,7 +27,9 @@ are ordinary CFG with the weak engine.
 Noise: counter-based Philox, a pure function of (seed, step, element of the flat stream of all N
 images). Image k of a run takes elements [k·CHW, (k+1)·CHW) of every step's stream, so a batch starting
 at image i0 draws with element offset i0·CHW: the samples do not depend on how N images are split into
-batches, nor on the device. The initial noise is step INIT_NOISE_STEP of the same stream.
+batches, nor on the device. The initial noise is step INIT_NOISE_STEP of the same stream. `noise=` gives
+consecutive images their own (seed, first image) streams: requests batched together (the server) each
+get the samples they get alone.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from ..engines.options import DEFAULT_MAX_BATCH
 from ..engines.spec import ModelSpec
 from . import native, timing
 from .buffers import RunBuffers
-from .options import SamplingOptions
+from .options import NoiseStream, SamplingOptions, chunk_streams
 from .program import StepCall, address, build_program, engine_batches, row_bytes
 from .record import (
     BackendRecord,
@@ -168,10 +170,19 @@ class Pipeline:
         *,
         batch_size: int | None = None,
         progress: bool | None = False,
+        noise: Sequence[NoiseStream] | None = None,
     ) -> GenerateResult:
-        """Sample one image per label with options already checked (`SamplingOptions.checked`)."""
+        """Sample one image per label with options already checked (`SamplingOptions.checked`).
+
+        noise: the images' noise streams end to end (default: one stream of options.seed from image 0),
+        so requests with their own seeds can share a batch and still get what each gets alone."""
         wall0 = time.perf_counter()
         labels = self._check_labels(labels)
+        streams = [NoiseStream(options.seed, len(labels))] if noise is None else list(noise)
+        if sum(s.count for s in streams) != len(labels):
+            raise RunOptionError(
+                f"the noise streams cover {sum(s.count for s in streams)} images, the labels {len(labels)}"
+            )
         if options.guidance != "none" and self.spec.null_label is None:
             raise RunOptionError(
                 f"{self.spec.name} has no null class (trained without label dropout): use guidance none"
@@ -197,7 +208,8 @@ class Pipeline:
         bar = timing.progress_bar(len(smp) * len(chunks), progress)
         try:
             for i0, b in chunks:
-                self._run_chunk(programs[b], labels[i0 : i0 + b], i0, options.seed, t_table, timer, bar)
+                pieces = chunk_streams(streams, i0, b)
+                self._run_chunk(programs[b], labels[i0 : i0 + b], pieces, t_table, timer, bar)
                 self._read_samples(samples[i0 : i0 + b], b)
                 timer.collect()
         finally:
@@ -301,7 +313,8 @@ class Pipeline:
                 timer = timing.Timer(self.device, self.stream, warm + timed_steps)
                 try:
                     program = self._program(static, smp, b, cfg_scale)[: warm + timed_steps]
-                    self._run_chunk(program, labels[:b], 0, 0, t_table, timer, timing.ProgressBar(None))
+                    pieces = [(0, b, 0, 0)]
+                    self._run_chunk(program, labels[:b], pieces, t_table, timer, timing.ProgressBar(None))
                     if self.stream is not None:
                         self.stream.synchronize()  # the events are read below
                     timer.collect()
@@ -335,13 +348,13 @@ class Pipeline:
         self,
         program: list[StepCall],
         labels: np.ndarray,
-        i0: int,
-        seed: int,
+        pieces: list[tuple[int, int, int, int]],
         t_table: Any,
         timer: timing.Timer,
         bar: timing.ProgressBar,
     ) -> None:
-        """Sample b = len(labels) images, starting at image i0 of the run; the result stays in x[:b]."""
+        """Sample b = len(labels) images; the result stays in x[:b]. pieces: (first image, count, seed,
+        image index in the seed's stream) covering the b images (`chunk_streams`)."""
         b = len(labels)
         io = next(iter(self.io.values()))
         c, h, w = self.spec.latent_shape
@@ -362,10 +375,12 @@ class Pipeline:
                 steps_of.setdefault(id(backend), (backend, []))[1].append(call.timestep)
         for backend, timesteps in steps_of.values():
             backend.begin_chunk(np.asarray(timesteps, dtype=np.float32), y)
-        native.philox_normal_ptr(dev, x, b * chw, seed, INIT_NOISE_STEP, stream, offset=i0 * chw)
+        for j0, n, seed, k in pieces:
+            native.philox_normal_ptr(
+                dev, x + j0 * chw * 4, n * chw, seed, INIT_NOISE_STEP, stream, offset=k * chw
+            )
         if program[0].cfg_batch:
             _copy(dev, x + x_bytes, x, x_bytes, stream)
-        shape = (b, c, h, w)
         timer.start_chunk()
         for i, call in enumerate(program):
             _copy(dev, t_addr, t_base + i * t_row, t_row, stream)
@@ -373,20 +388,24 @@ class Pipeline:
             for backend, batch in call.forwards:
                 backend.forward(batch)
             timer.forward_end(i)
-            native.fused_step_ptr(
-                dev,
-                x,
-                call.cond,
-                x,
-                shape,
-                call.out_channels,
-                call.dtype,
-                call.coeffs,
-                baseline=call.baseline,
-                guidance_scale=call.guidance_scale,
-                noise=native.PhiloxNoise(seed, i, i0 * chw) if call.coeffs.add_noise else None,
-                stream=stream,
-            )
+            # One update per noise stream (one in a plain run): the step is elementwise per image.
+            rows = pieces if call.coeffs.add_noise else [(0, b, 0, 0)]
+            out_row = call.out_channels * h * w * native.ITEMSIZE[call.dtype]
+            for j0, n, seed, k in rows:
+                native.fused_step_ptr(
+                    dev,
+                    x + j0 * chw * 4,
+                    call.cond + j0 * out_row,
+                    x + j0 * chw * 4,
+                    (n, c, h, w),
+                    call.out_channels,
+                    call.dtype,
+                    call.coeffs,
+                    baseline=call.baseline + j0 * out_row if call.baseline else 0,
+                    guidance_scale=call.guidance_scale,
+                    noise=native.PhiloxNoise(seed, i, k * chw) if call.coeffs.add_noise else None,
+                    stream=stream,
+                )
             if call.duplicate_after:
                 _copy(dev, x + x_bytes, x, x_bytes, stream)
             bar.advance(timer, i)
