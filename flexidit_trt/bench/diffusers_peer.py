@@ -61,8 +61,9 @@ class DiffusersPeer:
                 sample_size=static.config.input_size,
             )
         transformer.load_state_dict(reference_to_diffusers(static.state_dict()), strict=True)
-        transformer.to(dtype).eval().requires_grad_(False)
-        vae.to(dtype).eval().requires_grad_(False)
+        # .to(device) too: a table built from numpy inside the constructors stays on the host otherwise.
+        transformer.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
         scheduler = DDPMScheduler(
             num_train_timesteps=1000,
             beta_schedule="linear",
@@ -81,14 +82,13 @@ class DiffusersPeer:
         import torch
 
         generator = torch.Generator(self.device).manual_seed(seed)
-        with torch.inference_mode():
-            return self.pipe(
-                class_labels=labels,
-                guidance_scale=cfg_scale,
-                generator=generator,
-                num_inference_steps=self.steps,
-                output_type="np",
-            ).images
+        return self.pipe(  # as a user calls it (the pipeline runs under no_grad by itself)
+            class_labels=labels,
+            guidance_scale=cfg_scale,
+            generator=generator,
+            num_inference_steps=self.steps,
+            output_type="np",
+        ).images
 
     def close(self) -> None:
         """Drop the pipeline and what torch.compile keeps for it (its graphs and their memory pool)."""
