@@ -10,7 +10,11 @@
 #   BUILD_AOTI=1 bash benchmarks/bench_gpu.sh "$OUT" --backends aoti
 #     first builds the AOTInductor packages (`flexidit-trt build --aoti`, ~5 min for DiT-XL), then
 #     benches them: a second call of its own (a machine comes back bare, and both do not fit 10 minutes).
-#     AOTI_BUILD_ARGS adds build options (e.g. "--no-aoti-gelu-epilogue"); GPU_TESTS=0 skips the GPU tests.
+#     AOTI_BUILD_ARGS adds build options (e.g. "--no-aoti-gelu-epilogue"); GPU_TESTS=0 skips the GPU tests;
+#     PROFILE=0 skips the profiles (--profile).
+#   CALL_LIMIT_S=545 GPU_TESTS=0 PROFILE=0 bash benchmarks/bench_gpu.sh "$OUT" \
+#       --backends diffusers-compiled,torch-flash,diffusers
+#     diffusers' DiTPipeline beside the engine (diffusers and its two small dependencies installed first).
 #
 # Comes back (the device tool returns at most 8 files): $OUT/bench.log, $OUT/install.log and
 # $OUT/results.tgz (results/<gpu>/<date>-<backend>.json, REPORT.md and the plots). Here:
@@ -45,8 +49,11 @@ work=$(mktemp -d)  # engines built by BUILD_AOTI live outside the checkout
   left=$((deadline - t2))
   if ((left > 0)); then
     # SIGINT first (Python stops between backends' files); KILL 10 s later if inductor's workers hold on.
+    profile=--profile
+    [ "${PROFILE:-1}" = 0 ] && profile=
+    # shellcheck disable=SC2086  # $profile: one option or none
     timeout -k 10 --signal=INT "$left" python3 -m flexidit_trt bench --model dit_xl --batch-sizes 1,8 \
-      --budgets 1.0,0.5 --steps 250 --precision bf16 --workdir "$work" --out "$out/results" --profile "$@"
+      --budgets 1.0,0.5 --steps 250 --precision bf16 --workdir "$work" --out "$out/results" $profile "$@"
     echo "bench exit code $?, $(($(date +%s) - t2)) s"
   else
     echo "bench not run: no time left before the call's limit"

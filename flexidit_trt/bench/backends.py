@@ -4,6 +4,7 @@ label each results file carries, and why one cannot run here."""
 from __future__ import annotations
 
 from ..runtime.choose import installed
+from .diffusers_peer import DIFFUSERS_PRECISIONS, peer_spec
 
 # The torch engines the bench compares: one per lever, each adding to the one before (EngineOptions'
 # options, every one given: `run` turns the GELU epilogue on by itself), so a lever's gain is the difference
@@ -25,7 +26,12 @@ BACKENDS = (
     "torch-tuned",
     "torch-eager",
     "ort",
+    *(f"diffusers{c}-{p}" for c in ("-compiled", "") for p in DIFFUSERS_PRECISIONS),
 )
+# What a user asks for by these names runs at every precision diffusers is benched at (both files written).
+BACKEND_GROUPS = {
+    stem: tuple(f"{stem}-{p}" for p in DIFFUSERS_PRECISIONS) for stem in ("diffusers", "diffusers-compiled")
+}
 # The run order: each backend's file is written as it finishes, so a backend that takes the process down
 # (an AOTInductor package that crashes on load) goes last and loses no one else's numbers.
 # torch-tuned is asked for by name only: minutes of autotuning for engines that measured slower
@@ -42,7 +48,31 @@ DEFAULT_BACKENDS = (
 )
 
 
+def expand_backends(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends to run, in run order: groups (`diffusers`, `diffusers-compiled`) expanded to their
+    precisions, duplicates dropped, the diffusers-compiled ones first (every other trajectory's
+    speedup_vs_diffusers is taken against them, so they are measured before it). ValueError names unknown
+    ones."""
+    bad = [n for n in names if n not in BACKENDS and n not in BACKEND_GROUPS]
+    if not names or bad:
+        allowed = ", ".join((*BACKENDS, *BACKEND_GROUPS))
+        raise ValueError(f"unknown backend(s) {bad or '(none)'}; allowed: {allowed}")
+    out = tuple(dict.fromkeys(b for n in names for b in BACKEND_GROUPS.get(n, (n,))))
+    return tuple(sorted(out, key=lambda b: not b.startswith("diffusers-compiled-")))
+
+
+def is_diffusers(name: str) -> bool:
+    return name.startswith("diffusers-")
+
+
 def backend_label(name: str, device: str) -> str:
+    if is_diffusers(name):
+        compiled, precision = peer_spec(name)
+        how = ', transformer torch.compile(mode="reduce-overhead", fullgraph=True)' if compiled else ", eager"
+        return (
+            f"diffusers DiTPipeline, {precision}{how}, same weights, DDPM, tiny stand-in VAE decode "
+            "(see bench/diffusers_peer.py)"
+        )
     gpu = device != "cpu"
     graphs = " in CUDA graphs, one shared pool" if gpu else " (CPU)"
     premod = "torch.compile, adaLN modulation precomputed per chunk"
@@ -88,6 +118,12 @@ def config_difference(engine_config: dict, model_config: dict) -> str:
 def unavailable(backend: str, device: str) -> str | None:
     """Why `backend` cannot run on `device` in this installation, before anything is built or loaded (a
     missing runtime is the reason a reader needs, not the missing engines it would have loaded)."""
+    if is_diffusers(backend):
+        if not installed("diffusers"):
+            return "diffusers is not installed here (pip install 'flexidit-trt[bench]')"
+        if peer_spec(backend)[0] and device == "cpu":
+            return 'torch.compile(mode="reduce-overhead") captures CUDA graphs; this run is on the CPU'
+        return None
     if backend == "trt" and not installed("tensorrt"):
         return "TensorRT is not installed here"
     if backend in ("trt", "aoti") and device == "cpu":

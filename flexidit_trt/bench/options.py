@@ -8,7 +8,7 @@ from pathlib import Path
 from ..diffusion import make_sampler
 from ..errors import UsageError
 from ..runtime.options import GUIDANCE
-from .backends import BACKENDS, DEFAULT_BACKENDS
+from .backends import DEFAULT_BACKENDS, expand_backends
 from .measure import DEFAULT_TIMING, TimingOptions
 
 DEFAULT_OUT = Path("benchmarks/results")
@@ -21,7 +21,7 @@ class BenchOptionError(UsageError, ValueError):
 @dataclass(frozen=True)
 class BenchOptions:
     model: str = "dit_xl"
-    backends: tuple[str, ...] = DEFAULT_BACKENDS  # run in this order
+    backends: tuple[str, ...] = DEFAULT_BACKENDS  # run in this order (backends.expand_backends)
     batch_sizes: tuple[int, ...] = (1, 8)  # images per batch (CFG runs twice as many rows)
     budgets: tuple[float, ...] = (1.0, 0.5)  # 1.0 (the static model) is always added
     steps: int = 250
@@ -43,9 +43,10 @@ class BenchOptions:
     profile: bool = False  # each engine's forward under torch.profiler too (profile.py)
 
     def __post_init__(self) -> None:
-        bad = [b for b in self.backends if b not in BACKENDS]
-        if not self.backends or bad:
-            raise BenchOptionError(f"unknown backend(s) {bad or '(none)'}; allowed: {', '.join(BACKENDS)}")
+        try:
+            backends = expand_backends(tuple(self.backends))
+        except ValueError as err:
+            raise BenchOptionError(str(err)) from None
         if not self.batch_sizes or any(
             isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch_sizes
         ):
@@ -64,7 +65,7 @@ class BenchOptions:
             make_sampler(self.sampler, self.steps)
         except ValueError as err:
             raise BenchOptionError(str(err)) from None
-        object.__setattr__(self, "backends", tuple(dict.fromkeys(self.backends)))
+        object.__setattr__(self, "backends", backends)
         object.__setattr__(self, "batch_sizes", tuple(sorted(set(self.batch_sizes))))
         object.__setattr__(self, "budgets", tuple(sorted(set(self.budgets) | {1.0}, reverse=True)))
 

@@ -23,6 +23,10 @@ from .results import find_results, latest, read_results
 REPORT_NAME = "REPORT.md"
 BACKEND_ORDER = (
     "reference",
+    "diffusers-compiled-fp16",
+    "diffusers-compiled-bf16",
+    "diffusers-fp16",
+    "diffusers-bf16",
     "trt",
     "aoti",
     "torch-tuned",
@@ -143,7 +147,7 @@ def _rows(docs: Sequence[dict], cells: Callable[[dict], Iterable[Sequence[Any]]]
 def _trajectories(docs: Sequence[dict]) -> list[str]:
     def cells(d: dict) -> Iterator[list[Any]]:
         if d["status"] != "ok":
-            yield [f"{d['status']}: {d['reason']}", *[""] * 8]
+            yield [f"{d['status']}: {d['reason']}", *[""] * 10]
             return
         for t in d.get("trajectories", []):
             budget = t.get("budget")
@@ -151,11 +155,14 @@ def _trajectories(docs: Sequence[dict]) -> list[str]:
             note = noisy_note(t["wall"])
             yield [t["images"], DASH if budget is None else f"{budget:g}", t.get("weak_steps", DASH),
                    wall + (f" ({note})" if note else ""), f"{t['images_per_s']:.2f}",
-                   _times(t.get("speedup_vs_static")), _times(t.get("speedup_vs_reference")),
-                   _pct(t.get("loop_overhead_fraction")), _mib(_peak_bytes(t.get("memory")))]  # fmt: skip
+                   _seconds(t.get("cold_s")), _times(t.get("speedup_vs_static")),
+                   _times(t.get("speedup_vs_reference")), _times(t.get("speedup_vs_diffusers")),
+                   _peer_cold(t.get("diffusers")), _pct(t.get("loop_overhead_fraction")),
+                   _mib(_peak_bytes(t.get("memory")))]  # fmt: skip
 
-    header = ["machine", "backend", "images", "budget", "weak steps", "wall s (± IQR)", "images/s", "× static",
-              "× reference", "loop over forwards", "peak memory MiB"]  # fmt: skip
+    header = ["machine", "backend", "images", "budget", "weak steps", "wall s (± IQR)", "images/s", "first call s",
+              "× static", "× reference", "× diffusers", "diffusers-compiled: backend, first call s",
+              "loop over forwards", "peak memory MiB"]  # fmt: skip
     return _table(header, _rows(docs, cells))
 
 
@@ -277,6 +284,8 @@ def _latency_plots(docs: Sequence[dict], out: Path) -> list[Path]:
                     continue
                 if d["backend"] == "reference":
                     ax.axhline(runs[0]["wall_s"], color="black", linestyle="--", label="reference loop")
+                elif runs[0].get("budget") is None:  # a diffusers pipeline: the static model only
+                    ax.axhline(runs[0]["wall_s"], linestyle=":", label=d["backend"])
                 else:
                     ax.plot(
                         [t["budget"] for t in runs],
@@ -309,7 +318,8 @@ def _speedup_plot(docs: Sequence[dict], out: Path) -> list[Path]:
             if d["machine"] != machine or d["backend"] == "reference":
                 continue
             for n in sorted({t["images"] for t in d.get("trajectories", [])}):
-                runs = sorted((t for t in d["trajectories"] if t["images"] == n and t.get("speedup_vs_reference")),
+                runs = sorted((t for t in d["trajectories"] if t["images"] == n and t.get("speedup_vs_reference")
+                               and t.get("budget") is not None),
                               key=lambda t: t["budget"])  # fmt: skip
                 if runs:
                     ax.plot([t["budget"] for t in runs], [t["speedup_vs_reference"] for t in runs], marker="o",
@@ -355,6 +365,15 @@ def _code(name: str) -> str:
 
 def _fraction(entry: dict, measured: str, predicted: str) -> str:
     return f"{_pct(entry[measured])} (predicted {_pct(entry[predicted])})"
+
+
+def _seconds(x: float | None) -> str:
+    return DASH if x is None else f"{x:.1f}"
+
+
+def _peer_cold(peer: dict | None) -> str:
+    """The diffusers-compiled run a speedup is taken against, and its first call (compile included)."""
+    return DASH if not peer else f"{peer['backend']}, {peer['cold_s']:.1f}"
 
 
 def _times(x: float | None) -> str:

@@ -14,12 +14,15 @@ Document (schema 1):
     model {name, config, weights, precision, patch_sizes, macs_by_patch, weight_bytes_by_patch},
     options (every bench option, forward_runs and warmup included);
   with status "ok", a backend's document adds
-    why (the pipeline's selection reason), engines (each engine's description),
+    why (the pipeline's selection reason), setup_s (building the pipeline), engines (each engine's
+    description),
     forwards [{patch_size, batch (rows), images, stats, floor, tflops, peak_fraction, over_floor}],
-    trajectories [{images, budget, plan, weak_steps, achieved_fraction, wall (stats of the record's
-                   total_wall_s), wall_s (its median), call (stats of the whole generate call), images_per_s,
+    trajectories [{images, budget, plan, cold_s (the first call), weak_steps, achieved_fraction,
+                   wall (stats of the record's total_wall_s), wall_s (its median), call (stats of the whole generate call), images_per_s,
                    loop_ms, forward_ms_sum, loop_overhead_fraction, outside_loop_ms, step_ms_by_patch,
-                   steps_by_patch, memory (the record's), speedup_vs_static, speedup_vs_reference}],
+                   steps_by_patch, memory (the record's), speedup_vs_static, speedup_vs_reference,
+                   speedup_vs_diffusers, diffusers {backend, wall_s, cold_s} (the faster diffusers-compiled
+                   run at the same image count in the same run; None when none ran)}],
     memory {images, budget, shared_pool_bytes, pool_per_engine_bytes, [graph_pools, peak_reserved_bytes,] how}
            | {not_measured},
     time_plans [{images, fraction, weak_steps, predicted_fraction, plan | unreachable,
@@ -32,7 +35,9 @@ Document (schema 1):
                top [{name, category, count, per_forward, total_us, mean_us}], limit}
               | {patch_size, batch, images, failed}]   (each engine's forward, eager: profile.py)
              | {not_profiled} (engines that are not torch callables);
-  and the reference loop's adds trajectories [{images, wall, wall_s, images_per_s}].
+  the reference loop's adds trajectories [{images, wall, wall_s, images_per_s}];
+  a diffusers backend's (diffusers[-compiled]-<fp16|bf16>) adds why, setup_s and trajectories [{images,
+    budget None, cold_s, wall, wall_s, images_per_s, speedup_vs_reference, speedup_vs_diffusers, diffusers}].
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from ..artifacts import ManifestError, read_manifest, write_json_atomic
 
 RESULTS_KIND = "flexidit-trt/bench-results"
 RESULTS_SCHEMA = 1
-RESULTS_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-[a-z][a-z-]*\.json")  # results_path's names
+RESULTS_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-[a-z][a-z0-9-]*\.json")  # results_path's names
 STATUSES = ("ok", "not run", "failed")
 REQUIRED = (
     "run_id",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ from ..runtime import Pipeline, pipeline_from_model, pipeline_from_workdir
 from ..runtime.choose import installed, resolve_device
 from ..runtime.options import GUIDANCE
 from . import cost, hardware
-from .backends import TORCH_VARIANTS, backend_label, config_difference, unavailable
+from .backends import TORCH_VARIANTS, backend_label, config_difference, is_diffusers, unavailable
+from .diffusers_peer import DiffusersPeer, peer_spec, peer_trajectories
 from .forwards import profile_forwards, time_forwards
 from .measure import noisy_note, time_wall
 from .memory import pool_memory
@@ -53,7 +55,13 @@ from .reference import ReferenceLoop
 from .results import new_document, write_results
 from .session import Session
 from .time_plans import time_plans
-from .trajectories import add_speedups, trajectories, trajectory
+from .trajectories import (
+    add_diffusers_speedups,
+    add_speedups,
+    fastest_diffusers,
+    trajectories,
+    trajectory,
+)
 
 # torch.compile (dynamic=False) compiles each (patch, batch) shape of the one forward code object once;
 # dynamo's default limit of 8 fails a fullgraph compile (FailOnRecompileLimitHit) past 4 batch sizes.
@@ -159,16 +167,31 @@ class _Bench:
                 *(lambda name=name: self._backend(name) for name in opts.backends),
             ]:
                 docs.append(measure())
-                path = write_results(docs[-1], opts.out)
-                if path is None:
-                    self.say(f"{docs[-1]['backend']}: kept today's earlier results file, which has numbers")
-                else:
-                    paths.append(path)
-                    self.say(f"wrote {path}")
+                for doc in self._with_diffusers_speedups(docs):
+                    path = write_results(doc, opts.out)
+                    if path is None:
+                        self.say(f"{doc['backend']}: kept today's earlier results file, which has numbers")
+                    elif path not in paths:
+                        paths.append(path)
+                        self.say(f"wrote {path}")
         finally:
             if self.stream is not None:
                 self.stream.close()
         return BenchRun(paths, docs)
+
+    def _with_diffusers_speedups(self, docs: list[dict]) -> list[dict]:
+        """The newest document, and every earlier one whose speedup_vs_diffusers the newest changed (the
+        diffusers-compiled runs learn theirs once both precisions ran), with those speedups filled in."""
+        fastest = fastest_diffusers(docs)
+        changed = []
+        for doc in docs[:-1]:
+            runs = doc.get("trajectories", [])
+            before = [t.get("speedup_vs_diffusers") for t in runs]
+            add_diffusers_speedups(runs, fastest)
+            if [t["speedup_vs_diffusers"] for t in runs] != before:
+                changed.append(doc)
+        add_diffusers_speedups(docs[-1].get("trajectories", []), fastest)
+        return [*changed, docs[-1]]
 
     def _hardware(self) -> dict:
         facts = hardware.facts(self.device)
@@ -251,13 +274,36 @@ class _Bench:
 
     # -- one backend -----------------------------------------------------------------------------------------
     def _backend(self, name: str) -> dict:
-        return self._measured(
-            name, backend_label(name, self.device), lambda: self._backend_measurements(name)
+        measure = self._diffusers_measurements if is_diffusers(name) else self._backend_measurements
+        return self._measured(name, backend_label(name, self.device), lambda: measure(name))
+
+    def _diffusers_measurements(self, name: str) -> dict:
+        opts = self.options
+        why_not = unavailable(name, self.device)
+        if why_not:
+            raise _NotRun(why_not)
+        if GUIDANCE[opts.guidance] != "cfg" or opts.sampler != "ddpm":
+            raise _NotRun("the diffusers DiTPipeline is benched with DDPM and CFG only")
+        compiled, precision = peer_spec(name)
+        start = time.perf_counter()
+        peer = DiffusersPeer.build(
+            self.model, device=self.device, precision=precision, compiled=compiled, steps=opts.steps
         )
+        setup_s = time.perf_counter() - start
+        try:
+            runs = peer_trajectories(self.session, peer)
+        finally:
+            peer.close()
+        for t in runs:
+            ref = self.reference_wall.get(t["images"])
+            t["speedup_vs_reference"] = ref / t["wall_s"] if ref else None
+        return {"why": f"asked for ({precision})", "setup_s": setup_s, "trajectories": runs}
 
     def _backend_measurements(self, name: str) -> dict:
         session = self.session
+        start = time.perf_counter()
         pipe = self._pipeline(name)
+        setup_s = time.perf_counter() - start
         try:
             runs, forwards = [], []
             for images in self.options.batch_sizes:
@@ -266,6 +312,7 @@ class _Bench:
             add_speedups(runs, self.reference_wall)
             out = {
                 "why": pipe.selection.reason,
+                "setup_s": setup_s,
                 "engines": [b.describe() for b in pipe.backends.values()],
                 "forwards": forwards,
                 "trajectories": runs,

@@ -22,10 +22,12 @@ def trajectories(session: Session, name: str, pipe: Pipeline, images: int) -> li
 
 def trajectory(session: Session, pipe: Pipeline, images: int, budget: float) -> dict:
     """One (images, budget): a warm-up call (captures the CUDA graphs, compiles), then `repeats` timed
-    ones. Wall time is the record's, from the call to the samples on the host (the record's own
+    ones (the first call's seconds kept as `cold_s`). Wall time is the record's, from the call to the samples on the host (the record's own
     bookkeeping after that, package versions and NVML, is not sampling); the whole call beside it."""
     opts, labels = session.options, session.labels(images)
+    start = time.perf_counter()
     session.generate(pipe, labels, budget)
+    cold_s = time.perf_counter() - start  # the first call: compiles and captures what this shape needs
     calls, walls = [], []
     for _ in range(opts.repeats):
         start = time.perf_counter()
@@ -41,6 +43,7 @@ def trajectory(session: Session, pipe: Pipeline, images: int, budget: float) -> 
         "images": images,
         "budget": budget,
         "plan": record["plan"]["summary"],
+        "cold_s": cold_s,
         "weak_steps": sum(p != min(session.config.patch_sizes) for p in patches),
         "achieved_fraction": record["plan"]["achieved_fraction"],
         "wall": stats.to_dict(),
@@ -65,3 +68,25 @@ def add_speedups(trajectories: list[dict], reference_wall: dict[int, float]) -> 
         t["speedup_vs_static"] = static[t["images"]] / t["wall_s"]
         ref = reference_wall.get(t["images"])
         t["speedup_vs_reference"] = ref / t["wall_s"] if ref else None
+
+
+def fastest_diffusers(docs: list[dict]) -> dict[int, dict]:
+    """Per image count, the faster of this run's diffusers-compiled results (fp16 or bf16; the median):
+    {images: {backend, wall_s, cold_s}}."""
+    best: dict[int, dict] = {}
+    for doc in docs:
+        if doc["status"] != "ok" or not doc["backend"].startswith("diffusers-compiled-"):
+            continue
+        for t in doc["trajectories"]:
+            if t["images"] not in best or t["wall_s"] < best[t["images"]]["wall_s"]:
+                best[t["images"]] = {"backend": doc["backend"], "wall_s": t["wall_s"], "cold_s": t["cold_s"]}
+    return best
+
+
+def add_diffusers_speedups(trajectories: list[dict], fastest: dict[int, dict]) -> None:
+    """Each trajectory's speedup over the fastest diffusers-compiled run at the same image count (None when
+    none ran), with that run's name, median and first-call seconds beside it."""
+    for t in trajectories:
+        peer = fastest.get(t["images"])
+        t["speedup_vs_diffusers"] = peer["wall_s"] / t["wall_s"] if peer else None
+        t["diffusers"] = peer

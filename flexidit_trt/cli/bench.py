@@ -15,12 +15,12 @@ DEFAULT_RESULTS = Path("benchmarks/results")
 
 def parse_backends(ctx, param, value: str) -> tuple[str, ...]:
     """click callback: "torch,ort" → ("torch", "ort"), each one of the bench's backends."""
-    from ..bench.backends import BACKENDS
+    from ..bench.backends import BACKEND_GROUPS, BACKENDS
 
     names = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [n for n in names if n not in BACKENDS]
-    if not names or bad:
-        raise click.BadParameter(f"expected some of {', '.join(BACKENDS)} (comma-separated), got {value!r}")
+    allowed = (*BACKENDS, *BACKEND_GROUPS)
+    if not names or any(n not in allowed for n in names):
+        raise click.BadParameter(f"expected some of {', '.join(allowed)} (comma-separated), got {value!r}")
     return names
 
 
@@ -57,7 +57,11 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
     "torch-flash: torch-fused with flash attention first in engines of ≤ 64 tokens (CUDA only), "
     "torch-tuned: torch-flash with those engines compiled by inductor's max-autotune (minutes more; "
     "measured slower on an H200, so only when named), "
-    "torch-eager: eager kernels (all in CUDA graphs on a GPU); unavailable ones are recorded with the reason",
+    "torch-eager: eager kernels (all in CUDA graphs on a GPU); "
+    "diffusers / diffusers-compiled: diffusers' DiTPipeline on the same weights, eager / transformer under "
+    'torch.compile(mode="reduce-overhead"), each at fp16 and bf16 (or name one: diffusers-compiled-bf16; '
+    "needs the bench extra; measured first, every trajectory's speedup_vs_diffusers is against the faster "
+    "compiled one); unavailable ones are recorded with the reason",
 )
 @sizes_option("--batch-sizes", "1,8", "images per batch")
 @click.option(

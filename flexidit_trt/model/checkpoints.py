@@ -300,14 +300,14 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-# -- diffusers → reference names -----------------------------------------------------------------------
-_DIFFUSERS_BLOCK = {
+# -- diffusers → reference names (diffusers_layout.py maps back) ---------------------------------------------
+DIFFUSERS_BLOCK = {
     "attn1.to_out.0": "attn.proj",
     "ff.net.0.proj": "mlp.fc1",
     "ff.net.2": "mlp.fc2",
     "norm1.linear": "adaLN_modulation.1",
 }
-_DIFFUSERS_TOP = {
+DIFFUSERS_TOP = {
     "pos_embed.proj": "x_embedder.proj",
     "proj_out_1": "final_layer.adaLN_modulation.1",
     "proj_out_2": "final_layer.linear",
@@ -324,8 +324,8 @@ def diffusers_to_reference(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     unknown = []
     for key, value in state.items():
         prefix, _, leaf = key.rpartition(".")
-        if prefix in _DIFFUSERS_TOP:
-            out[f"{_DIFFUSERS_TOP[prefix]}.{leaf}"] = value
+        if prefix in DIFFUSERS_TOP:
+            out[f"{DIFFUSERS_TOP[prefix]}.{leaf}"] = value
             continue
         m = re.fullmatch(r"transformer_blocks\.(\d+)\.(.+)", prefix)
         if m is None:
@@ -338,8 +338,8 @@ def diffusers_to_reference(state: Mapping[str, torch.Tensor]) -> dict[str, torch
         qkv = re.fullmatch(r"attn1\.to_([qkv])", rest)
         if qkv:
             pending_qkv.setdefault((block, leaf), {})[qkv.group(1)] = value
-        elif rest in _DIFFUSERS_BLOCK:
-            out[f"blocks.{block}.{_DIFFUSERS_BLOCK[rest]}.{leaf}"] = value
+        elif rest in DIFFUSERS_BLOCK:
+            out[f"blocks.{block}.{DIFFUSERS_BLOCK[rest]}.{leaf}"] = value
         else:
             unknown.append(key)
     for (block, leaf), parts in pending_qkv.items():
