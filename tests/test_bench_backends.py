@@ -33,7 +33,7 @@ def test_clone_keeps_the_engine_and_its_name() -> None:
 
 @pytest.mark.parametrize("kind", ["trt", "aoti", "compile-cache", "ort", "torch"])
 def test_build_commands_in_messages_parse(kind: str) -> None:
-    """Every `run`/`bench` hint names options `build` has (one said `--engines aoti`, which it has not)."""
+    """Every `run`/`bench` hint names options `build` has (one named an `--engines` option, which it has not)."""
     args = build_command("dit_xl", kind, precision="bf16").split()[2:]
     ctx = main.commands["build"].make_context("build", args)  # parses only; a wrong option raises here
     assert "dit_xl" in ctx.params.values() and "bf16" in ctx.params.values()

@@ -131,7 +131,7 @@ def test_every_hint_in_a_message_parses(where: str, words: str, tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "words", ["build --engines aoti", "run --budgett 0.5", "nosuchcommand", "build --aoti yes"]
+    "words", ["build --engine aoti", "run --budgett 0.5", "nosuchcommand", "build --aoti yes"]
 )
 def test_a_wrong_hint_fails_to_parse(words: str, tmp_path: Path) -> None:
     """The check can fail: an unknown option, command, or a flag given a value is refused."""

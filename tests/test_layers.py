@@ -4,7 +4,7 @@ model → diffusion → export → engines → runtime → {training, evaluation
 counts, those inside functions too; the consumers of the runtime do not import each other, except that
 evaluation scores with training's data and classifier. The modules at
 the package root are placed by what they do: errors, device and artifacts serve every stage (and import
-none), info reads the model, build drives export and engines, __main__ is the CLI.
+none), info reads the model, build_cost sizes an export, build drives export and engines, __main__ is the CLI.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ STAGES = {
     "info": 2.5,
     "export": 3,
     "engines": 4,
+    "build_cost": 3.5,  # what a build will write: export's settings and the model's size
     "build": 4.5,
     "runtime": 5,
     "training": 6,

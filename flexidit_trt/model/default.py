@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..model import FlexiDiT
+    from .dit import FlexiDiT
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
 # The embedded weights' config name: `build --model dit_fmnist` (no --checkpoint) builds these weights and
@@ -42,7 +42,7 @@ def embedded_weights_for(model: str | None, checkpoint: object, overrides: objec
 
 def default_model() -> tuple[FlexiDiT, str]:
     """(model, where its weights come from in words)."""
-    from ..model import CheckpointError, load_checkpoint
+    from .checkpoints import CheckpointError, load_checkpoint
 
     path = default_checkpoint()
     try:
