@@ -117,7 +117,7 @@ def build_artifacts(
 
     model: a config name (dit_s/b/l/xl, dit_fmnist); None with a checkpoint takes the checkpoint's.
     checkpoint: anything load_checkpoint reads; None means seeded random weights, except for dit_fmnist
-    without overrides: the embedded default weights (model/default.py says why). overrides: config fields for
+    without overrides: the embedded default weights (default_model.py says why). overrides: config fields for
     random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
     engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
@@ -220,7 +220,7 @@ def build_artifacts(
 
 
 def _embedded_default(model, checkpoint, overrides) -> Path | None:
-    from .model.default import embedded_weights_for
+    from .default_model import embedded_weights_for
 
     try:
         return embedded_weights_for(model, checkpoint, overrides)

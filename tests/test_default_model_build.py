@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from flexidit_trt.cli import main
+from flexidit_trt.default_model import DEFAULT_WEIGHTS
 from flexidit_trt.model import get_config
-from flexidit_trt.model.default import DEFAULT_WEIGHTS
 
 SAMPLE = ["--precision", "fp32", "--steps", "10", "--num-images", "2", "--cfg-scale", "4.0"]
 STEPS, CFG = 10, 4.0

@@ -22,6 +22,7 @@ STAGES = {
     "device": 0,
     "artifacts": 0,
     "model": 1,
+    "default_model": 1.5,  # the embedded weights' file; at the root so the torch-free paths can name it
     "diffusion": 2,
     "info": 2.5,
     "export": 3,

@@ -187,7 +187,7 @@ def kernels_free_sha(path):
 
 def test_missing_default_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "flexidit_trt.model.default.DEFAULT_WEIGHTS", tmp_path / "gone" / "default.safetensors"
+        "flexidit_trt.default_model.DEFAULT_WEIGHTS", tmp_path / "gone" / "default.safetensors"
     )
     result = CliRunner().invoke(main, ["run", "--steps", "2", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
@@ -198,7 +198,7 @@ def test_missing_default_weights_is_a_clear_error(tmp_path, monkeypatch):
 def test_corrupt_default_weights_is_a_clear_error(tmp_path, monkeypatch):
     empty = tmp_path / "default.safetensors"
     empty.write_bytes(b"")
-    monkeypatch.setattr("flexidit_trt.model.default.DEFAULT_WEIGHTS", empty)
+    monkeypatch.setattr("flexidit_trt.default_model.DEFAULT_WEIGHTS", empty)
     result = CliRunner().invoke(main, ["run", "--steps", "2", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
     assert "embedded default model is unreadable" in result.output and "empty" in result.output

@@ -54,7 +54,7 @@ def test_concurrent_mixed_budgets_batch_by_schedule(server):
 
 
 def test_samples_equal_the_pipelines_for_the_same_seed(server):
-    from flexidit_trt.model.default import default_model
+    from flexidit_trt.default_model import default_model
     from flexidit_trt.runtime import pipeline_from_model
 
     bodies = [

@@ -76,7 +76,7 @@ def load_model(checkpoint: str | os.PathLike | None, patch_sizes: tuple[int, ...
 
 def default_checkpoint() -> Path:
     """The packaged default model."""
-    from ..model.default import default_checkpoint
+    from ..default_model import default_checkpoint
 
     try:
         return default_checkpoint()

@@ -144,7 +144,7 @@ def _ort_pipeline(op: _Opening) -> Pipeline:
 def _rebuild_command(model_name: str, entry: dict) -> str:
     """`build` for the weights and precision a manifest entry records (the embedded default's weights are
     what `--model dit_fmnist` builds, so they need no --checkpoint)."""
-    from ..model.default import DEFAULT_WEIGHTS
+    from ..default_model import DEFAULT_WEIGHTS
 
     weights = entry.get("checkpoint") or {}
     path = weights.get("path") if weights.get("init") == "checkpoint" else None

@@ -136,7 +136,7 @@ def torch_pipeline_from_workdir(
 
 
 def _embedded(model_name: str) -> Path | None:
-    from ..model.default import embedded_weights_for
+    from ..default_model import embedded_weights_for
 
     try:
         return embedded_weights_for(model_name, None)

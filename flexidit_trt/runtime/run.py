@@ -213,7 +213,7 @@ def _workdir_pipeline(options: RunOptions, name: str, checkpoint: Path | None) -
 
 
 def _default_pipeline(options: RunOptions) -> Pipeline:
-    from ..model.default import DEFAULT_MODEL, default_checkpoint, default_model
+    from ..default_model import DEFAULT_MODEL, default_checkpoint, default_model
 
     try:
         path = default_checkpoint()

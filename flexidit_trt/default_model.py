@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .dit import FlexiDiT
+    from .model.dit import FlexiDiT
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
 # The embedded weights' config name: `build --model dit_fmnist` (no --checkpoint) builds these weights and
 # writes their artifacts under it, and `run` without --model looks for a build there (--backend ort/trt).
 DEFAULT_MODEL = "dit_fmnist"
@@ -42,7 +42,7 @@ def embedded_weights_for(model: str | None, checkpoint: object, overrides: objec
 
 def default_model() -> tuple[FlexiDiT, str]:
     """(model, where its weights come from in words)."""
-    from .checkpoints import CheckpointError, load_checkpoint
+    from .model.checkpoints import CheckpointError, load_checkpoint
 
     path = default_checkpoint()
     try:
