@@ -7,6 +7,7 @@ What is replaced to stay fast: the model (depth 1, width 32 instead of dit_fmnis
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import click
@@ -97,9 +98,38 @@ def test_run_folder_errors(data_dir, tmp_path, trained):
         train(TrainOptions(out=trained.checkpoint.parent, steps=31, lr=1e-3, resume=True, **TINY))
 
 
+def test_init_starts_from_the_given_weights(data_dir, tmp_path, trained):
+    """--init: step 0's model and EMA are the given EMA weights, so one step at lr ~0 changes nothing
+    measurable; a run with another shape is refused, naming both."""
+    tiny_lr = dict(TINY, lr=1e-12)
+    run = train(TrainOptions(out=tmp_path / "init", steps=1, init=trained.checkpoint, **tiny_lr))
+    given = load_checkpoint(trained.checkpoint).state_dict()
+    got = load_checkpoint(run.checkpoint).state_dict()
+    key = "blocks.0.mlp.fc1.weight"
+    # One EMA update at decay 0.1 toward weights that moved by lr ~1e-12: equal to fp32 rounding.
+    torch.testing.assert_close(got[key], given[key], rtol=1e-6, atol=1e-7)
+    fresh = train(TrainOptions(out=tmp_path / "fresh", steps=1, **tiny_lr))
+    assert not torch.allclose(load_checkpoint(fresh.checkpoint).state_dict()[key], given[key])
+    with pytest.raises(TrainError, match="its model \\(1 blocks of width 32.*\\(1 blocks of width 48"):
+        train(TrainOptions(out=tmp_path / "wide", init=trained.checkpoint, **{**TINY, "hidden_size": 48}))
+    with pytest.raises(TrainError, match="pick one"):
+        train(TrainOptions(out=tmp_path / "both", init=trained.checkpoint, resume=True, **TINY))
+
+
+def test_cosine_decay_schedule(tmp_path):
+    opts = TrainOptions(out=tmp_path, steps=110, warmup_steps=10, lr=1.0, lr_decay="cosine")
+    assert opts.lr_at(0) == pytest.approx(0.1)  # warm-up
+    assert opts.lr_at(10) == pytest.approx(1.0)
+    assert opts.lr_at(60) == pytest.approx(0.5)  # half-way through the decay
+    assert opts.lr_at(109) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
+    assert TrainOptions(out=tmp_path, steps=110, warmup_steps=10, lr=1.0).lr_at(109) == 1.0
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        ({"lr_decay": "linear"}, "lr decay must be one of none, cosine"),
+        ({"init": Path("/nowhere/base.safetensors")}, "--init /nowhere/base.safetensors: no such file"),
         ({"lr": 0.0}, "lr must be a positive number"),
         ({"steps": 0}, "steps must be >= 1"),
         ({"class_dropout": 0.0}, r"class dropout must be in \(0, 1\)"),

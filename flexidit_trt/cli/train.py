@@ -62,6 +62,19 @@ def _common(fn):
 @click.option("--minutes", type=FiniteFloat(), default=None, help="stop after this much training time too")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=FiniteFloat(), default=3e-4, show_default=True)
+@click.option(
+    "--lr-decay",
+    type=click.Choice(["none", "cosine"]),
+    default="none",
+    show_default=True,
+    help="cosine: after the warm-up the lr falls to 0 at --steps",
+)
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="start the model and its EMA from these base weights (a new optimizer; not with --resume)",
+)
 @click.option("--ema-decay", type=FiniteFloat(), default=0.999, show_default=True)
 @click.option("--subset", type=int, default=None, help="train on the first N images only")
 @click.option("--checkpoint-every", type=int, default=1000, show_default=True, help="steps between them")

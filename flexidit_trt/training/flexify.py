@@ -20,7 +20,6 @@ t = 108), so "weak" is the default: as good where the weak size is used, for no 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from ..model.config import DiTConfig
 from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
 from .data import load_split
-from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, resolve_device
+from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device
 from .sampling import SampleOptions, sample_images
 
 TIMESTEP_MODES = ("weak", "all")
@@ -276,7 +275,7 @@ def _cosine(step: int, options: FlexifyOptions, started: float) -> float:
     done = step / options.steps
     if options.minutes is not None:
         done = max(done, (time.perf_counter() - started) / (60 * options.minutes))
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return cosine(done)
 
 
 def _out_of_time(options: FlexifyOptions, started: float) -> bool:

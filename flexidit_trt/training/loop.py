@@ -84,6 +84,11 @@ class LoopOptions:
         return []
 
 
+def cosine(done: float) -> float:
+    """The cosine learning-rate factor at `done` (the fraction of the run behind): 1 at the start, 0 at the end."""
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, done))))
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

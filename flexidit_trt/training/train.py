@@ -26,15 +26,16 @@ import torch
 
 from ..artifacts import atomic_path, write_json_atomic
 from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
-from ..model import FlexiDiT, get_config, save_checkpoint
+from ..model import CheckpointError, FlexiDiT, get_config, load_checkpoint, save_checkpoint
 from ..model.config import DiTConfig
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split
-from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, resolve_device
+from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device
 from .losses import DiffusionLoss
 
 STATE_NAME = "state.pt"
 CHECKPOINT_NAME = "base.safetensors"
 LOSSES_NAME = "losses.json"
+LR_DECAYS = ("none", "cosine")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class TrainOptions(LoopOptions):
     checkpoint_every: int = 1000
     log_every: int = 50
     resume: bool = False
+    init: Path | None = None  # start the model and its EMA from these weights (a new optimizer)
+    lr_decay: str = "none"  # "cosine": after the warm-up, the lr falls to 0 at `steps`
     progress: bool = True
 
     # Fields a resumed run must share with the run it continues (the rest may change between sessions).
@@ -85,6 +88,8 @@ class TrainOptions(LoopOptions):
         "class_dropout",
         "subset",
         "seed",
+        "init",
+        "lr_decay",
     )
 
     def checks(self) -> list[tuple[bool, str]]:
@@ -99,6 +104,14 @@ class TrainOptions(LoopOptions):
             (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (
+                self.lr_decay in LR_DECAYS,
+                f"lr decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}",
+            ),
+            (
+                self.init is None or Path(self.init).is_file(),
+                f"--init {self.init}: no such file (a base checkpoint, e.g. a run's {CHECKPOINT_NAME})",
+            ),
         ]
 
     def model_config(self) -> DiTConfig:
@@ -128,7 +141,17 @@ class TrainOptions(LoopOptions):
         return cfg
 
     def identity(self) -> dict:
-        return {k: getattr(self, k) for k in self.IDENTITY}
+        return {
+            k: (str(v) if isinstance(v, os.PathLike) else v)
+            for k, v in ((k, getattr(self, k)) for k in self.IDENTITY)
+        }
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+        lr = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.lr_decay == "cosine":
+            lr *= cosine((step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        return lr
 
 
 @dataclass
@@ -145,6 +168,8 @@ def train(options: TrainOptions) -> TrainResult:
     device = resolve_device(options.device)
     out = Path(options.out)
     state_path = out / STATE_NAME
+    if options.resume and options.init is not None:
+        raise TrainError("--init starts a new run from given weights; --resume continues one: pick one")
     if options.resume and not state_path.exists():
         raise TrainError(f"--resume: no training state in {out} (expected {state_path})")
     if not options.resume and state_path.exists():
@@ -160,6 +185,8 @@ def train(options: TrainOptions) -> TrainResult:
     step, seconds, losses = 0, 0.0, []
     if options.resume:
         step, seconds, losses = _restore(state_path, options, model, ema, opt)
+    elif options.init is not None:
+        _initialise(Path(options.init), model, ema)
 
     forward = torch.compile(model) if options.compile else model
     loss_fn = DiffusionLoss()
@@ -207,7 +234,7 @@ def train(options: TrainOptions) -> TrainResult:
         x_t = q_sample(x0, t, noise)
 
         for group in opt.param_groups:
-            group["lr"] = options.lr * min(1.0, (step + 1) / max(1, options.warmup_steps))
+            group["lr"] = options.lr_at(step)
         with autocast:
             model_out = forward(x_t, t, y)
         terms = loss_fn(model_out, x0, t, noise, x_t)
@@ -270,6 +297,28 @@ def _restore(path: Path, options: TrainOptions, model, ema, opt) -> tuple[int, f
     ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["opt"])
     return int(state["step"]), float(state["seconds"]), list(state["losses"])
+
+
+def _initialise(path: Path, model, ema) -> None:
+    """Model and EMA from a base checkpoint of the same shape (weights only: the optimizer starts anew)."""
+    try:
+        init = load_checkpoint(path)
+    except (CheckpointError, OSError, ValueError, KeyError) as err:
+        raise TrainError(f"--init {path}: cannot read it as a checkpoint: {err}") from None
+    own = model.state_dict()
+    theirs = {k: v for k, v in init.state_dict().items() if k in own}
+    wrong = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
+    if wrong or init.config.patch_size != model.config.patch_size:
+        raise TrainError(
+            f"--init {path}: its model ({init.config.depth} blocks of width {init.config.hidden_size}, patch "
+            f"{init.config.patch_size}) is not the one these options train ({model.config.depth} blocks of "
+            f"width {model.config.hidden_size}, patch {model.config.patch_size}); first differing tensor: "
+            f"{wrong[0] if wrong else 'patch size'}"
+        )
+    with torch.no_grad():
+        for key, value in own.items():
+            value.copy_(theirs[key].to(value.dtype))
+    ema.load_state_dict(model.state_dict())
 
 
 def _jsonable(options) -> dict:
