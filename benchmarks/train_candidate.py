@@ -111,6 +111,10 @@ def cli_line(options: TrainOptions) -> str:
         parts.append(f"--data {options.data}")
     if options.resume:
         parts.append("--resume")
+    if options.init:
+        parts.append(f"--init {options.init}")
+    if options.lr_decay != "none":
+        parts.append(f"--lr-decay {options.lr_decay}")
     return " ".join(parts)
 
 
@@ -135,6 +139,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=TrainOptions.lr)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, default=None, help="start a new run from these base weights")
+    ap.add_argument("--steps", type=int, default=None, help="total steps (the cosine decay's end)")
+    ap.add_argument("--lr-decay", choices=("none", "cosine"), default="none")
     ap.add_argument("--train-minutes", type=float, required=True, help="training time of this process")
     ap.add_argument("--segments", type=int, default=2, help="measure after each of this many equal parts")
     ap.add_argument(
@@ -185,7 +192,8 @@ def main() -> None:
         options = TrainOptions(
             out=args.run, data=args.data, depth=args.depth, hidden_size=args.hidden_size,
             num_heads=args.num_heads, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-            steps=10**9, minutes=minutes, resume=state.exists(), progress=False, device=args.device,
+            steps=args.steps or 10**9, minutes=minutes, resume=state.exists(), progress=False,
+            init=None if state.exists() else args.init, lr_decay=args.lr_decay, device=args.device,
             checkpoint_every=10**9, subset=1024 if args.smoke else None,
         )  # fmt: skip
         log(f"segment {k + 1}: {cli_line(options)}")
@@ -204,6 +212,8 @@ def main() -> None:
         record["segments"].append(entry)
         (args.run / RECORD_NAME).write_text(json.dumps(record, indent=1))
         shutil.copy(args.run / RECORD_NAME, args.out / RECORD_NAME)
+        if result.stopped_by == "steps":
+            break
     if args.baseline is not None:
         if args.time_limit is None or args.time_limit - elapsed() > eval_seconds + 15:
             record["baseline"] = {"checkpoint": str(args.baseline)}

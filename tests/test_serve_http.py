@@ -48,6 +48,7 @@ def test_concurrent_mixed_budgets_batch_by_schedule(server):
         rec = answer["record"]
         assert rec["achieved_fraction"] <= b["budget"] and rec["options"]["budget"] == b["budget"]
         assert rec["labels"] == b["labels"] and rec["compute_ms"] > 0 and rec["queue_ms"] >= 0
+        assert rec["replica"]["pid"] > 0 and rec["replica"]["gpus"] == []  # one CPU replica
         assert set(rec["plan"]["patch_per_step"]) == ({2} if b["budget"] == 1.0 else {2, 4})
     # 4 in flight, 200 ms to gather: some calls ran more than one request.
     assert max(a[2]["record"]["batch"]["requests"] for a in answers) >= 2

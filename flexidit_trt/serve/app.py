@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -42,6 +44,12 @@ class Generator:
         self.pipe = open_pipeline(options.run_options())
         # Warm the engines (graphs, kernels, allocations) with a short run before the first request.
         self.pipe.generate(WARMUP_LABELS, steps=2, sampler="ddim", seed=0)
+        # Which replica answered, in every record: the GPUs Ray gave it (as the node numbers them) and its host.
+        self.replica = {
+            "pid": os.getpid(),
+            "node": ray.util.get_node_ip_address(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+        }
         self.generate.set_max_batch_size(options.max_batch)
         self.generate.set_batch_wait_timeout_s(options.batch_wait_ms / 1e3)
         log.info(
@@ -55,7 +63,11 @@ class Generator:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def generate(self, requests: list[GenerateRequest]) -> list[Outcome]:
         # In a thread: the replica's event loop keeps answering Ray's health checks while it samples.
-        return await asyncio.to_thread(run_batch, self.pipe, requests)
+        outcomes = await asyncio.to_thread(run_batch, self.pipe, requests)
+        for outcome in outcomes:
+            if "record" in outcome.body:
+                outcome.body["record"]["replica"] = self.replica
+        return outcomes
 
     def __del__(self) -> None:
         pipe = getattr(self, "pipe", None)

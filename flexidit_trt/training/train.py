@@ -88,9 +88,8 @@ class TrainOptions(LoopOptions):
         "class_dropout",
         "subset",
         "seed",
-        "init",
         "lr_decay",
-    )
+    )  # not init: it only says where step 0 started, and a resumed run starts from its own state
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
