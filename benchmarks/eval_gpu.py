@@ -1,7 +1,8 @@
 """The full quality-against-compute evaluation, on one GPU, resumable across device calls.
 
     python3 benchmarks/eval_gpu.py OUT_DIR [--checkpoint FLEX] [--base BASE] [--inception PATH] [--data DIR]
-                                   [--state DIR] [--only WAY[:BUDGET],...] [--time-limit S] [...]
+                                   [--state DIR] [--only WAY[:BUDGET],...] [--cfg-scales 1.0,1.5,...]
+                                   [--time-limit S] [...]
     torchrun --nproc-per-node N benchmarks/eval_gpu.py OUT_DIR ...     (every GPU of a host, over NCCL)
 
 Three ways, 10,000 samples per run, 250 DDPM steps, budgets 1.0 (seeds 0 and 1), 0.75, 0.6, 0.5, 0.4, 0.3:
@@ -12,6 +13,8 @@ Three ways, 10,000 samples per run, 250 DDPM steps, budgets 1.0 (seeds 0 and 1),
   w2s         the flexified checkpoint, weak-to-strong guidance (its 1.0 and 0.75 plans are the same
               all-p2 schedule at ~61% of the static compute: their samples are shared).
 The base model's own quality is the flexify way at budget 1.0 (FID, class accuracy).
+With --cfg-scales (a guidance sweep) every run is made at each scale (w2s at --w2s-scale alone when that
+is given); the seed repeat is at the first scale, and the first scale's runs come first.
 
 Order: the base quality (flexify at 1.0), budgets 0.5 and 0.6 of every way and the seed repeat come
 first (about half the compute), then the rest, so that a call cut short keeps what matters most.
@@ -29,9 +32,10 @@ Resumable: every finished chunk of samples goes to STATE/chunks, every finished 
 OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
 `--import-runs runs.tar`. The script stops starting chunks --time-limit seconds after its start (less a
 reserve for the last run's metrics), writes what it has, and says what is left; run the same command
-again to continue. OUT_DIR receives 6 files (the device tool returns at most 8): eval_gpu.log,
-results.json, results.md, quality_vs_compute.png, samples.png (a row of grids per way, one grid per
-budget), runs.tar. The table printed last is results.md.
+again to continue. OUT_DIR receives 6 files, 7 with a sweep (the device tool returns at most 8):
+eval_gpu.log, results.json, results.md, quality_vs_compute.png, guidance_sweep.png (several scales only),
+samples.png (a row of grids per way and scale, one grid per budget), runs.tar. The table printed last is
+results.md.
 """
 
 from __future__ import annotations
@@ -78,11 +82,11 @@ FIRST = [
 DISPLAY = ("projection", "flexify", "w2s")
 
 
-def priority(way: str, budget: float, seed_offset: int) -> tuple:
+def priority(way: str, budget: float, seed_offset: int, scale_index: int = 0) -> tuple:
     key = (way, budget, seed_offset)
-    if key in FIRST:
+    if key in FIRST and scale_index == 0:
         return (0, FIRST.index(key))
-    return (1, ("flexify", "w2s", "projection").index(way), BUDGETS.index(budget), seed_offset)
+    return (1, scale_index, ("flexify", "w2s", "projection").index(way), BUDGETS.index(budget), seed_offset)
 
 
 WAYS = {
@@ -113,13 +117,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--cfg-scale", type=float, default=1.5)
-    ap.add_argument("--w2s-scale", type=float, default=None, help="[default: --cfg-scale]")
+    ap.add_argument(
+        "--cfg-scales",
+        type=parse_scales,
+        default=None,
+        help="a guidance sweep, e.g. 1.0,1.5,2.0,3.0,4.0: every run at each [default: --cfg-scale]",
+    )
+    ap.add_argument(
+        "--w2s-scale", type=float, default=None, help="w2s at this scale only [default: the CFG scales]"
+    )
     ap.add_argument("--precision", default=None, help="fp32, bf16 or fp16 [default: the Pipeline's: bf16]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference-count", type=int, default=None, help="test images [default: all 10,000]")
     ap.add_argument("--time-limit", type=float, default=540.0, help="seconds from start; no new chunk after")
     ap.add_argument("--reserve", type=float, default=45.0, help="seconds kept for the last run's metrics")
     return ap.parse_args(argv)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales or len(set(scales)) != len(scales):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct comma-separated scales like 1.0,1.5, got {text!r}"
+        )
+    return scales
+
+
+def scales_of(args, way: Way) -> tuple[float, ...]:
+    """The CFG scales a way runs at: the sweep (or --cfg-scale); w2s at --w2s-scale alone when given."""
+    if way.guidance == "weak_to_strong" and args.w2s_scale is not None:
+        return (args.w2s_scale,)
+    return args.cfg_scales or (args.cfg_scale,)
+
+
+def pending_runs(args, ways: list[Way], only) -> list[tuple[Way, float, float, int]]:
+    """(way, cfg scale, budget, seed) of every run not saved yet, in the order they are made; budget 1.0
+    also with the next seed, at each way's first scale."""
+    seeds = (args.seed, args.seed + 1)
+    runs = []
+    for w in ways:
+        scales = scales_of(args, w)
+        for i, c in enumerate(scales):
+            for b in w.budgets:
+                for s in seeds if b == 1.0 and i == 0 else seeds[:1]:
+                    if wanted(only, w.name, b) and not run_path(args, w.name, c, b, s).is_file():
+                        runs.append((w, c, b, s))
+    return sorted(
+        runs,
+        key=lambda run: priority(
+            run[0].name, run[2], run[3] - args.seed, scales_of(args, run[0]).index(run[1])
+        ),
+    )
 
 
 def parse_only(text: str | None) -> set[tuple[str, float | None]] | None:
@@ -167,7 +218,7 @@ def load_models(args, ways: list[Way]) -> dict[str, object]:
 # -- saved runs -----------------------------------------------------------------------------------------------
 def settings_key(args) -> str:
     """What a saved run's numbers depend on besides (way, budget, seed): a run made under other settings
-    (another checkpoint, sample count, step count, ...) is not reused."""
+    (another checkpoint, sample count, step count, ...) is not reused. The CFG scale is in the run's name."""
     from flexidit_trt.artifacts import sha256_file, sha256_json
     from flexidit_trt.evaluation.evaluator import default_checkpoint
     from flexidit_trt.training.classifier import DEFAULT_CLASSIFIER
@@ -178,14 +229,15 @@ def settings_key(args) -> str:
         "classifier": sha256_file(args.classifier or DEFAULT_CLASSIFIER)
         if (args.classifier or DEFAULT_CLASSIFIER).is_file()
         else None,
-        **{k: getattr(args, k) for k in ("num_samples", "steps", "batch_size", "cfg_scale", "w2s_scale")},
+        "results": 2,  # 2: runs carry classifier_fd
+        **{k: getattr(args, k) for k in ("num_samples", "steps", "batch_size")},
         **{k: getattr(args, k) for k in ("precision", "reference_count")},
     }
     return sha256_json(settings)[:12]
 
 
-def run_path(args, way: str, budget: float, seed: int) -> Path:
-    return args.state / "runs" / f"{way}_b{budget:.2f}_s{seed}_{args.settings}.npz"
+def run_path(args, way: str, cfg_scale: float, budget: float, seed: int) -> Path:
+    return args.state / "runs" / f"{way}_cfg{cfg_scale:g}_b{budget:.2f}_s{seed}_{args.settings}.npz"
 
 
 def save_run(path: Path, result, grid, meta: dict) -> None:
@@ -197,14 +249,15 @@ def save_run(path: Path, result, grid, meta: dict) -> None:
 
 
 def load_runs(args):
-    """The saved runs made under the current settings."""
+    """The saved runs made under the current settings, at the CFG scales asked for now."""
     from flexidit_trt.evaluation.results import RunResult
 
     runs = {}
     for path in sorted((args.state / "runs").glob(f"*_{args.settings}.npz")):
         with np.load(path) as data:
             result = RunResult(**json.loads(str(data["result"])))
-            runs[path.stem] = (result, (data["images"], data["labels"]), json.loads(str(data["meta"])))
+            if result.cfg_scale in scales_of(args, WAYS[result.series]):
+                runs[path.stem] = (result, (data["images"], data["labels"]), json.loads(str(data["meta"])))
     return runs
 
 
@@ -263,31 +316,21 @@ def _evaluate(args, start: float, say, ctx) -> None:
     args.settings = settings_key(args)
     only = parse_only(args.only)
     ways = [w for w in WAYS.values() if any(wanted(only, w.name, b) for b in w.budgets)]
-    seeds = (args.seed, args.seed + 1)
-    pending = sorted(
-        (
-            (w, b, s)
-            for w in ways
-            for b in w.budgets
-            for s in (seeds if b == 1.0 else seeds[:1])
-            if wanted(only, w.name, b) and not run_path(args, w.name, b, s).is_file()
-        ),
-        key=lambda run: priority(run[0].name, run[1], run[2] - args.seed),
-    )
+    pending = pending_runs(args, ways, only)
     on_gpu = ctx.device.type == "cuda"
     say(
         f"== eval_gpu {time.strftime('%Y-%m-%d %H:%M:%S')} on "
         f"{f'{ctx.world} × ' + torch.cuda.get_device_name(ctx.device) if on_gpu else 'cpu'}"
         + (f" ({ctx.world} processes)" if ctx.world > 1 and not on_gpu else "")
     )
-    say(f"pending runs: {len(pending)} ({', '.join(f'{w.name}@{b}/s{s}' for w, b, s in pending) or 'none'})")
+    say(f"pending runs: {len(pending)} ({', '.join(_name(*run) for run in pending) or 'none'})")
 
     deadline = start + args.time_limit - args.reserve
     base = EvalOptions(
         num_samples=args.num_samples,
         steps=args.steps,
         batch_size=args.batch_size,
-        cfg_scale=args.cfg_scale,
+        cfg_scales=args.cfg_scales or (args.cfg_scale,),
         precision=args.precision,
         device=str(ctx.device),
         data_dir=args.data,
@@ -312,11 +355,12 @@ def _evaluate(args, start: float, say, ctx) -> None:
 
         def evaluator_for(way: Way):
             if way.name not in evaluators:
-                scale = (
-                    args.w2s_scale if way.guidance == "weak_to_strong" and args.w2s_scale else args.cfg_scale
-                )
                 options = replace(
-                    base, guidance=way.guidance, cfg_scale=scale, label=way.name, budgets=way.budgets
+                    base,
+                    guidance=way.guidance,
+                    cfg_scales=scales_of(args, way),
+                    label=way.name,
+                    budgets=way.budgets,
                 )
                 model = models["projection" if way.projection_only else "flexified"]
                 evaluator = Evaluator(model, options, ctx, scorer)
@@ -332,26 +376,27 @@ def _evaluate(args, start: float, say, ctx) -> None:
             unit="chunk",
             disable=not ctx.is_main,
         ) as bar:
-            for way, budget, seed in pending:
+            for way, scale, budget, seed in pending:
                 evaluator, meta = evaluator_for(way)
                 t0 = time.monotonic()
-                finished, run = evaluator.run(budget, seed, bar)
+                finished, run = evaluator.run(budget, seed, bar, scale)
                 if not finished:
                     break
                 if not ctx.is_main:
                     continue
                 result, grid = run
-                save_run(run_path(args, way.name, budget, seed), result, grid, meta)
+                save_run(run_path(args, way.name, scale, budget, seed), result, grid, meta)
                 say(
-                    f"{way.name:>10} budget {budget:<4} seed {seed}: FID {result.fid:7.3f}  compute "
-                    f"{result.achieved_fraction:.3f}  acc {100 * result.class_accuracy:.1f}%  "
-                    f"{result.images_per_second:.0f} img/s/GPU  ({time.monotonic() - t0:.0f} s)"
+                    f"{way.name:>10} cfg {scale:<4g} budget {budget:<4} seed {seed}: FID {result.fid:7.3f}  "
+                    f"classifier FD {result.classifier_fd:7.3f}  compute {result.achieved_fraction:.3f}  "
+                    f"acc {100 * result.class_accuracy:.1f}%  {result.images_per_second:.0f} img/s/GPU  "
+                    f"({time.monotonic() - t0:.0f} s)"
                 )
         for evaluator, _ in evaluators.values():
             evaluator.close()
     if not ctx.is_main:
         return
-    left = [(w, b, s) for w, b, s in pending if not run_path(args, w.name, b, s).is_file()]
+    left = [(w, c, b, s) for w, c, b, s in pending if not run_path(args, w.name, c, b, s).is_file()]
     write_outputs(args, load_runs(args), left, say)
     say(f"wall time {time.monotonic() - start:.0f} s")
     if left:
@@ -360,9 +405,13 @@ def _evaluate(args, start: float, say, ctx) -> None:
         )
 
 
+def _name(way: Way, scale: float, budget: float, seed: int) -> str:
+    return f"{way.name}@cfg{scale:g}/{budget}/s{seed}"
+
+
 def write_outputs(args, saved: dict, left: list, say) -> None:
     from flexidit_trt.artifacts import write_bytes_atomic, write_json_atomic
-    from flexidit_trt.evaluation.report import markdown, plot_png, report_dict, sheet_png
+    from flexidit_trt.evaluation.report import markdown, plot_files, report_dict, sheet_png
     from flexidit_trt.evaluation.results import EvalReport
 
     if not saved:
@@ -393,37 +442,46 @@ def write_outputs(args, saved: dict, left: list, say) -> None:
             report.meta["projection_at_1.0"] = "the flexify way's run: only patch 2 runs at budget 1.0"
     order = {name: i for i, name in enumerate(DISPLAY)}
     for way in sorted(by_way, key=lambda w: order.get(w, 99)):
-        for result, grid in sorted(by_way[way], key=lambda rg: (-rg[0].budget, rg[0].seed)):
+        for result, grid in sorted(by_way[way], key=lambda rg: (rg[0].cfg_scale, -rg[0].budget, rg[0].seed)):
             report.runs.append(result)
-            report.grids[(way, result.budget, result.seed)] = grid
-    static = next(
-        (r for r in report.runs if r.series == "flexify" and r.budget == 1.0 and r.seed == args.seed), None
-    )
+            report.grids[(way, result.cfg_scale, result.budget, result.seed)] = grid
+    # The static model at each CFG scale: flexify at budget 1.0.
+    statics = {
+        r.cfg_scale: r
+        for r in report.runs
+        if r.series == "flexify" and r.budget == 1.0 and r.seed == args.seed
+    }
     data = report_dict(report)
-    text = markdown(report) + targets_text(report, static)
+    text = markdown(report) + targets_text(report, statics)
     for row in data["runs"]:
+        static = statics.get(row["cfg_scale"])
         row["fid_vs_static"] = None if static is None else row["fid"] / static.fid - 1
-    data["base_quality"] = (
-        None if static is None else {"fid": static.fid, "class_accuracy": static.class_accuracy}
-    )
-    data["left"] = [f"{w.name}@{b}/s{s}" for w, b, s in left]
+    data["base_quality"] = {
+        str(c): {"fid": r.fid, "classifier_fd": r.classifier_fd, "class_accuracy": r.class_accuracy}
+        for c, r in sorted(statics.items())
+    } or None
+    data["left"] = [_name(*run) for run in left]
     write_json_atomic(args.out / "results.json", data)
     write_bytes_atomic(args.out / "results.md", text.encode())
-    write_bytes_atomic(args.out / "quality_vs_compute.png", plot_png(report.runs))
+    for name, png in plot_files(report.runs).items():
+        write_bytes_atomic(args.out / name, png)
+    several = len({r.cfg_scale for r in report.runs}) > 1
     rows = [
         (
-            WAYS[way].title if way in WAYS else way,
+            (WAYS[way].title if way in WAYS else way) + (f", CFG {scale:g}" if several else ""),
             [
                 (
                     f"b={r.budget:g} ({100 * r.achieved_fraction:.0f}%)",
-                    *_first(report.grids[(way, r.budget, r.seed)], 6),
+                    *_first(report.grids[(way, scale, r.budget, r.seed)], 6),
                 )
                 for r in report.runs
-                if r.series == way and r.seed == args.seed
+                if (r.series, r.cfg_scale) == (way, scale) and r.seed == args.seed
             ],
         )
         for way in sorted(by_way, key=lambda w: order.get(w, 99))
+        for scale in sorted({r.cfg_scale for r, _ in by_way[way]})
     ]
+    rows = [(title, row) for title, row in rows if row]
     write_bytes_atomic(args.out / "samples.png", sheet_png(rows))
     export_runs(args)
     say("")
@@ -437,26 +495,28 @@ def _first(grid: tuple[np.ndarray, np.ndarray], per_class: int) -> tuple[np.ndar
     return images[keep], labels[keep]
 
 
-def targets_text(report, static) -> str:
-    """The TARGETS, per way, against the static model (flexify at budget 1.0, CFG)."""
-    if static is None:
+def targets_text(report, statics: dict) -> str:
+    """The TARGETS, per way and CFG scale, against the static model (flexify at budget 1.0) at that scale."""
+    if not statics:
         return ""
-    lines = [
-        "",
-        f"Base model (budget 1.0, CFG {static.cfg_scale:g}): FID {static.fid:.3f}, "
-        f"class accuracy {100 * static.class_accuracy:.1f}%.",
-        "",
-    ]
-    lines += ["| way | budget | compute | FID | vs static | target | met |", "|---|---|---|---|---|---|---|"]
+    lines = [""]
+    for scale, static in sorted(statics.items()):
+        lines.append(
+            f"Base model (budget 1.0, CFG {scale:g}): FID {static.fid:.3f}, classifier FD "
+            f"{static.classifier_fd:.3f}, class accuracy {100 * static.class_accuracy:.1f}%."
+        )
+    lines += ["", "| way | CFG | budget | compute | FID | vs static | target | met |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
     for r in report.runs:
-        if r.budget in TARGETS and r.seed == static.seed:
+        static = statics.get(r.cfg_scale)
+        if r.budget in TARGETS and static is not None and r.seed == static.seed:
             gap = r.fid / static.fid - 1
             ok = (
                 "yes" if gap <= TARGETS[r.budget] else f"no (by {100 * (gap - TARGETS[r.budget]):.1f} points)"
             )
             lines.append(
-                f"| {r.series} | {r.budget:g} | {r.achieved_fraction:.3f} | {r.fid:.3f} | {100 * gap:+.1f}% | "
-                f"<= {100 * TARGETS[r.budget]:.0f}% | {ok} |"
+                f"| {r.series} | {r.cfg_scale:g} | {r.budget:g} | {r.achieved_fraction:.3f} | {r.fid:.3f} | "
+                f"{100 * gap:+.1f}% | <= {100 * TARGETS[r.budget]:.0f}% | {ok} |"
             )
     return "\n".join(lines) + "\n"
 

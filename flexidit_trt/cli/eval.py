@@ -1,11 +1,13 @@
-"""`flexidit-trt eval`: sample quality against compute (FID, KID, precision/recall, class consistency).
+"""`flexidit-trt eval`: sample quality against compute (FID, the classifier's Fréchet distance, KID,
+precision/recall, class consistency), at one CFG scale or a sweep of them.
 
 Runs on one device, or on every GPU of a host under torchrun:
-    torchrun --nproc_per_node 8 -m flexidit_trt eval --budgets 1.0,0.5 --out eval/
+    torchrun --nproc_per_node 8 -m flexidit_trt eval --budgets 1.0,0.5 --cfg-scales 1.0,1.5,4.0 --out eval/
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -29,6 +31,21 @@ def parse_budgets(ctx, param, value: str) -> tuple[float, ...]:
     return budgets
 
 
+def parse_cfg_scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    """click callback: "1.0,1.5,4.0" → (1.0, 1.5, 4.0), finite numbers, none repeated."""
+    if value is None:
+        return None
+    try:
+        scales = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales or not all(math.isfinite(c) for c in scales) or len(set(scales)) != len(scales):
+        raise click.BadParameter(
+            f"expected distinct comma-separated finite numbers like 1.0,1.5,4.0, got {value!r}"
+        )
+    return scales
+
+
 _path = click.Path(path_type=Path)
 
 
@@ -39,11 +56,13 @@ _path = click.Path(path_type=Path)
 )
 @click.option("--guidance", type=click.Choice(list(GUIDANCE_NAMES)), default="cfg", show_default=True)
 @click.option(
-    "--cfg-scale",
-    type=FiniteFloat(),
-    default=1.5,
-    show_default=True,
-    help="guidance scale (DiT's FID setting)",
+    "--cfg-scale", type=FiniteFloat(), default=None, help="guidance scale  [default: 1.5, DiT's FID setting]"
+)
+@click.option(
+    "--cfg-scales",
+    callback=parse_cfg_scales,
+    default=None,
+    help="a guidance sweep, e.g. 1.0,1.5,2.0,3.0,4.0: every budget at each scale (instead of --cfg-scale)",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=250, show_default=True, help="DDPM steps")
 @click.option(
@@ -62,7 +81,7 @@ _path = click.Path(path_type=Path)
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="run budget 1.0 with this many seeds, to show how far FID moves from seed alone",
+    help="run budget 1.0 (at the first CFG scale) with this many seeds: how far the metrics move by seed",
 )
 @click.option("--backend", default="auto", show_default=True, help="the Pipeline's backend (auto, torch, …)")
 @click.option(
@@ -81,11 +100,23 @@ _path = click.Path(path_type=Path)
 @click.option("--classifier", type=_path, default=None, help="[default: the committed classifier]")
 @click.option("--reference-count", type=int, default=None, help="test images in the reference [default: all]")
 @click.option("--label", default=None, help="series name in the table and plot  [default: the guidance]")
-def eval_command(checkpoint: Path | None, out: Path, guidance: str, **options) -> None:
-    """FID, KID, precision/recall and class accuracy of samples at each compute budget."""
+def eval_command(
+    checkpoint: Path | None,
+    out: Path,
+    guidance: str,
+    cfg_scale: float | None,
+    cfg_scales: tuple[float, ...] | None,
+    **options,
+) -> None:
+    """FID, classifier FD, KID, precision/recall and class accuracy of samples at each compute budget
+    (and each CFG scale)."""
     from ..evaluation import EvalOptions, evaluate_checkpoint, write_report
     from ..evaluation.report import fmt_summary
 
+    if cfg_scale is not None and cfg_scales is not None:
+        raise click.UsageError("give --cfg-scale or --cfg-scales, not both")
+    if cfg_scale is not None or cfg_scales is not None:
+        options["cfg_scales"] = cfg_scales or (cfg_scale,)
     opts = EvalOptions(guidance=GUIDANCE_NAMES[guidance], **options)  # checked here: exit 2 if wrong
     report = evaluate_checkpoint(checkpoint, opts)
     if report is None:  # not rank 0

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..artifacts import atomic_path
 
-CHUNK_SCHEMA = 1
+CHUNK_SCHEMA = 2  # 2: the classifier's penultimate features
 
 
 def chunk_seed(seed: int, chunk: int) -> int:

@@ -2,18 +2,20 @@
 
     report = evaluate_checkpoint("model.safetensors", EvalOptions(budgets=(1.0, 0.5)))
 
-One run = one (budget, seed). Its N samples have balanced labels (sample i is class i mod 10) and are
-made in chunks of `batch_size`: chunk c holds samples [c·B, (c+1)·B) and is sampled with a seed derived
-from (seed, c). Under torchrun, rank r takes chunks r, r + W, r + 2W, … (the label-by-label split r::W,
-done chunk-wise), so every sample is the same whatever the number of GPUs. Each chunk gives the
-classifier's predictions on the 32×32 samples and Inception features of their centre 28×28 crop; these
-are gathered to rank 0 (all_gather over NCCL, or gloo on CPU), which computes the metrics and writes.
+One run = one (CFG scale, budget, seed): every budget at every scale, then the seed repeats. Its N
+samples have balanced labels (sample i is class i mod 10) and are made in chunks of `batch_size`: chunk
+c holds samples [c·B, (c+1)·B) and is sampled with a seed derived from (seed, c). Under torchrun, rank r
+takes chunks r, r + W, r + 2W, … (the label-by-label split r::W, done chunk-wise), so every sample is
+the same whatever the number of GPUs. Each chunk gives, from one classifier forward on the 32×32
+samples, its predictions and penultimate features, and the Inception features of their centre 28×28
+crop; these are gathered to rank 0 (all_gather over NCCL, or gloo on CPU), which computes the metrics
+and writes.
 
 With `resume_dir`, each finished chunk is saved (atomically) under a key of everything that fixes its
 content, and found again by a later call — with any number of GPUs — so a long evaluation can run as a
 series of time-limited calls (`deadline`).
 
-    torchrun --nproc_per_node 8 -m flexidit_trt eval --budgets 1.0,0.5 --out eval/
+    torchrun --nproc_per_node 8 -m flexidit_trt eval --budgets 1.0,0.5 --cfg-scales 1.5,4.0 --out eval/
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from .inception import FEATURE_DIM
 from .options import EvalError, EvalOptions, OptionsError
 from .reference_stats import PROTOCOL, generated_to_uint8
 from .results import EvalReport, RunResult
-from .scoring import Scorer
+from .scoring import RunSamples, Scorer
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -91,20 +93,20 @@ def evaluate(model: FlexiDiT, options: EvalOptions, ctx: Distributed | None = No
     report = EvalReport(meta=evaluator.meta())
     total_chunks = len(options.runs()) * evaluator.chunks_per_run
     with evaluator, evaluator.progress_bar(total_chunks) as bar:
-        for budget, seed in options.runs():
-            finished, run = evaluator.run(budget, seed, bar)
+        for cfg_scale, budget, seed in options.runs():
+            finished, run = evaluator.run(budget, seed, bar, cfg_scale)
             if not finished:  # the same on every rank
                 report.complete = False
                 break
             if run is not None:  # rank 0
                 result, grid = run
                 report.runs.append(result)
-                report.grids.setdefault((options.series, budget, seed), grid)
+                report.grids.setdefault((options.series, cfg_scale, budget, seed), grid)
     return report if evaluator.ctx.is_main else None
 
 
 class Evaluator:
-    """One model under one set of options: its Pipeline, its plans, and `run(budget, seed)`.
+    """One model under one set of options: its Pipeline, its plans, and `run(budget, seed, cfg_scale)`.
 
     Several evaluators (models or guidance kinds) can share one Scorer; every rank makes the same calls.
     """
@@ -171,11 +173,13 @@ class Evaluator:
         self.close()
 
     def run(
-        self, budget: float, seed: int, bar: tqdm | None = None
+        self, budget: float, seed: int, bar: tqdm | None = None, cfg_scale: float | None = None
     ) -> tuple[bool, tuple[RunResult, tuple[np.ndarray, np.ndarray]] | None]:
-        """One (budget, seed): this rank's chunks, gathered. Returns (finished, (result, grid) on rank 0
-        else None); finished is False on every rank when any rank reached the deadline."""
+        """One (budget, seed) at `cfg_scale` (default: the options' first): this rank's chunks, gathered.
+        Returns (finished, (result, grid) on rank 0 else None); finished is False on every rank when any
+        rank reached the deadline."""
         options, ctx = self.options, self.ctx
+        cfg_scale = options.cfg_scales[0] if cfg_scale is None else float(cfg_scale)
         run_plan = self.plan_for(budget)
         n, b = options.num_samples, options.batch_size
         # The budget matters only through its plan: budgets with the same schedule share their chunks.
@@ -184,13 +188,12 @@ class Evaluator:
                 "schema": CHUNK_SCHEMA,
                 "model": self.model_sha,
                 "inception": self.scorer.inception.sha256,
+                "classifier": self.scorer.classifier_sha256,
                 "protocol": PROTOCOL,
                 "plan": list(run_plan.patch_per_step),
                 "seed": seed,
-                **{
-                    k: getattr(options, k)
-                    for k in ("steps", "sampler", "guidance", "cfg_scale", "batch_size")
-                },
+                "cfg_scale": cfg_scale,
+                **{k: getattr(options, k) for k in ("steps", "sampler", "guidance", "batch_size")},
                 # What actually ran: the resolved backend and precision, and the kind of device.
                 "backend": self.pipe.selection.backend,
                 "precision": self.pipe.precision,
@@ -199,7 +202,7 @@ class Evaluator:
         )
         folder = Path(options.resume_dir) / run_key[:20] if options.resume_dir is not None else None
         if bar is not None:
-            bar.set_postfix_str(f"{options.series} budget {budget} seed {seed}")
+            bar.set_postfix_str(f"{options.series} cfg {cfg_scale:g} budget {budget} seed {seed}")
         parts, stopped = [], False
         for c in range(ctx.rank, self.chunks_per_run, ctx.world):
             # Chunk c holds samples [c·b, min(n, (c+1)·b)): a saved one is reused when its size matches.
@@ -209,30 +212,39 @@ class Evaluator:
                 if options.deadline is not None and time.monotonic() > options.deadline:
                     stopped = True
                     break
-                part = self._make_chunk(lo, hi, seed, c, budget, run_plan)
+                part = self._make_chunk(lo, hi, seed, c, budget, cfg_scale, run_plan)
                 write_chunk(folder, c, part)
             parts.append(part)
             if bar is not None:
                 bar.update(min(ctx.world, self.chunks_per_run - c))
         if not all_agree(not stopped, ctx):
             return False, None
-        local = {
-            k: np.concatenate([p[k] for p in parts]) if parts else None
-            for k in ("index", "predicted", "features")
+        # Every per-sample array goes to rank 0 the same way: (key, dtype, row width; 0 for scalars).
+        columns = {
+            "index": (torch.int64, 0),
+            "predicted": (torch.int64, 0),
+            "features": (torch.float32, FEATURE_DIM),
+            "classifier_features": (torch.float32, self.scorer.classifier.feature_dim),
         }
-        index = gather_rows(_rows(local["index"], torch.int64, 0), ctx)
-        predicted = gather_rows(_rows(local["predicted"], torch.int64, 0), ctx)
-        features = gather_rows(_rows(local["features"], torch.float32, FEATURE_DIM), ctx)
+        gathered = {
+            k: gather_rows(_rows(np.concatenate([p[k] for p in parts]) if parts else None, dtype, width), ctx)
+            for k, (dtype, width) in columns.items()
+        }
         seconds = gather_rows(
             torch.tensor([sum(float(p["seconds"]) for p in parts)], dtype=torch.float64), ctx
         )
         if not ctx.is_main:
             return True, None
-        order = torch.argsort(index)
-        index, predicted, features = index[order].numpy(), predicted[order].numpy(), features[order].numpy()
-        result = self.scorer.score(
-            options, budget, seed, run_plan, index, predicted, features, float(seconds.sum())
+        order = torch.argsort(gathered["index"])
+        rows = {k: v[order].numpy() for k, v in gathered.items()}
+        samples = RunSamples(
+            index=rows["index"],
+            predicted=rows["predicted"],
+            inception=rows["features"],
+            classifier=rows["classifier_features"],
+            seconds=float(seconds.sum()),
         )
+        result = self.scorer.score(options, cfg_scale, budget, seed, run_plan, samples)
         return True, (result, grid_samples(parts, options.grid_per_class))
 
     def meta(self) -> dict:
@@ -242,6 +254,7 @@ class Evaluator:
             "model": {"config": json.loads(self.model.config.to_json()), "sha256": self.model_sha},
             "pipeline": {"backend": self.pipe.selection.backend, "precision": self.pipe.precision},
             "inception_sha256": self.scorer.inception.sha256,
+            "classifier_sha256": self.scorer.classifier_sha256,
             "protocol": PROTOCOL,
             "world_size": ctx.world,
             "device": device,
@@ -250,28 +263,38 @@ class Evaluator:
                 "fid": "Fréchet distance of Inception pool3 statistics (float64; tr (S_r^½ S_g S_r^½)^½ by numpy eigh)",
                 "kid": f"unbiased MMD², cubic kernel, {options.kid_subsets} subsets of <= {options.kid_subset_size}",
                 "precision_recall": f"Kynkäänniemi et al. 2019, k={options.pr_k}, on the Inception features",
+                "classifier_fd": (
+                    "Fréchet distance (as fid) of the classifier's penultimate features (the input of its "
+                    f"final linear layer, {self.scorer.classifier.feature_dim} values): the 32x32 samples as "
+                    "they come out of the sampler against the test images padded to 32x32"
+                ),
                 "class_accuracy": "the classifier's argmax equals the label the sample was generated for",
+                "cfg_scale": "the guidance scale of the run (a guidance sweep runs every budget at each)",
                 "images": "generated: the centre 28x28 of the 32x32 sample as uint8; real: the 28x28 test images",
             },
         }
         if self.scorer.reference is not None:
             meta["reference"] = self.scorer.reference.key
+        if self.scorer.classifier_reference is not None:
+            meta["classifier_reference"] = self.scorer.classifier_reference.key
         return meta
 
-    def _make_chunk(self, lo: int, hi: int, seed: int, chunk: int, budget: float, run_plan) -> dict:
+    def _make_chunk(
+        self, lo: int, hi: int, seed: int, chunk: int, budget: float, cfg_scale: float, run_plan
+    ) -> dict:
         labels = np.arange(lo, hi) % 10
         start = time.perf_counter()
-        samples = _sample(self.pipe, labels, budget, chunk_seed(seed, chunk), self.options)
+        samples = _sample(self.pipe, labels, budget, cfg_scale, chunk_seed(seed, chunk), self.options)
         seconds = time.perf_counter() - start
         images = torch.as_tensor(samples, dtype=torch.float32)
-        inception, classifier = self.scorer.inception, self.scorer.classifier
-        predicted = classifier.classify(images.to(inception.device)).argmax(dim=1).cpu().numpy()
-        features = inception.features(generated_to_uint8(images)).cpu().numpy()
+        classifier_features, predicted = self.scorer.classify(images)
+        features = self.scorer.inception.features(generated_to_uint8(images)).cpu().numpy()
         return {
             "index": np.arange(lo, hi, dtype=np.int64),
             "labels": labels.astype(np.int64),
             "predicted": predicted.astype(np.int64),
             "features": features.astype(np.float32),
+            "classifier_features": classifier_features.astype(np.float32),
             "samples": to_uint8(images),  # uint8 [n, 32, 32] for the grids
             "seconds": np.float64(seconds),
             "plan": np.asarray(run_plan.patch_per_step, dtype=np.int64),
@@ -293,7 +316,9 @@ def _rows(array: np.ndarray | None, dtype: torch.dtype, width: int) -> torch.Ten
     return torch.as_tensor(array, dtype=dtype)
 
 
-def _sample(pipe, labels: np.ndarray, budget: float, seed: int, options: EvalOptions) -> np.ndarray:
+def _sample(
+    pipe, labels: np.ndarray, budget: float, cfg_scale: float, seed: int, options: EvalOptions
+) -> np.ndarray:
     """fp32 [n, 1, 32, 32] samples in [-1, 1] for `labels`, through the runtime's Pipeline."""
     result = pipe.generate(
         labels,
@@ -301,7 +326,7 @@ def _sample(pipe, labels: np.ndarray, budget: float, seed: int, options: EvalOpt
         steps=options.steps,
         sampler=options.sampler,
         guidance=options.guidance,
-        cfg_scale=options.cfg_scale,
+        cfg_scale=cfg_scale,
         seed=seed,
         batch_size=options.batch_size,
         progress=False,

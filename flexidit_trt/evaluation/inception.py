@@ -116,7 +116,7 @@ class FIDInception(torch.nn.Module):
         out = []
         # fp32 throughout, TF32 off: the features are those of the fp32 network, on any GPU. The plain
         # executor: TorchScript's profiling one re-profiles every new batch shape (seconds each on a CPU).
-        with _no_tf32(), torch.jit.optimized_execution(False):
+        with no_tf32(), torch.jit.optimized_execution(False):
             for chunk in images.split(batch_size):
                 x = chunk.to(self.device).float()
                 if x.shape[1] == 1:
@@ -126,7 +126,10 @@ class FIDInception(torch.nn.Module):
         return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM, device=images.device)
 
 
-class _no_tf32:
+class no_tf32:
+    """Inside the block, convolutions and matmuls on a GPU run in full fp32 (TF32 off): features that do
+    not depend on the GPU model."""
+
     def __enter__(self) -> None:
         self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         torch.backends.cuda.matmul.allow_tf32 = False

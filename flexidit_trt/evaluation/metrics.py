@@ -1,4 +1,5 @@
 """Sample-quality metrics on Inception features: FID, KID, k-NN precision and recall, class accuracy.
+The same Fréchet distance gives the classifier FD, on the project classifier's penultimate features.
 
 - FID (Heusel et al. 2017): |mu_r - mu_g|² + tr(S_r + S_g - 2 (S_r S_g)^½), statistics in float64,
   the covariance with N - 1 (np.cov, as the original TTUR code). StyleGAN's `frechet_inception_distance.py`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,13 @@ class EvalOptions:
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     num_samples: int = 10_000
     guidance: str = "cfg"  # the planner's names: cfg | weak_to_strong | none
-    cfg_scale: float = 1.5  # DiT's FID setting
+    # The guidance scales: every budget runs at each (a guidance sweep when more than one). 1.5: DiT's FID
+    # setting. Weak-to-strong guidance uses the scale too; guidance "none" ignores it.
+    cfg_scales: tuple[float, ...] = (1.5,)
     steps: int = 250
     sampler: str = "ddpm"
     seed: int = 0
-    repeat_seeds: int = 1  # > 1: budget 1.0 again with seeds seed+1, …, to show the seed-to-seed spread
+    repeat_seeds: int = 1  # > 1: budget 1.0 (first CFG scale) again with seeds seed+1, …: the seed spread
     batch_size: int = 250
     patch_sizes: tuple[int, ...] = (2, 4)
     backend: str = "auto"
@@ -71,6 +74,14 @@ class EvalOptions:
             problems.append(
                 f"reference_count must be > {self.pr_k} (k-NN precision/recall), got {self.reference_count}"
             )
+        if not self.cfg_scales:
+            problems.append("give at least one CFG scale")
+        elif not all(isinstance(c, (int, float)) and math.isfinite(c) for c in self.cfg_scales):
+            problems.append(f"CFG scales must be finite numbers, got {list(self.cfg_scales)}")
+        elif len(set(self.cfg_scales)) != len(self.cfg_scales):
+            problems.append(f"CFG scales repeat: {list(self.cfg_scales)}")
+        elif self.guidance == "none" and len(self.cfg_scales) > 1:
+            problems.append("guidance none ignores the CFG scale: give one scale")
         if self.guidance not in GUIDANCE:
             problems.append(f"guidance must be one of {', '.join(GUIDANCE)}, got {self.guidance!r}")
         for name in ("steps", "batch_size", "repeat_seeds", "kid_subsets", "kid_subset_size", "pr_k"):
@@ -85,8 +96,9 @@ class EvalOptions:
     def series(self) -> str:
         return self.label or self.guidance
 
-    def runs(self) -> list[tuple[float, int]]:
-        """(budget, seed) of every run, in order: each budget with `seed`, then the seed repeats of 1.0."""
-        runs = [(b, self.seed) for b in self.budgets]
-        runs += [(1.0, self.seed + i) for i in range(1, self.repeat_seeds)]
+    def runs(self) -> list[tuple[float, float, int]]:
+        """(cfg_scale, budget, seed) of every run, in order: each scale with every budget at `seed`, then
+        the seed repeats of budget 1.0 at the first scale (one scale shows the seed noise)."""
+        runs = [(c, b, self.seed) for c in self.cfg_scales for b in self.budgets]
+        runs += [(self.cfg_scales[0], 1.0, self.seed + i) for i in range(1, self.repeat_seeds)]
         return runs

@@ -1,9 +1,14 @@
-"""Inception features of the Fashion-MNIST test images: computed once, cached, checked on every read.
+"""Features of the Fashion-MNIST test images: computed once, cached, checked on every read.
 
-The real images are the 10,000 test images as stored (uint8 28×28), fed through `FIDInception.features`
-exactly like generated ones after their centre 28×28 crop (`generated_to_uint8`). The cache
-file is keyed by the Inception file's hash, the images' content hash, the image count and the
-preprocessing protocol, and written atomically: a stale or half-written cache is never read.
+Two reference sets, each cached in its own file:
+- Inception features (FID, KID, precision/recall): the 10,000 test images as stored (uint8 28×28), fed
+  through `FIDInception.features` exactly like generated ones after their centre 28×28 crop
+  (`generated_to_uint8`);
+- the classifier's penultimate features (its Fréchet distance): the test images in the model's format
+  (padded 32×32 in [-1, 1]), as the classifier sees generated samples.
+A cache file is keyed by the network (the Inception file's hash, the classifier's weights' hash), the
+images' content hash, the image count and the preprocessing protocol, and written atomically: a stale or
+half-written cache is never read.
 """
 
 from __future__ import annotations
@@ -11,24 +16,30 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..artifacts import atomic_path, sha256_json
-from .inception import FIDInception
+from .inception import FIDInception, no_tf32
 from .metrics import FeatureStats, feature_stats
+
+if TYPE_CHECKING:
+    from ..training.classifier import FashionClassifier
 
 # Changing how images reach the network changes every feature: bump this and old caches stop matching.
 PROTOCOL = "uint8-28x28-gray3-stylegan-resize299-pool3/1"
+CLASSIFIER_PROTOCOL = "float-32x32-pad-1-penultimate/1"
 TEST_IMAGES = 10_000
 
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """The real side of every metric: features [N, 2048] (fp32), their statistics, and provenance."""
+    """The real side of a metric: features [N, D] (fp32), their statistics, and provenance."""
 
     features: np.ndarray
     stats: FeatureStats
@@ -73,7 +84,7 @@ def reference_set(
     count: int | None = None,
     batch_size: int = 200,
 ) -> ReferenceSet:
-    """Features of the test images, from the cache when its key matches, else computed and cached."""
+    """Inception features of the test images, from the cache when its key matches, else computed and cached."""
     images = load_test_images(data_dir, count)
     key = {
         "protocol": PROTOCOL,
@@ -81,11 +92,51 @@ def reference_set(
         "images_sha256": _array_sha256(images),
         "count": int(images.shape[0]),
     }
-    path = Path(cache_dir or default_cache_dir()) / f"fid-reference-{sha256_json(key)[:20]}.npz"
+    return _cached(
+        cache_dir,
+        "fid-reference",
+        key,
+        lambda: inception.features(torch.from_numpy(images[:, None]), batch_size=batch_size).cpu().numpy(),
+    )
+
+
+def classifier_reference_set(
+    classifier: FashionClassifier,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    count: int | None = None,
+    batch_size: int = 1000,
+) -> ReferenceSet:
+    """The classifier's penultimate features of the test images, cached like `reference_set`'s; keyed by
+    the classifier's weights, so another classifier file never reads this one's."""
+    from ..artifacts import sha256_state_dict
+    from ..training.data import to_model_input
+
+    images = load_test_images(data_dir, count)
+    key = {
+        "protocol": CLASSIFIER_PROTOCOL,
+        "classifier_sha256": sha256_state_dict(classifier.state_dict()),
+        "images_sha256": _array_sha256(images),
+        "count": int(images.shape[0]),
+    }
+
+    def compute() -> np.ndarray:
+        device = next(classifier.parameters()).device
+        with no_tf32():
+            features, _ = classifier.features_and_logits(to_model_input(images).to(device), batch_size)
+        return features.cpu().numpy()
+
+    return _cached(cache_dir, "classifier-reference", key, compute)
+
+
+def _cached(
+    cache_dir: str | os.PathLike | None, prefix: str, key: dict, compute: Callable[[], np.ndarray]
+) -> ReferenceSet:
+    path = Path(cache_dir or default_cache_dir()) / f"{prefix}-{sha256_json(key)[:20]}.npz"
     cached = _read(path, key)
     if cached is not None:
         return cached
-    features = inception.features(torch.from_numpy(images[:, None]), batch_size=batch_size).cpu().numpy()
+    features = np.asarray(compute(), dtype=np.float32)
     ref = ReferenceSet(features, feature_stats(features), key)
     _write(path, ref)
     return ref

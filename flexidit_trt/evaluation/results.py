@@ -1,4 +1,5 @@
-"""What an evaluation finds: one RunResult per (series, budget, seed), and the EvalReport that holds them."""
+"""What an evaluation finds: one RunResult per (series, CFG scale, budget, seed), and the EvalReport that
+holds them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 
 @dataclass
 class RunResult:
-    """One (series, budget, seed): the plan's compute and every metric, JSON-ready."""
+    """One (series, CFG scale, budget, seed): the plan's compute and every metric, JSON-ready."""
 
     series: str
     guidance: str
@@ -21,6 +22,7 @@ class RunResult:
     steps: int
     num_samples: int
     fid: float
+    classifier_fd: float  # Fréchet distance on the classifier's penultimate features
     kid: float
     kid_std: float
     precision: float
@@ -36,5 +38,6 @@ class EvalReport:
 
     runs: list[RunResult] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-    grids: dict[tuple[str, float, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # (series, cfg_scale, budget, seed) → (uint8 images [n, 32, 32], labels [n])
+    grids: dict[tuple[str, float, float, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     complete: bool = True

@@ -6,6 +6,7 @@ The trained weights live in `flexidit_trt/weights/classifier.safetensors` (DEFAU
 
     model = load_classifier()               # or load_classifier("path.safetensors")
     logits = model.classify(images)         # [N, 10]; any device, batched, no grad
+    feats, logits = model.features_and_logits(images)  # the head's input [N, 4·width] too, same forward
 """
 
 from __future__ import annotations
@@ -52,26 +53,48 @@ class FashionClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(4 * width, NUM_CLASSES)
 
+    @property
+    def feature_dim(self) -> int:
+        """Length of the penultimate features (the final linear layer's input)."""
+        return self.head.in_features
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate features [N, feature_dim]: the pooled conv features the head reads."""
+        return self.features(images).mean(dim=(2, 3))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h = self.features(images).mean(dim=(2, 3))
-        return self.head(self.dropout(h))
+        return self.head(self.dropout(self.embed(images)))
 
     @torch.no_grad()
-    def classify(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Logits [N, 10] (fp32, on the images' device) of images [N, 1, 32, 32] in [-1, 1], in eval mode."""
+    def features_and_logits(
+        self, images: torch.Tensor, batch_size: int = 1000
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Penultimate features [N, feature_dim] and logits [N, 10] (fp32, on the images' device) of images
+        [N, 1, 32, 32] in [-1, 1], in eval mode, from one forward (eval's class agreement and its
+        Fréchet distance on these features share it)."""
         if images.ndim != 4 or tuple(images.shape[1:]) != (1, 32, 32):
             raise ValueError(f"expected images [N, 1, 32, 32] in [-1, 1], got shape {list(images.shape)}")
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
+        feats, logits = [], []
         try:
-            out = [
-                self(chunk.to(device=device, dtype=torch.float32)).float().to(images.device)
-                for chunk in images.split(batch_size)
-            ]
+            for chunk in images.split(batch_size):
+                h = self.embed(chunk.to(device=device, dtype=torch.float32)).float()
+                feats.append(h.to(images.device))
+                logits.append(self.head(h).float().to(images.device))  # dropout is the identity in eval
         finally:
             self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0, NUM_CLASSES, device=images.device)
+        if not feats:
+            return (
+                torch.zeros(0, self.feature_dim, device=images.device),
+                torch.zeros(0, NUM_CLASSES, device=images.device),
+            )
+        return torch.cat(feats), torch.cat(logits)
+
+    def classify(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Logits [N, 10] (fp32, on the images' device) of images [N, 1, 32, 32] in [-1, 1], in eval mode."""
+        return self.features_and_logits(images, batch_size)[1]
 
 
 def save_classifier(
