@@ -8,14 +8,16 @@
 #   mkdir -p /tmp/carry && cp .carry/part*/chunk_* /tmp/carry/
 # and the last call unpacks everything under /tmp/carry/x, checking the tar's sha256 first:
 #   bash benchmarks/carry_parts.sh --unpack
+# CARRY_TMP (default /tmp/carry) names that folder, so that two sets of parts can be carried in turn.
 set -euo pipefail
+tmp=${CARRY_TMP:-/tmp/carry}
 if [ "${1:-}" = "--unpack" ]; then
-  mkdir -p /tmp/carry/x
-  cat /tmp/carry/chunk_* >/tmp/carry/all.tar
-  (cd /tmp/carry && sha256sum -c --quiet "$(ls /tmp/carry/*.sha256 | head -1)") || { echo "carried parts do not add up" >&2; exit 1; }
-  tar -xf /tmp/carry/all.tar -C /tmp/carry/x
-  rm /tmp/carry/all.tar
-  echo "unpacked under /tmp/carry/x: $(ls /tmp/carry/x | tr '\n' ' ')"
+  mkdir -p "$tmp/x"
+  cat "$tmp"/chunk_* >"$tmp/all.tar"
+  (cd "$tmp" && sha256sum -c --quiet all.sha256) || { echo "carried parts do not add up" >&2; exit 1; }
+  tar -xf "$tmp/all.tar" -C "$tmp/x"
+  rm "$tmp/all.tar"
+  echo "unpacked under $tmp/x: $(ls "$tmp/x" | tr '\n' ' ')"
   exit 0
 fi
 part_mib=${1:?usage: carry_parts.sh PART_MiB PATH... | --unpack}

@@ -159,8 +159,10 @@ def main() -> int:
     ap.add_argument("--sampler", default=None)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds a client waits for one answer")
     ap.add_argument("--ready-limit", type=float, default=480.0, help="seconds to wait for /healthz 200")
-    ap.add_argument("serve_args", nargs="*", help="passed to flexidit-trt serve (after --)")
-    args = ap.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = ap.parse_args(argv[:split])
+    args.serve_args = argv[split + 1 :]  # passed to flexidit-trt serve
     args.out.mkdir(parents=True, exist_ok=True)
     rates = [float(r) for r in args.rates.split(",")]
 
