@@ -158,3 +158,58 @@ def test_one_replica_per_gpu_or_one_on_the_cpu():
         replica_count(ServeOptions(replicas=3), 2)
     with pytest.raises(ServeOptionError, match="--max-batch"):
         ServeOptions(max_batch=0).checked()
+
+
+# -- the replica's batcher: a batch is gathered when the pipeline frees ------------------------------------
+def _slow_run(seconds: float, fail_on: int | None = None):
+    """A stand-in for run_batch that takes `seconds` per call and answers each request with its seed."""
+    import time
+
+    from flexidit_trt.serve.batching import Outcome
+
+    def run(requests):
+        time.sleep(seconds)
+        if fail_on is not None and any(r.sampling.seed == fail_on for r in requests):
+            raise RuntimeError(f"engine failed on seed {fail_on}")
+        return [Outcome(200, {"seed": r.sampling.seed}) for r in requests]
+
+    return run
+
+
+def test_drain_batcher_runs_what_arrived_during_a_call_as_the_next_batch():
+    """1 request starts a 0.3 s call; 7 more arrive during it (over 0.1 s, each well after the 20 ms wait
+    window of the first): they run together next, then at most max_requests at once."""
+    import asyncio
+
+    from flexidit_trt.serve.batching import DrainBatcher
+
+    async def scenario():
+        batcher = DrainBatcher(_slow_run(0.3), max_requests=4, wait_s=0.02)
+        first = asyncio.ensure_future(batcher.submit(request([1], 0)))
+        await asyncio.sleep(0.05)
+        rest = []
+        for seed in range(1, 8):
+            rest.append(asyncio.ensure_future(batcher.submit(request([1], seed))))
+            await asyncio.sleep(0.015)
+        outs = await asyncio.gather(first, *rest)
+        return batcher.calls, [o.body["seed"] for o in outs]
+
+    calls, seeds = asyncio.run(scenario())
+    assert seeds == list(range(8))  # each caller gets its own answer
+    assert calls == [1, 4, 3]  # not 1 + seven batches of 1: the waiting ones are drained when free
+
+
+def test_drain_batcher_fails_only_the_failing_batch():
+    import asyncio
+
+    from flexidit_trt.serve.batching import DrainBatcher
+
+    async def scenario():
+        batcher = DrainBatcher(_slow_run(0.05, fail_on=1), max_requests=8, wait_s=0.01)
+        bad = await asyncio.gather(batcher.submit(request([1], 1)), return_exceptions=True)
+        good = await batcher.submit(request([1], 2))
+        return bad[0], good
+
+    bad, good = asyncio.run(scenario())
+    assert isinstance(bad, RuntimeError) and "seed 1" in str(bad)
+    assert good.status == 200 and good.body["seed"] == 2  # the worker keeps serving

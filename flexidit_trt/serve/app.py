@@ -1,6 +1,6 @@
 """The Ray Serve application: an ingress that checks requests and answers HTTP, and the generator
 deployment, one replica per GPU (or one on the CPU), each holding one `Pipeline`, its requests gathered
-by `@serve.batch` and run by schedule (batching.py).
+when the pipeline frees (batching.DrainBatcher) and run by schedule (batching.run_batch).
 
     GET  /healthz   200 once every generator replica has loaded and warmed its pipeline, 503 before
     POST /generate  {"labels": [...], "budget": 0.5, "steps": ..., "seed": ...} -> {"images", "record"}
@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+from functools import partial
 from typing import Any
 
 import ray
@@ -23,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .batching import Outcome, run_batch
+from .batching import DrainBatcher, Outcome, run_batch
 from .options import GenerateRequest, ModelFacts, RequestError, ServeOptions, parse_request
 
 APP = "flexidit"
@@ -50,8 +51,9 @@ class Generator:
             "node": ray.util.get_node_ip_address(),
             "gpus": [str(g) for g in ray.get_gpu_ids()],
         }
-        self.generate.set_max_batch_size(options.max_batch)
-        self.generate.set_batch_wait_timeout_s(options.batch_wait_ms / 1e3)
+        self.batcher = DrainBatcher(
+            partial(run_batch, self.pipe), options.max_batch, options.batch_wait_ms / 1e3
+        )
         log.info(
             "replica ready: %s on %s (%s)", self.pipe.spec.name, self.pipe.device, self.pipe.selection.backend
         )
@@ -60,14 +62,13 @@ class Generator:
         spec = self.pipe.spec
         return ModelFacts(spec.name, spec.num_classes, dict(spec.macs_by_patch))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate(self, requests: list[GenerateRequest]) -> list[Outcome]:
-        # In a thread: the replica's event loop keeps answering Ray's health checks while it samples.
-        outcomes = await asyncio.to_thread(run_batch, self.pipe, requests)
-        for outcome in outcomes:
-            if "record" in outcome.body:
-                outcome.body["record"]["replica"] = self.replica
-        return outcomes
+    async def generate(self, request: GenerateRequest) -> Outcome:
+        # Batched with what else waits when the pipeline frees (sampled in a thread: the replica's event
+        # loop keeps answering Ray's health checks meanwhile).
+        outcome = await self.batcher.submit(request)
+        if "record" in outcome.body:
+            outcome.body["record"]["replica"] = self.replica
+        return outcome
 
     def __del__(self) -> None:
         pipe = getattr(self, "pipe", None)

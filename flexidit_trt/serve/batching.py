@@ -2,16 +2,25 @@
 own noise stream, so every request gets the samples `run` gives it alone; the answers are split back.
 
     outcomes = run_batch(pipe, [GenerateRequest(...), ...])   # one Outcome per request, in order
+    batcher = DrainBatcher(partial(run_batch, pipe), max_requests=16, wait_s=0.02)
+    outcome = await batcher.submit(request)                    # in the replica's event loop
+
+DrainBatcher gathers a batch when the pipeline is free, not while it is busy: everything that arrived
+during a sampling call (up to max_requests) runs in the next one. Ray Serve's @serve.batch closes the next
+batch while the current one runs (its wait starts at the first waiting request), which on a GPU gave
+batches of 1-2 requests under any load (benchmarks/NOTES.md, 2026-12-03).
 
 A failure of one call (the engine, the device) fails that call's requests with 500 and a message; the
 others, and the pipeline, go on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +43,60 @@ class Outcome:
 
     status: int
     body: dict[str, Any]
+
+
+class DrainBatcher:
+    """One worker per replica: it takes the first waiting request, waits up to wait_s for more unless
+    max_requests already wait, runs them as one batch in a thread (the event loop keeps accepting), and
+    answers each request's future. `run` must return one Outcome per request, in order."""
+
+    def __init__(
+        self, run: Callable[[list[GenerateRequest]], list[Outcome]], max_requests: int, wait_s: float
+    ) -> None:
+        self.run, self.max_requests, self.wait_s = run, max_requests, wait_s
+        self.calls: list[int] = []  # requests per batch run so far, for tests and logs
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, request: GenerateRequest) -> Outcome:
+        if self._queue is None:  # made in the replica's running loop, on first use
+            self._queue = asyncio.Queue()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((request, done))
+        return await done
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.wait_s
+            while len(batch) < self.max_requests:
+                if self._queue.empty():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), left))
+                    except TimeoutError:
+                        break
+                else:
+                    batch.append(self._queue.get_nowait())
+            live = [(r, f) for r, f in batch if not f.done()]  # a caller that gave up is not sampled
+            if not live:
+                continue
+            self.calls.append(len(live))
+            try:
+                outcomes = await asyncio.to_thread(self.run, [r for r, _ in live])
+            except Exception as err:  # noqa: BLE001 - fail this batch's requests, keep the worker
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(err)
+                continue
+            for (_, f), outcome in zip(live, outcomes, strict=True):
+                if not f.done():
+                    f.set_result(outcome)
 
 
 def run_batch(pipe: Pipeline, requests: list[GenerateRequest]) -> list[Outcome]:
