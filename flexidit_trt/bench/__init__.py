@@ -10,7 +10,10 @@
 - floors.py: the floor of one forward (FLOPs over the peak, weight bytes over the bandwidth);
 - reference.py: the reference DiT sampling loop (reference_loop.py, on reference_iddpm.py's schedule) as
   a baseline;
-- results.py: the results file's format; report.py: every results file merged into REPORT.md and plots.
+- results.py: the results file's format; report.py: every results file merged into REPORT.md and plots
+  (tables.py: its table helper);
+- projection.py: trajectories projected onto GPUs not measured, from the per-kernel profiles, and checked
+  against a run measured on another GPU; report_projected.py: that part of the report and REPORT.json.
 """
 
 from .options import BenchOptionError, BenchOptions

@@ -2,11 +2,14 @@
 
     report = build_report("benchmarks/results")
     report.markdown_path     # benchmarks/results/REPORT.md
+    report.json_path         # benchmarks/results/REPORT.json: {"projected": ...} (report_projected.py)
     report.plots             # latency-vs-budget-<machine>.png per machine, speedup-vs-reference.png
 
 The newest file per (machine, backend) is taken (results.latest); the tables run across machines (GPU
 SKUs) and backends. A backend that did not run shows its reason in place of numbers. Ratios (speedups)
-are the ones each run measured within itself, never across runs.
+are the ones each run measured within itself, never across runs. The last section and REPORT.json hold
+the trajectories projected onto GPUs not measured (report_projected.py), labelled projected wherever
+they appear.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_path, write_bytes_atomic
+from ..artifacts import atomic_path, write_bytes_atomic, write_json_atomic
 from .measure import noisy_note
+from .report_projected import REPORT_JSON, check_file, projected_json, projected_markdown
 from .results import find_results, latest, read_results
+from .tables import DASH, markdown_table
 
 REPORT_NAME = "REPORT.md"
+REPORT_KIND = "flexidit-trt/bench-report"  # REPORT.json's
 BACKEND_ORDER = (
     "reference",
     "diffusers-compiled-fp16",
@@ -37,7 +43,6 @@ BACKEND_ORDER = (
     "torch-eager",
     "ort",
 )
-DASH = "—"
 PROFILE_NOTE = (
     "Eager launches, no CUDA graph, so every kernel is visible: the gap between device busy and wall time is "
     "the launch and host overhead that the graphs of the forwards table remove. Category columns: shares of "
@@ -53,6 +58,7 @@ class Report:
     markdown_path: Path
     plots: list[Path]
     files: list[Path]  # every results file read
+    json_path: Path | None = None  # REPORT.json: {"projected": the projections and their check}
 
 
 def build_report(results: str | Path, out: str | Path | None = None) -> Report:
@@ -73,9 +79,18 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Report:
         "",
     ]
     figures = [f"![{p.stem}]({p.name})" for p in plots]
-    text = "\n".join([*intro, markdown(docs), *(["## Plots", "", *figures, ""] if figures else [])])
+    projected = projected_json(sorted(docs, key=_order), check_file(results))
+    sections = [
+        markdown(docs),
+        *projected_markdown(projected),
+        *(["## Plots", "", *figures, ""] if figures else []),
+    ]
+    text = "\n".join([*intro, *sections])
     path = write_bytes_atomic(out / REPORT_NAME, text.encode())
-    return Report(text, path, plots, files)
+    json_path = write_json_atomic(
+        out / REPORT_JSON, {"kind": REPORT_KIND, "schema": 1, "projected": projected}
+    )
+    return Report(text, path, plots, files, json_path)
 
 
 def markdown(docs: Sequence[dict]) -> str:
@@ -98,17 +113,6 @@ def markdown(docs: Sequence[dict]) -> str:
 
 
 # -- tables --------------------------------------------------------------------------------------------------
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    rows = [[str(c) for c in r] for r in rows]
-    if not rows:
-        return []
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def _machines(docs: Sequence[dict]) -> list[str]:
     seen: dict[str, dict] = {}
     for d in docs:
@@ -136,7 +140,7 @@ def _machines(docs: Sequence[dict]) -> list[str]:
         )
     header = ["machine", "GPU", "memory", "driver", "CUDA", "torch", "matmul TFLOP/s", "copy GB/s",
               "SM MHz (max)", "model, precision, steps"]  # fmt: skip
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _rows(docs: Sequence[dict], cells: Callable[[dict], Iterable[Sequence[Any]]]) -> list[list[Any]]:
@@ -163,7 +167,7 @@ def _trajectories(docs: Sequence[dict]) -> list[str]:
     header = ["machine", "backend", "images", "budget", "weak steps", "wall s (± IQR)", "images/s", "first call s",
               "× static", "× reference", "× diffusers", "diffusers-compiled: backend, first call s",
               "loop over forwards", "peak memory MiB"]  # fmt: skip
-    return _table(header, _rows(docs, cells))
+    return markdown_table(header, _rows(docs, cells))
 
 
 def _forwards(docs: Sequence[dict]) -> list[str]:
@@ -176,7 +180,7 @@ def _forwards(docs: Sequence[dict]) -> list[str]:
 
     header = ["machine", "backend", "patch", "batch", "median ms", "spread (IQR)", "TFLOP/s", "of peak",
               "floor ms", "× floor"]  # fmt: skip
-    return _table(header, _rows(docs, cells))
+    return markdown_table(header, _rows(docs, cells))
 
 
 def _memory(docs: Sequence[dict]) -> list[str]:
@@ -191,7 +195,7 @@ def _memory(docs: Sequence[dict]) -> list[str]:
                m["how"]]  # fmt: skip
 
     header = ["machine", "backend", "images", "budget", "shared pool MiB", "pool per engine MiB", "how"]
-    return _table(header, _rows(docs, cells))
+    return markdown_table(header, _rows(docs, cells))
 
 
 def _time_plans(docs: Sequence[dict]) -> list[str]:
@@ -207,7 +211,7 @@ def _time_plans(docs: Sequence[dict]) -> list[str]:
 
     header = ["machine", "backend", "images", "time asked (of static)", "time planner: weak steps, time",
               "MACs planner: weak steps", "its time (of static)"]  # fmt: skip
-    return _table(header, _rows(docs, cells))
+    return markdown_table(header, _rows(docs, cells))
 
 
 def _profiles(docs: Sequence[dict]) -> list[str]:
@@ -230,7 +234,7 @@ def _profiles(docs: Sequence[dict]) -> list[str]:
 
     header = ["machine", "backend", "patch", "batch", "kernels / forward", "device busy / wall µs",
               *(CATEGORY_TITLES[c] for c in CATEGORIES), "limit"]  # fmt: skip
-    table = _table(header, _rows(docs, cells))
+    table = markdown_table(header, _rows(docs, cells))
     return [PROFILE_NOTE, "", *table] if table else []
 
 
@@ -246,7 +250,7 @@ def _top_kernels(docs: Sequence[dict]) -> list[str]:
 
     header = ["machine", "backend", "patch", "batch", "#", "kernel", "category", "calls / forward", "mean µs",
               "of device time"]  # fmt: skip
-    return _table(header, _rows(docs, cells))
+    return markdown_table(header, _rows(docs, cells))
 
 
 # -- plots ---------------------------------------------------------------------------------------------------

@@ -164,7 +164,8 @@ def bench(ctx: click.Context, forward_runs: int, warmup: int, **options) -> None
 )
 @path_option("--out", "[default: --results]", file_okay=False)
 def report(results: Path, out: Path | None) -> None:
-    """Merge every results file into one markdown report (REPORT.md) and PNG plots."""
+    """Merge every results file into one markdown report (REPORT.md) and PNG plots, with each profiled
+    backend's trajectories projected onto other GPUs (labelled projected; also in REPORT.json)."""
     from ..bench.report import build_report
 
     try:
@@ -172,4 +173,4 @@ def report(results: Path, out: Path | None) -> None:
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from None
     click.echo(made.markdown)
-    click.echo(f"wrote {made.markdown_path}" + "".join(f", {p}" for p in made.plots))
+    click.echo(f"wrote {made.markdown_path}, {made.json_path}" + "".join(f", {p}" for p in made.plots))
