@@ -54,6 +54,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flexidit_trt.evaluation.options import OptionsError  # noqa: E402
+from flexidit_trt.evaluation.options import parse_scales as parse_cfg_scales  # noqa: E402
+
 BUDGETS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3)
 TARGETS = {0.5: 0.05, 0.6: 0.02}  # FID within 5% of budget 1.0's at budget 0.5, within 2% at 0.6
 
@@ -136,14 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def parse_scales(text: str) -> tuple[float, ...]:
     try:
-        scales = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        scales = ()
-    if not scales or len(set(scales)) != len(scales):
-        raise argparse.ArgumentTypeError(
-            f"expected distinct comma-separated scales like 1.0,1.5, got {text!r}"
-        )
-    return scales
+        return parse_cfg_scales(text)
+    except OptionsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def scales_of(args, way: Way) -> tuple[float, ...]:

@@ -7,7 +7,6 @@ Runs on one device, or on every GPU of a host under torchrun:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
@@ -33,17 +32,14 @@ def parse_budgets(ctx, param, value: str) -> tuple[float, ...]:
 
 def parse_cfg_scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
     """click callback: "1.0,1.5,4.0" → (1.0, 1.5, 4.0), finite numbers, none repeated."""
+    from ..evaluation.options import OptionsError, parse_scales
+
     if value is None:
         return None
     try:
-        scales = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        scales = ()
-    if not scales or not all(math.isfinite(c) for c in scales) or len(set(scales)) != len(scales):
-        raise click.BadParameter(
-            f"expected distinct comma-separated finite numbers like 1.0,1.5,4.0, got {value!r}"
-        )
-    return scales
+        return parse_scales(value)
+    except OptionsError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 _path = click.Path(path_type=Path)

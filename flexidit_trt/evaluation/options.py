@@ -20,6 +20,17 @@ class OptionsError(UsageError, ValueError):
     """Options that cannot be evaluated (a budget outside (0, 1] or below the reachable, no samples…)."""
 
 
+def parse_scales(text: str) -> tuple[float, ...]:
+    """ "1.0,1.5,4.0" → (1.0, 1.5, 4.0): distinct finite numbers (OptionsError otherwise)."""
+    try:
+        scales = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        scales = ()
+    if not scales or not all(math.isfinite(c) for c in scales) or len(set(scales)) != len(scales):
+        raise OptionsError(f"expected distinct comma-separated finite numbers like 1.0,1.5,4.0, got {text!r}")
+    return scales
+
+
 @dataclass(frozen=True)
 class EvalOptions:
     """Everything an evaluation depends on besides the model; checked when made (OptionsError says what
