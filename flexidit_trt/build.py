@@ -120,7 +120,8 @@ def build_artifacts(
     without overrides: the embedded default weights (default_model.py says why). overrides: config fields for
     random weights (depth=2, ...). progress: None shows a bar on a terminal only. trt/plan_builder:
     the TensorRT probe and build (parameters for tests of the bookkeeping where TensorRT is absent).
-    engines: the compiled engines that follow the graphs, some of ENGINE_KINDS ("aoti": one AOTInductor
+    engines: the compiled engines that follow the graphs, some of ENGINE_KINDS, or none for the graphs
+    alone (what the ort backend runs; `bench` exports them so when they are missing) ("aoti": one AOTInductor
     package per patch size for this GPU, compile variant `aoti_variant`, with `aoti_gelu_epilogue` each
     MLP's fc1 + GELU as one GEMM (None: on for bf16/fp16); "compile-cache": the torch
     backend compiled at every engine batch and its portable torch.compile cache saved; both skipped
@@ -140,7 +141,7 @@ def build_artifacts(
     if not patch_sizes or any(int(p) <= 0 for p in patch_sizes):
         raise OptionError(f"patch sizes must be positive integers, got {list(patch_sizes)}")
     unknown = [e for e in engines if e not in ENGINE_KINDS]
-    if not engines or unknown:
+    if unknown:
         raise OptionError(f"engines must be some of {', '.join(ENGINE_KINDS)}, got {list(engines)}")
     if require_trt and "trt" not in engines:
         raise OptionError("--require-trt needs trt among the engines")

@@ -162,23 +162,12 @@ def test_time_plans_pick_weak_steps_from_latency_and_run_them() -> None:
 # -- one real tiny run (shared by the tests below) -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
-    """Export the tiny model's graphs (for ort), then run the CLI: ort, torch-eager, trt and aoti
-    (these two say why not), and the reference loop, two batch sizes, budgets 1.0 and 0.5, 6 steps."""
-    from flexidit_trt.build import build_artifacts
-
+    """Run the CLI on an empty workdir (the bench exports ort's graphs itself): ort, torch-eager, trt and
+    aoti (these two say why not), and the reference loop, two batch sizes, budgets 1.0 and 0.5, 6 steps."""
     root = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add contention on a shared CI machine
     try:
-        build_artifacts(
-            "dit_s",
-            overrides=TINY,
-            image_size=64,
-            precision="fp32",
-            workdir=root,
-            batch_sizes=(1, 2, 4),
-            progress=False,
-        )
         args = [
             "bench", *TINY_ARGS, "--backends", "ort,torch-eager,trt,aoti", "--batch-sizes", "2,1", "--budgets",
             "0.5", "--steps", "6", "--device", "cpu", "--workdir", str(root), "--out", str(root / "results"),
@@ -238,6 +227,41 @@ def test_tiny_bench_run_writes_valid_results(tiny_run) -> None:
     assert hw["gpu"] == "no GPU" and hw["matmul_peak"]["per_s"] > 0 and hw["copy_bandwidth"]["per_s"] > 0
     assert docs["ort"]["run_id"] == docs["reference"]["run_id"]  # one run, one id
     assert "not run: TensorRT is not installed here" in result.output  # the printed table
+    # No prior `build`: the bench exported ort's graphs itself, at its precision, and kept the cost.
+    built = docs["ort"]["build"]
+    assert built["precision"] == "fp32" == docs["ort"]["model"]["precision"]
+    assert built["folder"] == str(tiny_run["root"] / "export" / "dit_s")
+    assert [(g["patch_size"], g["rebuilt"]) for g in built["graphs"]] == [(2, True), (4, True)]
+    assert 0 < sum(g["export_seconds"] for g in built["graphs"]) <= built["seconds"]
+    assert f"exported 2 graph(s) under {built['folder']} in {built['seconds']:.1f} s" in result.output
+    assert docs["torch-eager"]["build"] is None  # nothing to build for the torch backends
+    assert docs["ort"]["engines"][0]["providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.slow
+def test_a_second_bench_reuses_the_graphs_it_exported(tiny_run, tmp_path) -> None:
+    """The same workdir again (ort only, the smallest grid): the graphs are opened as they are, not
+    exported again, and the run still reports trajectories."""
+    assert tiny_run["result"].exit_code == 0, tiny_run["result"].output
+    folder = tiny_run["root"] / "export" / "dit_s"
+    before = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in folder.iterdir()}
+    args = [
+        "bench", *TINY_ARGS, "--backends", "ort", "--no-reference", "--batch-sizes", "1", "--budgets", "1.0",
+        "--steps", "2", "--device", "cpu", "--workdir", str(tiny_run["root"]), "--out", str(tmp_path),
+        "--repeats", "1", "--forward-runs", "20", "--warmup", "1",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(main, args)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    (doc,) = map(read_results, find_results(tmp_path))
+    assert doc["backend"] == "ort" and doc["status"] == "ok" and doc["build"] is None
+    assert [(t["images"], t["budget"]) for t in doc["trajectories"]] == [(1, 1.0)]
+    assert "exporting" not in result.output
+    assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in folder.iterdir()} == before
 
 
 @pytest.mark.slow

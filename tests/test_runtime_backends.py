@@ -88,6 +88,24 @@ def test_ort_backend_through_the_interface(workdir):
     assert rel_error(io.out[:3], want.numpy()) < 1e-5
     assert not io.out[3].any()  # rows past the batch untouched
     assert backend.activation_bytes(8) == 0 and backend.out_dtype == "float32"
+    assert backend.describe()["cuda_graphs"] is False  # the CPU provider has no CUDA graphs
+
+
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_engine_options_pass_cuda_graphs_to_the_ort_backend(workdir, monkeypatch, cuda_graphs):
+    """EngineOptions.cuda_graphs reaches every OrtBackend.load (what it does there: test_ort_cuda_graphs.py)."""
+    seen = []
+    load = OrtBackend.load
+
+    def recording_load(*args, **kwargs):
+        seen.append(kwargs.get("cuda_graphs"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(OrtBackend, "load", staticmethod(recording_load))
+    engine = EngineOptions(cuda_graphs=cuda_graphs)
+    with pipeline_from_workdir(workdir, "dit_s", backend="ort", device="cpu", engine=engine) as pipe:
+        assert not any(e.cuda_graphs for e in pipe.backends.values())  # CPU: none either way
+    assert seen == [cuda_graphs, cuda_graphs]  # one per patch size
 
 
 def test_auto_on_cpu_is_torch_and_says_why(workdir):

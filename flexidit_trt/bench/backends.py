@@ -92,7 +92,8 @@ def backend_label(name: str, device: str) -> str:
             else " (CPU: as torch-premod, nothing tuned)"
         ),
         "torch-eager": "eager PyTorch" + graphs,
-        "ort": "ONNX Runtime " + ("CUDA provider" if gpu else "CPU provider"),
+        "ort": "ONNX Runtime "
+        + ("CUDA provider, IO binding, ORT's CUDA graphs where it captures them" if gpu else "CPU provider"),
     }[name]
 
 

@@ -31,7 +31,7 @@ class BenchOptions:
     cfg_scale: float = 4.0
     seed: int = 0
     device: str | None = None
-    workdir: Path = Path(".")  # where `build` put the engines (trt, aoti, ort)
+    workdir: Path = Path(".")  # where `build` put the engines (trt, aoti, ort; builds.py exports ort's)
     out: Path = DEFAULT_OUT
     checkpoint: Path | None = None
     image_size: int | None = None

@@ -14,8 +14,10 @@ Document (schema 1):
     model {name, config, weights, precision, patch_sizes, macs_by_patch, weight_bytes_by_patch},
     options (every bench option, forward_runs and warmup included);
   with status "ok", a backend's document adds
-    why (the pipeline's selection reason), setup_s (building the pipeline), engines (each engine's
-    description),
+    why (the pipeline's selection reason), setup_s (building the pipeline), build (what the bench built
+    itself before that, here the ort backend's missing ONNX graphs: {what, folder, precision, weights,
+    seconds, graphs [{patch_size, file, rebuilt, reason, export_seconds}]}; None when it built nothing),
+    engines (each engine's description),
     forwards [{patch_size, batch (rows), images, stats, floor, tflops, peak_fraction, over_floor}],
     trajectories [{images, budget, plan, cold_s (the first call), weak_steps, achieved_fraction,
                    wall (stats of the record's total_wall_s), wall_s (its median), call (stats of the whole generate call), images_per_s,

@@ -23,6 +23,8 @@ the static model is every backend's baseline):
   aoti); the others say why not.
 Unavailable backends get a file that says why ("not run: TensorRT is not installed here"), never numbers.
 A backend that fails mid-way gets a "failed" file with the error; the others still run.
+The ort backend's graphs are exported first where the workdir has none (builds.py; its `build` field
+says what and in how many seconds); the compiled engines (trt, aoti) are `flexidit-trt build`'s.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..runtime.choose import installed, resolve_device
 from ..runtime.options import GUIDANCE
 from . import cost, hardware
 from .backends import TORCH_VARIANTS, backend_label, config_difference, is_diffusers, unavailable
+from .builds import build_missing
 from .diffusers_peer import DiffusersPeer, peer_spec, peer_trajectories
 from .forwards import profile_forwards, time_forwards
 from .measure import noisy_note, time_wall
@@ -301,6 +304,10 @@ class _Bench:
 
     def _backend_measurements(self, name: str) -> dict:
         session = self.session
+        why_not = unavailable(name, self.device)
+        if why_not:  # before building anything for it
+            raise _NotRun(why_not)
+        build = build_missing(name, session, self.source.name, self.source.label())
         start = time.perf_counter()
         pipe = self._pipeline(name)
         setup_s = time.perf_counter() - start
@@ -313,6 +320,7 @@ class _Bench:
             out = {
                 "why": pipe.selection.reason,
                 "setup_s": setup_s,
+                "build": build,
                 "engines": [b.describe() for b in pipe.backends.values()],
                 "forwards": forwards,
                 "trajectories": runs,
@@ -329,9 +337,6 @@ class _Bench:
 
     def _pipeline(self, name: str) -> Pipeline:
         opts, device = self.options, self.device
-        why_not = unavailable(name, device)
-        if why_not:
-            raise _NotRun(why_not)
         max_batch = max(opts.batch_sizes)
         if name in TORCH_VARIANTS:
             return pipeline_from_model(

@@ -90,7 +90,8 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
-    help="where `flexidit-trt build` put the engines (trt, aoti, ort)",
+    help="where `flexidit-trt build` put the engines (trt, aoti, ort); ort's graphs are exported here when "
+    "missing",
 )
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS, show_default=True

@@ -14,7 +14,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class EngineOptions:
     """precision: None picks fp32 on the CPU, bf16 on a GPU. max_batch: images per batch at most.
     compile: torch.compile each engine. cuda_graphs / shared_pool (GPU): replay each engine from CUDA
-    graphs, all in one memory pool (False: eager launches / one pool per engine, for comparisons).
+    graphs, all in one memory pool (False: eager launches / one pool per engine, for comparisons);
+    cuda_graphs also turns ONNX Runtime's CUDA graphs on (the ort backend's CUDA provider; the CPU
+    provider has none) or off.
     precompute_modulation: the adaLN modulation of every step computed before each chunk's loop in one
     batched pass (memory: steps × rows × (depth·6 + 2)·hidden values; DiT-XL at 8 images: 1.6 GB per
     patch size in bf16). gelu_epilogue: each MLP's fc1 and GELU as one cuBLASLt GEMM with a GELU epilogue

@@ -6,13 +6,19 @@ reference.
 
 CUDA (where onnxruntime-gpu is installed): the CUDA execution provider on the run's stream
 (`user_compute_stream`), with IO binding on the pipeline's device buffers and no synchronisation after a
-run. Sessions share one registered device allocator (`session.use_env_allocators`). Written to the
-documented API but never executed: no machine here has onnxruntime-gpu.
+run. Sessions share one registered device allocator (`session.use_env_allocators`). With `cuda_graphs`
+(EngineOptions.cuda_graphs, on by default) ORT's own CUDA graphs: the provider option `enable_cuda_graph`,
+and one graph per batch, named by the run option `gpu_graph_id` and captured in `prepare` (ORT replays a
+graph on the addresses it captured, which are the pipeline's fixed buffers: new buffers get new ids).
+A graph ORT cannot capture whole (nodes left to the CPU provider) fails the session; it then loads
+without CUDA graphs and `describe` says why. Written to the documented API but never executed: no machine
+here has onnxruntime-gpu.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +27,17 @@ import numpy as np
 from ..device import Device
 from .backend import Backend, IOBuffers, RunError
 
+_log = logging.getLogger(__name__)
 _ORT_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 _ORT_TYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}
 # The exported graphs' tensors (export/onnx_export.py names them; not imported: that module needs torch)
 GRAPH_INPUTS = ("x", "t", "y")
 GRAPH_OUTPUT = "out"
 _ENV_ALLOCATORS: set[str] = set()  # devices whose shared allocator is registered in this process
+# ORT's CUDA EP captures a graph id's graph on its third run (two regular runs first, so its allocations
+# are made before capture), then replays it; ids are > 0 (0 is ORT's own, -1 turns capture off).
+RUNS_TO_CAPTURE = 3
+GRAPH_ID_SINCE = (1, 18)  # the first onnxruntime with more than one CUDA graph per session (gpu_graph_id)
 
 
 def cuda_provider_available() -> bool:
@@ -40,6 +51,16 @@ def provider_missing(device: str) -> str | None:
     if device == "cpu" or cuda_provider_available():
         return None
     return "this onnxruntime has the CPU execution provider only; a GPU needs onnxruntime-gpu"
+
+
+def cuda_graphs_supported(version: str) -> bool:
+    """Whether this onnxruntime version keeps one CUDA graph per `gpu_graph_id` (older ones capture one
+    graph per session, which would replay the first batch's shapes for every batch)."""
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= GRAPH_ID_SINCE
 
 
 def _register_env_allocator(ort: Any, device: str) -> None:
@@ -73,7 +94,9 @@ class OrtBackend(Backend):
         max_batch: int,
         device: str,
         path: Path,
-        run_options: Any = None,
+        run_config: Mapping[str, str] | None = None,
+        cuda_graphs: bool = False,
+        cuda_graphs_off: str | None = None,
     ):
         self.session = session
         self.patch_size = patch_size
@@ -81,24 +104,36 @@ class OrtBackend(Backend):
         self.device = device
         self.out_dtype = "float32"  # the graphs' signature is fp32 in and out at every precision
         self.path = path
+        self.cuda_graphs = cuda_graphs  # the session was made with enable_cuda_graph
+        self.cuda_graphs_off = cuda_graphs_off  # why not, where they were asked for
         self._io: IOBuffers | None = None
-        self._bindings: dict[int, Any] = {}
-        self._run_options = run_options  # ONNX Runtime's RunOptions for every forward (None: its defaults)
+        self._bindings: dict[int, tuple[Any, Any]] = {}  # batch -> (IO binding, its RunOptions)
+        self._graph_ids: dict[int, int] = {}  # batch -> gpu_graph_id of its binding's CUDA graph
+        self._next_graph_id = 1
+        self._run_config = dict(run_config or {})  # run config entries of every forward
 
     @classmethod
     def load(
-        cls, path: str | Path, patch_size: int, device: str = "cpu", max_batch: int = 1 << 16, stream: int = 0
+        cls,
+        path: str | Path,
+        patch_size: int,
+        device: str = "cpu",
+        max_batch: int = 1 << 16,
+        stream: int = 0,
+        cuda_graphs: bool = True,
     ) -> OrtBackend:
+        """The graph at `path` in a session on `device` (CUDA: on `stream`, with ORT's CUDA graphs unless
+        `cuda_graphs` is False or this onnxruntime predates `gpu_graph_id`; the CPU provider has none)."""
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise RunError(f"exported graph {path} is missing")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.use_env_allocators", "1")
+        run_config: dict[str, str] = {}
+        off = None
         if device == "cpu":
             providers: list[Any] = ["CPUExecutionProvider"]
+            cuda_graphs = False
         else:
             missing = provider_missing(device)
             if missing:
@@ -106,25 +141,33 @@ class OrtBackend(Backend):
             cuda_options = {"device_id": str(Device.parse(device).index)}
             if stream:
                 cuda_options.update(has_user_compute_stream="1", user_compute_stream=str(stream))
+            if cuda_graphs and not cuda_graphs_supported(ort.__version__):
+                cuda_graphs = False
+                off = f"onnxruntime {ort.__version__} keeps one CUDA graph per session (gpu_graph_id: 1.18+)"
             providers = [("CUDAExecutionProvider", cuda_options)]
+            # the pipeline orders everything on its stream; never block the host per step
+            run_config["disable_synchronize_execution_providers"] = "1"
         _register_env_allocator(ort, device)
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as err:  # a truncated or foreign file: InvalidProtobuf, Fail, InvalidGraph, ...
-            reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            raise RunError(
-                f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]})"
-            ) from None
+        session, refused = None, None
+        if cuda_graphs:
+            # Not yet executed on a GPU: no onnxruntime-gpu was on any machine here (README).
+            graph_providers = [(providers[0][0], {**providers[0][1], "enable_cuda_graph": "1"})]
+            try:
+                session = _session(ort, path, graph_providers)
+            except RunError as err:  # nodes ORT leaves to the CPU cannot be captured: load without graphs
+                refused = err
+        if session is None:
+            session = _session(ort, path, providers)
+        if refused is not None:
+            cuda_graphs, off = False, f"ONNX Runtime refused them: {refused}"
+            _log.warning("p%d: %s; running without CUDA graphs", patch_size, off)
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         if names != (list(GRAPH_INPUTS), [GRAPH_OUTPUT]):
             raise RunError(
                 f"exported graph {path} has inputs {names[0]} and outputs {names[1]}, not "
                 f"{list(GRAPH_INPUTS)} and [{GRAPH_OUTPUT!r}] (edited or foreign)"
             )
-        run_options = ort.RunOptions()
-        if device != "cpu":  # the pipeline orders everything on its stream; never block the host per step
-            run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        return cls(session, patch_size, max_batch, device, path, run_options)
+        return cls(session, patch_size, max_batch, device, path, run_config, cuda_graphs, off)
 
     def signature(self) -> dict:
         """The loaded graph's inputs and outputs as the export manifest records them (name, dtype, shape)."""
@@ -151,11 +194,18 @@ class OrtBackend(Backend):
         self._bindings.clear()
 
     def prepare(self, batches: Sequence[int]) -> None:
+        """Bind each batch's rows of the buffers; with CUDA graphs also run it until ORT has captured
+        its graph (the outputs of these runs are overwritten by the loop's first forward)."""
         for b in batches:
-            if b not in self._bindings:
-                self._bindings[b] = self._binding(b)
+            if b in self._bindings:
+                continue
+            self._bindings[b] = self._binding(b)
+            if self.cuda_graphs:
+                binding, run_options = self._bindings[b]
+                for _ in range(RUNS_TO_CAPTURE):
+                    self.session.run_with_iobinding(binding, run_options)
 
-    def _binding(self, batch: int) -> Any:
+    def _binding(self, batch: int) -> tuple[Any, Any]:
         io = self._io
         if io is None:
             raise RuntimeError("bind() the buffers before prepare()")
@@ -166,20 +216,59 @@ class OrtBackend(Backend):
             binding.bind_input(name, kind, index, _np_dtype(buf), [batch, *buf.shape[1:]], _address(buf))
         out = io.out
         binding.bind_output(GRAPH_OUTPUT, kind, index, np.float32, [batch, *out.shape[1:]], _address(out))
-        return binding
+        return binding, self._run_options(batch)
+
+    def _run_options(self, batch: int) -> Any:
+        """The RunOptions of `batch`'s forwards: the backend's entries, and with CUDA graphs a graph id
+        of its own (a fresh one per binding: a graph replays the addresses it was captured on)."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        for key, value in self._run_config.items():
+            options.add_run_config_entry(key, value)
+        if self.cuda_graphs:
+            self._graph_ids[batch] = self._next_graph_id
+            self._next_graph_id += 1
+            options.add_run_config_entry("gpu_graph_id", str(self._graph_ids[batch]))
+        return options
 
     def forward(self, batch: int) -> None:
-        binding = self._bindings.get(batch)
-        if binding is None:  # outside the pipeline's loop (tests, one-off calls)
-            binding = self._bindings[batch] = self._binding(batch)
-        self.session.run_with_iobinding(binding, self._run_options)
+        if batch not in self._bindings:  # outside the pipeline's loop (tests, one-off calls)
+            self.prepare([batch])
+        binding, run_options = self._bindings[batch]
+        self.session.run_with_iobinding(binding, run_options)
 
     def describe(self) -> dict:
-        return {**super().describe(), "graph": str(self.path), "providers": self.session.get_providers()}
+        graphs: dict[str, Any] = {"cuda_graphs": self.cuda_graphs}
+        if self.cuda_graphs:
+            graphs["cuda_graph_ids"] = {str(b): i for b, i in sorted(self._graph_ids.items())}
+        elif self.cuda_graphs_off:
+            graphs["cuda_graphs_off"] = self.cuda_graphs_off
+        return {
+            **super().describe(),
+            "graph": str(self.path),
+            "providers": self.session.get_providers(),
+            **graphs,
+        }
 
     def close(self) -> None:
         self._bindings.clear()
         self.session = None
+
+
+def _session(ort: Any, path: Path, providers: list[Any]) -> Any:
+    """An InferenceSession of `path` on `providers`, every session on the one shared allocator; RunError
+    in one line where ONNX Runtime refuses it."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # a truncated or foreign file: InvalidProtobuf, Fail, InvalidGraph, ...
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+        raise RunError(
+            f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]})"
+        ) from None
 
 
 def _address(buf: Any) -> int:

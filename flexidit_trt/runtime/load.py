@@ -42,7 +42,8 @@ def pipeline_from_workdir(
     """A pipeline over what `flexidit-trt build` made under `workdir` for `model_name`: TensorRT
     engines, AOTInductor packages or ONNX graphs, or the torch backend on the weights they were built
     from. `checkpoint`: refuse engines built from other weights (their sha256 must match). `engine`: its
-    precision and max_batch apply to every backend, the rest to the torch backend only."""
+    precision and max_batch apply to every backend, cuda_graphs to torch and ort (ORT's own CUDA
+    graphs), the rest to the torch backend only."""
     if backend not in BACKENDS:
         raise RunOptionError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     device = resolve_device(device)
@@ -127,7 +128,13 @@ def _ort_pipeline(op: _Opening) -> Pipeline:
     engines: dict[int, Backend] = {}
     for p, g in graphs.items():
         try:
-            engines[p] = OrtBackend.load(folder / g["file"], p, device, stream=stream.handle if stream else 0)
+            engines[p] = OrtBackend.load(
+                folder / g["file"],
+                p,
+                device,
+                stream=stream.handle if stream else 0,
+                cuda_graphs=engine.cuda_graphs,
+            )
         except RunError as err:
             raise RunError(f"{err}: rebuild it with `{rebuild}`") from None
         check_signature(g, engines[p].signature(), f"the exported graph p{p} ({folder / g['file']})", rebuild)
