@@ -112,6 +112,9 @@ def test_init_starts_from_the_given_weights(data_dir, tmp_path, trained):
     assert not torch.allclose(load_checkpoint(fresh.checkpoint).state_dict()[key], given[key])
     with pytest.raises(TrainError, match="its model \\(1 blocks of width 32.*\\(1 blocks of width 48"):
         train(TrainOptions(out=tmp_path / "wide", init=trained.checkpoint, **{**TINY, "hidden_size": 48}))
+    # Heads change no weight's shape, only what the weights mean: refused too, with what to pass.
+    with pytest.raises(TrainError, match="2 heads.*4 heads.*pass --depth 1 --hidden-size 32 --num-heads 2"):
+        train(TrainOptions(out=tmp_path / "heads", init=trained.checkpoint, **{**TINY, "num_heads": 4}))
     with pytest.raises(TrainError, match="pick one"):
         train(TrainOptions(out=tmp_path / "both", init=trained.checkpoint, resume=True, **TINY))
 

@@ -307,12 +307,14 @@ def _initialise(path: Path, model, ema) -> None:
     own = model.state_dict()
     theirs = {k: v for k, v in init.state_dict().items() if k in own}
     wrong = [k for k in own if k not in theirs or theirs[k].shape != own[k].shape]
-    if wrong or init.config.patch_size != model.config.patch_size:
+    a, b = init.config, model.config
+    shape = (a.depth, a.hidden_size, a.num_heads, a.patch_size)
+    if wrong or shape != (b.depth, b.hidden_size, b.num_heads, b.patch_size):
         raise TrainError(
-            f"--init {path}: its model ({init.config.depth} blocks of width {init.config.hidden_size}, patch "
-            f"{init.config.patch_size}) is not the one these options train ({model.config.depth} blocks of "
-            f"width {model.config.hidden_size}, patch {model.config.patch_size}); first differing tensor: "
-            f"{wrong[0] if wrong else 'patch size'}"
+            f"--init {path}: its model ({a.depth} blocks of width {a.hidden_size}, {a.num_heads} heads, patch "
+            f"{a.patch_size}) is not the one these options train ({b.depth} blocks of width {b.hidden_size}, "
+            f"{b.num_heads} heads, patch {b.patch_size}): pass --depth {a.depth} --hidden-size {a.hidden_size} "
+            f"--num-heads {a.num_heads}"
         )
     with torch.no_grad():
         for key, value in own.items():
