@@ -102,7 +102,9 @@ def summary(name: str, offered: float | None, results: list[dict]) -> dict:
     lat = np.array([r["latency_s"] for r in ok]) if ok else np.array([np.nan])
     batches = [r["batch"]["requests"] for r in ok if r["batch"]]
     replicas = Counter(
-        f"{r['replica']['node']} gpus {','.join(r['replica']['gpus']) or '-'}" for r in ok if r.get("replica")
+        f"{r['replica']['node']} pid {r['replica']['pid']} gpus {','.join(r['replica']['gpus']) or '-'}"
+        for r in ok
+        if r.get("replica")
     )
     return {
         "phase": name,
