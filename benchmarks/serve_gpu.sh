@@ -8,8 +8,9 @@
 #   bash benchmarks/serve_gpu.sh OUT [REPLICAS] [serve_bench.py options]     (after carry_parts.sh --unpack)
 set -uo pipefail
 out=${1:?usage: serve_gpu.sh OUT [REPLICAS] [serve_bench options]}
-replicas=${2:-1}
-shift $(( $# >= 2 ? 2 : 1 ))
+shift
+replicas=1
+if [[ ${1:-} =~ ^[0-9]+$ ]]; then replicas=$1; shift; fi
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/carry/x/wheels/*.whl >"$out/pip.log" 2>&1 || { tail -20 "$out/pip.log"; exit 1; }

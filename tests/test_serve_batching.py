@@ -192,11 +192,11 @@ def test_drain_batcher_runs_what_arrived_during_a_call_as_the_next_batch():
             rest.append(asyncio.ensure_future(batcher.submit(request([1], seed))))
             await asyncio.sleep(0.015)
         outs = await asyncio.gather(first, *rest)
-        return batcher.calls, [o.body["seed"] for o in outs]
+        return (batcher.calls, batcher.requests, batcher.largest), [o.body["seed"] for o in outs]
 
-    calls, seeds = asyncio.run(scenario())
+    counts, seeds = asyncio.run(scenario())
     assert seeds == list(range(8))  # each caller gets its own answer
-    assert calls == [1, 4, 3]  # not 1 + seven batches of 1: the waiting ones are drained when free
+    assert counts == (3, 8, 4)  # batches of 1, 4, 3: not 1 + seven batches of 1
 
 
 def test_drain_batcher_fails_only_the_failing_batch():
@@ -213,3 +213,19 @@ def test_drain_batcher_fails_only_the_failing_batch():
     bad, good = asyncio.run(scenario())
     assert isinstance(bad, RuntimeError) and "seed 1" in str(bad)
     assert good.status == 200 and good.body["seed"] == 2  # the worker keeps serving
+
+
+def test_drain_batcher_answers_every_request_when_the_batch_answers_too_few():
+    """A run that returns fewer outcomes than requests fails them all (none left waiting forever)."""
+    import asyncio
+
+    from flexidit_trt.serve.batching import DrainBatcher, Outcome
+
+    async def scenario():
+        batcher = DrainBatcher(lambda reqs: [Outcome(200, {})], max_requests=8, wait_s=0.05)
+        return await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit(request([1], s)) for s in range(3)), return_exceptions=True), 5
+        )
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(a, RuntimeError) and "answered 1 of 3" in str(a) for a in answers)

@@ -213,18 +213,20 @@ def read_measured(path: str | Path) -> Measured:
 def check_projection(projections: Iterable[dict[str, Any]], measured: Measured) -> dict[str, Any]:
     """Every measured row with a projection of the same backend, image count and budget onto its GPU:
     projected against measured, the error (projected / measured − 1), and each step's error."""
-    runs = {
-        (p["backend"], t["images"], t["budget"]): (p, t)
-        for p in projections
-        if "trajectories" in p
-        for t in p["trajectories"]
-    }
+    runs: dict[tuple, tuple | None] = {}
+    for p in projections:
+        for t in p.get("trajectories", []):
+            key = (p["backend"], t["images"], t["budget"])
+            runs[key] = None if key in runs else (p, t)  # None: runs of several machines, none is the one
     not_projected = {p["backend"]: p["not_projected"] for p in projections if "not_projected" in p}
     rows = []
     for m in measured.rows:
         row = {k: m[k] for k in ("backend", "measured_as", "images", "budget")} | {"measured_s": m["wall_s"]}
-        found = runs.get((m["backend"], m["images"], m["budget"]))
-        if found is None:
+        key = (m["backend"], m["images"], m["budget"])
+        found = runs.get(key)
+        if key in runs and found is None:
+            row["not_projected"] = "several machines' runs of this backend: pass one machine's results"
+        elif found is None:
             row["not_projected"] = not_projected.get(m["backend"], "no run of this backend to project from")
         else:
             p, t = found

@@ -54,7 +54,7 @@ class DrainBatcher:
         self, run: Callable[[list[GenerateRequest]], list[Outcome]], max_requests: int, wait_s: float
     ) -> None:
         self.run, self.max_requests, self.wait_s = run, max_requests, wait_s
-        self.calls: list[int] = []  # requests per batch run so far, for tests and logs
+        self.calls = self.requests = self.largest = 0  # batches run, requests in them, the largest batch
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
 
@@ -71,32 +71,39 @@ class DrainBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.wait_s
-            while len(batch) < self.max_requests:
-                if self._queue.empty():
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), left))
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(self._queue.get_nowait())
-            live = [(r, f) for r, f in batch if not f.done()]  # a caller that gave up is not sampled
-            if not live:
-                continue
-            self.calls.append(len(live))
             try:
+                deadline = loop.time() + self.wait_s
+                while len(batch) < self.max_requests:
+                    if self._queue.empty():
+                        left = deadline - loop.time()
+                        if left <= 0:
+                            break
+                        try:
+                            batch.append(await asyncio.wait_for(self._queue.get(), left))
+                        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
+                            break
+                    else:
+                        batch.append(self._queue.get_nowait())
+                live = [(r, f) for r, f in batch if not f.done()]  # a caller that gave up is not sampled
+                if not live:
+                    continue
+                self.calls += 1
+                self.requests += len(live)
+                self.largest = max(self.largest, len(live))
                 outcomes = await asyncio.to_thread(self.run, [r for r, _ in live])
-            except Exception as err:  # noqa: BLE001 - fail this batch's requests, keep the worker
-                for _, f in live:
+                if len(outcomes) != len(live):
+                    raise RuntimeError(f"the batch answered {len(outcomes)} of {len(live)} requests")
+                for (_, f), outcome in zip(live, outcomes, strict=True):
                     if not f.done():
-                        f.set_exception(err)
-                continue
-            for (_, f), outcome in zip(live, outcomes, strict=True):
-                if not f.done():
-                    f.set_result(outcome)
+                        f.set_result(outcome)
+            except BaseException as err:  # noqa: BLE001 - whatever happened, no request of it is left waiting
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(
+                            err if isinstance(err, Exception) else RuntimeError("the replica stopped")
+                        )
+                if not isinstance(err, Exception):
+                    raise  # cancelled (the replica stops): end the worker
 
 
 def run_batch(pipe: Pipeline, requests: list[GenerateRequest]) -> list[Outcome]:

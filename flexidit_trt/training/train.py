@@ -313,8 +313,12 @@ def _initialise(path: Path, model, ema) -> None:
         raise TrainError(
             f"--init {path}: its model ({a.depth} blocks of width {a.hidden_size}, {a.num_heads} heads, patch "
             f"{a.patch_size}) is not the one these options train ({b.depth} blocks of width {b.hidden_size}, "
-            f"{b.num_heads} heads, patch {b.patch_size}): pass --depth {a.depth} --hidden-size {a.hidden_size} "
-            f"--num-heads {a.num_heads}"
+            f"{b.num_heads} heads, patch {b.patch_size}): "
+            + (
+                f"pass --depth {a.depth} --hidden-size {a.hidden_size} --num-heads {a.num_heads}"
+                if a.patch_size == b.patch_size
+                else "pass --config with its patch size"
+            )
         )
     with torch.no_grad():
         for key, value in own.items():
