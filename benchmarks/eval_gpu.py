@@ -54,8 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flexidit_trt.evaluation.options import OptionsError  # noqa: E402
-from flexidit_trt.evaluation.options import parse_scales as parse_cfg_scales  # noqa: E402
+from flexidit_trt.evaluation.options import OptionsError, parse_scales  # noqa: E402
 
 BUDGETS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3)
 TARGETS = {0.5: 0.05, 0.6: 0.02}  # FID within 5% of budget 1.0's at budget 0.5, within 2% at 0.6
@@ -122,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cfg-scale", type=float, default=1.5)
     ap.add_argument(
         "--cfg-scales",
-        type=parse_scales,
+        type=scales_arg,
         default=None,
         help="a guidance sweep, e.g. 1.0,1.5,2.0,3.0,4.0: every run at each [default: --cfg-scale]",
     )
@@ -137,9 +136,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def parse_scales(text: str) -> tuple[float, ...]:
+def scales_arg(text: str) -> tuple[float, ...]:
+    """argparse type of --cfg-scales: the library's parse, its error as argparse's."""
     try:
-        return parse_cfg_scales(text)
+        return parse_scales(text)
     except OptionsError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 

@@ -182,9 +182,8 @@ class Measured:
 
     path: str
     sku: Sku
-    rows: list[
-        dict[str, Any]
-    ]  # {backend, measured_as (its name there), images, budget, wall_s, step_ms_by_patch}
+    # {backend, measured_as (its name there), images, budget, wall_s, step_ms_by_patch} per row
+    rows: list[dict[str, Any]]
 
 
 def read_measured(path: str | Path) -> Measured:

@@ -140,10 +140,7 @@ class TrainOptions(LoopOptions):
         return cfg
 
     def identity(self) -> dict:
-        return {
-            k: (str(v) if isinstance(v, os.PathLike) else v)
-            for k, v in ((k, getattr(self, k)) for k in self.IDENTITY)
-        }
+        return {k: getattr(self, k) for k in self.IDENTITY}
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
