@@ -6,7 +6,8 @@
 # Then call k (k = 1 .. N) carries .carry/partk and runs one stage; every stage first copies its part to
 # /tmp/carry and, once the last part (with all.sha256) is there, unpacks them all (checked):
 #   bash benchmarks/quality_gpu.sh part "$OUT"                                 (calls 1 .. N-1)
-#   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT]]       flexify CHECKPOINT (default:
+#   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT]]       (from call 1: the dataset comes
+#        first in the parts) flexify CHECKPOINT (default:
 #        the embedded default's base) for MINUTES (default 3) at batch 512 -> /tmp/flexidit-next/flex.safetensors
 #        (also returned in $OUT, with the log)
 #   bash benchmarks/quality_gpu.sh eval "$OUT" [eval_gpu.py options]          benchmarks/eval_gpu.py on every GPU
@@ -23,12 +24,19 @@ if [ -f /tmp/carry/all.sha256 ] && [ ! -d /tmp/carry/x ]; then
   bash benchmarks/carry_parts.sh --unpack || exit 1
 fi
 data=/tmp/carry/x/fashion-mnist
+if [ ! -d "$data" ] && [ "$stage" = flexify ]; then
+  # Flexify needs only the dataset, which the parts hold first: take it out of the parts there are
+  # (tar stops at the cut file after it) and check it against its own SHA256SUMS.
+  data=/tmp/carry/early/fashion-mnist
+  mkdir -p /tmp/carry/early
+  cat /tmp/carry/chunk_* | tar -x -C /tmp/carry/early fashion-mnist 2>/dev/null
+  (cd "$data" 2>/dev/null && sha256sum -c --quiet SHA256SUMS) || { echo "the dataset is not whole in the parts carried so far" >&2; exit 1; }
+fi
 case "$stage" in
   part) ls /tmp/carry ;;
   flexify)
     minutes=${1:-3}
     checkpoint=${2:-flexidit_trt/weights/default.safetensors}
-    [ -d "$data" ] || { echo "the parts are not all here yet: carry the rest first" >&2; exit 1; }
     python3 -m flexidit_trt flexify --checkpoint "$checkpoint" --patch-sizes 2,4 --minutes "$minutes" \
       --steps 100000 --batch-size 512 --half --data "$data" --out /tmp/flexidit-next/flex.safetensors 2>&1 |
       tee "$out/flexify.log" | grep -v "step/s"
