@@ -6,10 +6,10 @@
 # Then call k (k = 1 .. N) carries .carry/partk and runs one stage; every stage first copies its part to
 # /tmp/carry and, once the last part (with all.sha256) is there, unpacks them all (checked):
 #   bash benchmarks/quality_gpu.sh part "$OUT"                                 (calls 1 .. N-1)
-#   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT]]       (from call 1: the dataset comes
-#        first in the parts) flexify CHECKPOINT (default:
-#        the embedded default's base) for MINUTES (default 3) at batch 512 -> /tmp/flexidit-next/flex.safetensors
-#        (also returned in $OUT, with the log)
+#   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT [RANK]]]   (from call 1: the dataset
+#        comes first in the parts) flexify CHECKPOINT (default: the embedded default) for MINUTES (default 7)
+#        at batch 512 with LoRA rank RANK (default 32: the embedded default's recipe, NOTES.md 2026-12-03)
+#        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log)
 #   bash benchmarks/quality_gpu.sh eval "$OUT" [eval_gpu.py options]          benchmarks/eval_gpu.py on every GPU
 #        (torchrun) on /tmp/flexidit-next/flex.safetensors if a flexify call made it, else the embedded default
 # The machine's /tmp survives between calls only while it stays warm (about 30 s after a call returns).
@@ -35,9 +35,10 @@ fi
 case "$stage" in
   part) ls /tmp/carry ;;
   flexify)
-    minutes=${1:-3}
+    minutes=${1:-7}
     checkpoint=${2:-flexidit_trt/weights/default.safetensors}
-    python3 -m flexidit_trt flexify --checkpoint "$checkpoint" --patch-sizes 2,4 --minutes "$minutes" \
+    rank=${3:-32}
+    python3 -m flexidit_trt flexify --checkpoint "$checkpoint" --patch-sizes 2,4 --lora-rank "$rank" --minutes "$minutes" \
       --steps 100000 --batch-size 512 --half --data "$data" --out /tmp/flexidit-next/flex.safetensors 2>&1 |
       tee "$out/flexify.log" | grep -v "step/s"
     cp /tmp/flexidit-next/flex.safetensors "$out/"

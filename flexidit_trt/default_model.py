@@ -1,7 +1,7 @@
 """The model `flexidit-trt run` uses when none is named: the embedded default, in one place.
 
 `flexidit_trt/weights/default.safetensors` is a class-conditional pixel-space DiT trained on Fashion-MNIST
-(10 classes, 32×32, one channel; depth 6, hidden 160) and flexified to patch sizes (2, 4): see
+(10 classes, 32×32, one channel; depth 7, hidden 192) and flexified to patch sizes (2, 4): see
 `benchmarks/results/default_model/` for how it was made and what it scores.
 """
 

@@ -1,6 +1,6 @@
 """Base training and flexify on a tiny model and real Fashion-MNIST images (CPU, a few seconds each).
 
-What is replaced to stay fast: the model (depth 1, width 32 instead of dit_fmnist's 6 × 160), the data
+What is replaced to stay fast: the model (depth 1, width 32 instead of dit_fmnist's 7 × 192), the data
 (the first 256 training images), the batch (16) and the step counts (tens instead of thousands).
 """
 
