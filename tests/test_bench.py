@@ -377,7 +377,7 @@ def test_results_reader_refuses_other_files(tiny_run, tmp_path) -> None:
     [
         (
             ["--backends", "tensorrt"],
-            "expected some of trt, aoti, torch, torch-premod, torch-fused, torch-flash, torch-tuned, torch-eager, ort",
+            "expected some of trt, aoti, torch, torch-premod, torch-fused, torch-flash, torch-tuned, torch-fp8, torch-eager, ort",
         ),
         (["--batch-sizes", "0"], "positive integers"),
         (["--budgets", "1.5"], "in (0, 1]"),

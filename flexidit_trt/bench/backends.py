@@ -3,6 +3,7 @@ label each results file carries, and why one cannot run here."""
 
 from __future__ import annotations
 
+from ..model.fp8 import FP8_MIN_ROWS
 from ..runtime.choose import installed
 from .diffusers_peer import DIFFUSERS_PRECISIONS, peer_spec
 
@@ -11,11 +12,14 @@ from .diffusers_peer import DIFFUSERS_PRECISIONS, peer_spec
 # of two neighbouring columns.
 _LEVERS = ("compile", "precompute_modulation", "gelu_epilogue", "flash_attention", "autotune")
 TORCH_VARIANTS: dict[str, dict[str, bool]] = {
-    name: dict(zip(_LEVERS, (i < on for i in range(len(_LEVERS))), strict=True))
+    name: {**dict(zip(_LEVERS, (i < on for i in range(len(_LEVERS))), strict=True)), "fp8": False}
     for on, name in enumerate(
         ("torch-eager", "torch", "torch-premod", "torch-fused", "torch-flash", "torch-tuned")
     )
 }
+# torch-fp8: torch-flash with the blocks' GEMMs in FP8 where their rows make FP8 win (`model.fp8`), a lever
+# for throughput at large batches; bf16/fp16 only, asked for by name.
+TORCH_VARIANTS["torch-fp8"] = {**TORCH_VARIANTS["torch-flash"], "fp8": True}
 BACKENDS = (
     "trt",
     "aoti",
@@ -24,6 +28,7 @@ BACKENDS = (
     "torch-fused",
     "torch-flash",
     "torch-tuned",
+    "torch-fp8",
     "torch-eager",
     "ort",
     *(f"diffusers{c}-{p}" for c in ("-compiled", "") for p in DIFFUSERS_PRECISIONS),
@@ -91,6 +96,10 @@ def backend_label(name: str, device: str) -> str:
             if gpu
             else " (CPU: as torch-premod, nothing tuned)"
         ),
+        "torch-fp8": fused
+        + ", flash attention in engines of <= 64 tokens"
+        + f", block GEMMs of >= {FP8_MIN_ROWS} rows in FP8 e4m3 with per-row scales"
+        + graphs,
         "torch-eager": "eager PyTorch" + graphs,
         "ort": "ONNX Runtime "
         + ("CUDA provider, IO binding, ORT's CUDA graphs where it captures them" if gpu else "CPU provider"),

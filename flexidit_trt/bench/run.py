@@ -339,13 +339,18 @@ class _Bench:
         opts, device = self.options, self.device
         max_batch = max(opts.batch_sizes)
         if name in TORCH_VARIANTS:
-            return pipeline_from_model(
-                self.model,
-                backend="torch",
-                device=device,
-                engine=EngineOptions(precision=self.precision, max_batch=max_batch, **TORCH_VARIANTS[name]),
-                weights=self.source.label(),
-            )
+            try:
+                return pipeline_from_model(
+                    self.model,
+                    backend="torch",
+                    device=device,
+                    engine=EngineOptions(
+                        precision=self.precision, max_batch=max_batch, **TORCH_VARIANTS[name]
+                    ),
+                    weights=self.source.label(),
+                )
+            except RunError as err:  # an engine option this run cannot take (torch-fp8 in fp32)
+                raise _NotRun(str(err)) from None
         try:
             pipe = pipeline_from_workdir(
                 str(opts.workdir),

@@ -23,7 +23,9 @@ class EngineOptions:
     (CUDA only; None: on for bf16/fp16, `model.gelu_epilogue_default`). flash_attention: flash attention
     first in the engines of ≤ 64 tokens (CUDA; None: on in bf16/fp16, False refuses it). autotune: those
     engines compiled with inductor's max-autotune (CUDA, with compile; minutes of tuning, measured
-    slower)."""
+    slower). fp8: the blocks' GEMMs in FP8 e4m3 with per-row scales in calls of ≥ `model.fp8.FP8_MIN_ROWS`
+    rows (batch × tokens), where they measured faster; smaller calls keep bf16/fp16 (bf16/fp16 engines,
+    CPU or a GPU of compute capability ≥ 8.9)."""
 
     precision: str | None = None
     max_batch: int = DEFAULT_MAX_BATCH
@@ -34,6 +36,7 @@ class EngineOptions:
     gelu_epilogue: bool | None = None
     flash_attention: bool | None = None
     autotune: bool = False
+    fp8: bool = False
 
     def resolved(self, device: str) -> EngineOptions:
         """These options with the precision settled for `device`; RunOptionError naming a bad one."""

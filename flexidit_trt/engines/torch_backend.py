@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from ..model import FlexiDiT
+from ..model.fp8 import FP8_MIN_ROWS, check_fp8
 from ..model.levers import FLASH_FIRST, resolve_levers
+from .backend import RunOptionError
 from .options import DEFAULT_ENGINE, EngineOptions
 from .spec import ModelSpec
 from .torch_graphs import DTYPE_NAMES, TORCH_DTYPES, GraphPool, TorchGraphBackend
@@ -34,6 +36,7 @@ class TorchLevers:
     gelu_epilogue: bool
     flash_attention: bool
     autotune: bool
+    fp8: bool = False
 
 
 class TorchBackend(TorchGraphBackend):
@@ -74,6 +77,8 @@ class TorchBackend(TorchGraphBackend):
             options.autotune,
         )
         autotune = autotune and compile
+        if options.fp8 and (why := check_fp8(precision, device)) is not None:
+            raise RunOptionError(why)
         compile_options: dict[str, Any] = dict(COMPILE_OPTIONS)
         if autotune:  # our own CUDA graphs replay the engine, so inductor must not add its own
             compile_options["mode"] = "max-autotune-no-cudagraphs"
@@ -84,6 +89,7 @@ class TorchBackend(TorchGraphBackend):
             fp32_residual=precision == "fp16",
             gelu_epilogue=gelu_epilogue,
             sdpa_backends=FLASH_FIRST if flash else None,
+            fp8_min_rows=FP8_MIN_ROWS if options.fp8 else None,
         ).to(device)
         table = None
         if options.precompute_modulation:
@@ -95,7 +101,7 @@ class TorchBackend(TorchGraphBackend):
             fn = table.forward_with(body)
         else:
             fn = torch.compile(module, **compile_options) if compile else module
-        levers = TorchLevers(compile, precision, gelu_epilogue, flash, autotune)
+        levers = TorchLevers(compile, precision, gelu_epilogue, flash, autotune, options.fp8)
         return cls(
             fn,
             levers,
@@ -137,6 +143,9 @@ class TorchBackend(TorchGraphBackend):
             "gelu_epilogue": self.levers.gelu_epilogue,
             "flash_attention": self.levers.flash_attention,
             "autotune": self.levers.autotune,
+            "fp8_min_rows": FP8_MIN_ROWS
+            if self.levers.fp8
+            else None,  # block GEMMs of ≥ this many rows in FP8
         }
 
     def close(self) -> None:

@@ -296,6 +296,7 @@ class FlexiDiT(nn.Module):
         fp32_residual: bool = False,
         gelu_epilogue: bool = False,
         sdpa_backends: tuple[SDPBackend, ...] | None = None,
+        fp8_min_rows: int | None = None,
     ) -> FlexiDiT:
         """A plain single-patch-size model (reference key layout) with that size's LoRA folded in.
 
@@ -303,7 +304,8 @@ class FlexiDiT(nn.Module):
         norms and the residual stream stay fp32 and only attention and MLP run in `dtype` (the
         layout that avoids fp16 overflow in DiT blocks). gelu_epilogue: every MLP's fc1 + GELU as one
         GEMM with a GELU epilogue on CUDA (`Mlp`). sdpa_backends: the attention kernels allowed
-        (`Attention`; e.g. FLASH_FIRST).
+        (`Attention`; e.g. FLASH_FIRST). fp8_min_rows: the blocks' four linear layers run calls of at least
+        this many rows (batch × tokens) as FP8 GEMMs (`model.fp8`; a bf16/fp16 `dtype` only).
         """
         if patch_size not in self.config.patch_sizes:
             raise ValueError(
@@ -335,6 +337,9 @@ class FlexiDiT(nn.Module):
         for block in model.blocks:
             block.mlp.gelu_epilogue = gelu_epilogue
             block.attn.sdpa_backends = sdpa_backends
+            if fp8_min_rows is not None:
+                for linear in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+                    linear.use_fp8(fp8_min_rows)
         return model
 
     # -- accounting --------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .fp8 import fp8_linear, quantize_rows
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -71,6 +73,7 @@ class LoRALinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.lora = nn.ModuleDict()
         self.lora_scale: dict[str, float] = {}
+        self.fp8_min_rows: int | None = None  # calls of this many rows or more run in FP8 (`use_fp8`)
 
     def add_adapter(self, key: str, rank: int, alpha: float | None = None) -> None:
         adapter = nn.ModuleDict(
@@ -84,7 +87,25 @@ class LoRALinear(nn.Linear):
         self.lora[key] = adapter
         self.lora_scale[key] = (alpha if alpha is not None else rank) / rank
 
+    def use_fp8(self, min_rows: int) -> None:
+        """Run calls of at least `min_rows` rows (and no adapter) as an FP8 GEMM (`model.fp8`): the weight
+        quantized once, per output channel; the plain weight stays for smaller calls."""
+        weight_q, scale = quantize_rows(self.weight.detach())
+        self.register_buffer("fp8_weight", weight_q, persistent=False)
+        self.register_buffer("fp8_scale", scale.t().contiguous(), persistent=False)
+        self.fp8_min_rows = min_rows
+
+    def runs_fp8(self, x: torch.Tensor, adapter: str | None = None) -> bool:
+        """Whether this call takes the FP8 GEMM: FP8 on, no adapter, enough rows."""
+        return (
+            self.fp8_min_rows is not None
+            and adapter not in self.lora
+            and x.numel() // x.shape[-1] >= self.fp8_min_rows
+        )
+
     def forward(self, x: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
+        if self.runs_fp8(x, adapter):
+            return fp8_linear(x, self.fp8_weight, self.fp8_scale, self.bias)
         out = F.linear(x, self.weight, self.bias)
         if adapter is not None and adapter in self.lora:
             lora = self.lora[adapter]
@@ -134,7 +155,8 @@ class Mlp(nn.Module):
     gelu_epilogue (a compiled engine's lever, CUDA only): fc1 and the GELU as one cuBLASLt GEMM whose
     epilogue adds the bias and applies tanh-GELU, so the 4×-wide hidden activation is written once
     instead of written, read and written again; compilers keep `_addmm_activation` as that one call.
-    Off by default: on the CPU the same op applies the exact GELU, not DiT's tanh one."""
+    Off by default: on the CPU the same op applies the exact GELU, not DiT's tanh one. A call whose fc1
+    runs in FP8 (`LoRALinear.use_fp8`) takes the plain path: _scaled_mm has no GELU epilogue."""
 
     gelu_epilogue = False
 
@@ -145,7 +167,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, adapter: str | None = None) -> torch.Tensor:
         h = x.to(self.fc1.weight.dtype)
-        if self.gelu_epilogue and h.is_cuda and adapter not in self.fc1.lora:
+        if self.gelu_epilogue and h.is_cuda and adapter not in self.fc1.lora and not self.fc1.runs_fp8(h):
             rows = h.reshape(-1, h.shape[-1])
             h = torch._addmm_activation(self.fc1.bias, rows, self.fc1.weight.t(), use_gelu=True)
             h = h.reshape(*x.shape[:-1], -1)
