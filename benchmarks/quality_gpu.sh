@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The quality work on the device machine, in back-to-back calls that carry the FID Inception file and
-# Fashion-MNIST in parts. Prepare the parts here: `bash benchmarks/carry_inception.sh 30` (the tree is ~33 MB,
-# so parts of 30 MiB fit a 64 MiB call: 4 parts).
+# Fashion-MNIST in parts. Prepare the parts here: `bash benchmarks/carry_inception.sh 25` (the tree is ~38 MiB,
+# so parts of 25 MiB fit a 64 MiB call: 5 parts; the dataset comes first and is whole once parts 1-2 are there).
 #
 # Then call k (k = 1 .. N) carries .carry/partk and runs one stage; every stage first copies its part to
 # /tmp/carry and, once the last part (with all.sha256) is there, unpacks them all (checked):
 #   bash benchmarks/quality_gpu.sh part "$OUT"                                 (calls 1 .. N-1)
-#   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT [RANK]]]   (from call 1: the dataset
-#        comes first in the parts) flexify CHECKPOINT (default: the embedded default) for MINUTES (default 7)
+#   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT [RANK]]]   (as soon as the parts
+#        carried hold the whole dataset, which comes first: call 2 with 25-MiB parts) flexify CHECKPOINT (default: the embedded default) for MINUTES (default 7)
 #        at batch 512 with LoRA rank RANK (default 32: the embedded default's recipe, NOTES.md 2026-12-03)
 #        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log)
 #   bash benchmarks/quality_gpu.sh eval "$OUT" [eval_gpu.py options]          benchmarks/eval_gpu.py on every GPU

@@ -100,9 +100,40 @@ def test_engine_option_fp8_is_refused_for_fp32_and_recorded_when_on():
     engine = TorchBackend.from_model(model, 2, EngineOptions(precision="bf16", fp8=True, cuda_graphs=False))
     try:
         assert engine.describe()["fp8_min_rows"] == FP8_MIN_ROWS
+        in_fp8 = [
+            m for m in engine.fn.modules() if isinstance(m, LoRALinear) and m.fp8_min_rows == FP8_MIN_ROWS
+        ]
+        assert len(in_fp8) == 4 * model.config.depth  # qkv, proj, fc1, fc2 of every block
     finally:
         engine.close()
     assert check_fp8("bf16", "cpu") is None and "fp16" in check_fp8("fp32", "cpu")
+    with pytest.raises(ValueError, match="bf16 or fp16 model"):
+        model.static(2, fp8_min_rows=0)  # fp32
+
+
+def test_a_layer_whose_widths_fp8_cannot_take_stays_plain():
+    odd = LoRALinear(72, 200).to(torch.bfloat16)  # 200 is not a multiple of 16
+    assert not odd.use_fp8(min_rows=0) and odd.fp8_min_rows is None
+    x = torch.randn(4, 72).bfloat16()
+    assert not odd.runs_fp8(x)
+    with torch.no_grad():
+        assert torch.equal(odd(x), torch.nn.functional.linear(x, odd.weight, odd.bias))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_linear_on_the_gpu_matches_the_float64_reference(dtype):
+    if not torch.cuda.is_available() or check_fp8("bf16", "cuda") is not None:
+        pytest.skip("needs a CUDA GPU of compute capability 8.9 or newer")
+    torch.manual_seed(3)
+    w = torch.randn(4608, 1152, dtype=torch.float64) * 0.02  # DiT-XL's fc1
+    b = torch.randn(4608, dtype=torch.float64) * 0.1
+    x = torch.randn(16_384, 1152, dtype=torch.float64)
+    wq, ws = quantize_rows(w.to(dtype).cuda())
+    out = fp8_linear(x.to(dtype).cuda(), wq, ws.t().contiguous(), b.to(dtype).cuda()).double().cpu()
+    xq, xs = quantize_rows(x.to(dtype).reshape(-1, 1152))
+    wanted = (xq.double() * xs.double()) @ (wq.cpu().double() * ws.cpu().double()).t() + b.to(dtype).double()
+    assert ((out - wanted).norm() / wanted.norm()).item() < 4e-3
 
 
 def test_torch_fp8_bench_variant_is_torch_flash_plus_fp8():

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..artifacts import BuildError, ensure_writable_dir, utc_now
 from ..diffusion import plan
-from ..engines.backend import RunError
+from ..engines.backend import RunError, RunOptionError
 from ..engines.options import EngineOptions, resolve_precision
 from ..runtime import Pipeline, pipeline_from_model, pipeline_from_workdir
 from ..runtime.choose import installed, resolve_device
@@ -349,7 +349,7 @@ class _Bench:
                     ),
                     weights=self.source.label(),
                 )
-            except RunError as err:  # an engine option this run cannot take (torch-fp8 in fp32)
+            except RunOptionError as err:  # an engine option this run cannot take (torch-fp8 in fp32)
                 raise _NotRun(str(err)) from None
         try:
             pipe = pipeline_from_workdir(

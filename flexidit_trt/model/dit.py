@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
 from .config import DiTConfig, get_config
+from .fp8 import FP8_DTYPES
 from .layers import Attention, LabelEmbedder, LoRALinear, Mlp, PatchEmbed, TimestepEmbedder, modulate
 from .resize import resize_patch_embedding, resize_patch_projection
 
@@ -311,6 +312,8 @@ class FlexiDiT(nn.Module):
             raise ValueError(
                 f"patch size {patch_size} is not one of this model's patch sizes {list(self.config.patch_sizes)}"
             )
+        if fp8_min_rows is not None and dtype not in FP8_DTYPES:
+            raise ValueError(f"FP8 GEMMs need a bf16 or fp16 model, not {dtype}")
         cfg = self.config.replace(patch_size=patch_size, patch_sizes=(patch_size,), lora_rank=0)
         adapter = adapter_key(patch_size) if patch_size != self.config.patch_size else None
         state = {k: v.detach() for k, v in self.state_dict().items() if is_base_key(k)}

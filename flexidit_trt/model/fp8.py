@@ -6,9 +6,11 @@ multiplies with `torch._scaled_mm`, which applies both scales and the bias and w
 products are exact in fp32 accumulation; the error is e4m3's 3 mantissa bits on both operands (a relative
 error of up to 2⁻⁴ per element, averaging out over K).
 
-Measured on an H200 with DiT-XL/2's block GEMMs (issue 19): no gain at 4,096 rows (8 images at patch 2),
-a loss at ≤ 1,024 rows (0.75-0.84×), 1.04-1.70× per GEMM at 16,384 rows (32 images). So a layer runs in
-FP8 only from FP8_MIN_ROWS rows (batch × tokens) and keeps its bf16 weight for smaller calls.
+Measured on an H200 with DiT-XL/2's block GEMMs (issue 19's numbers, by a probe since removed; NOTES.md):
+no gain at 4,096 rows (8 images with CFG at patch 2: 16 × 256), a loss at ≤ 1,024 rows (0.75-0.84×),
+1.04-1.70× per GEMM at 16,384 rows (32 images with CFG). So a layer runs in FP8 only from FP8_MIN_ROWS rows
+(batch × tokens) and keeps its bf16 weight for smaller calls. The threshold was measured at DiT-XL's widths
+(1,152 and 4,608) only; narrower models may need more rows to win.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
 FP8_MIN_ROWS = 16_384
 FP8_PRECISIONS = ("bf16", "fp16")  # _scaled_mm writes these (with a bias); fp32 engines stay fp32
+FP8_DTYPES = (torch.bfloat16, torch.float16)
 _TINY = 1e-12  # an all-zero row gets this scale instead of 0 (its quantized values are 0 either way)
 
 
@@ -47,6 +50,11 @@ def fp8_linear(
         out_dtype=x.dtype,
     )
     return out.reshape(*x.shape[:-1], weight_q.shape[0])
+
+
+def fp8_fits(in_features: int, out_features: int) -> bool:
+    """Whether _scaled_mm takes a layer of these widths: on CUDA both must be multiples of 16."""
+    return in_features % 16 == 0 and out_features % 16 == 0
 
 
 def check_fp8(precision: str, device: str) -> str | None:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .fp8 import fp8_linear, quantize_rows
+from .fp8 import fp8_fits, fp8_linear, quantize_rows
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -87,13 +87,18 @@ class LoRALinear(nn.Linear):
         self.lora[key] = adapter
         self.lora_scale[key] = (alpha if alpha is not None else rank) / rank
 
-    def use_fp8(self, min_rows: int) -> None:
+    def use_fp8(self, min_rows: int) -> bool:
         """Run calls of at least `min_rows` rows (and no adapter) as an FP8 GEMM (`model.fp8`): the weight
-        quantized once, per output channel; the plain weight stays for smaller calls."""
+        quantized once, per output channel; the plain weight stays for smaller calls. Call it after the
+        module's last dtype cast (a cast would turn the e4m3 copy into that dtype). A layer whose widths
+        `fp8_fits` refuses stays plain: False."""
+        if not fp8_fits(self.in_features, self.out_features):
+            return False
         weight_q, scale = quantize_rows(self.weight.detach())
         self.register_buffer("fp8_weight", weight_q, persistent=False)
         self.register_buffer("fp8_scale", scale.t().contiguous(), persistent=False)
         self.fp8_min_rows = min_rows
+        return True
 
     def runs_fp8(self, x: torch.Tensor, adapter: str | None = None) -> bool:
         """Whether this call takes the FP8 GEMM: FP8 on, no adapter, enough rows."""
