@@ -15,6 +15,9 @@
 #   CALL_LIMIT_S=545 GPU_TESTS=0 PROFILE=0 bash benchmarks/bench_gpu.sh "$OUT" \
 #       --backends diffusers-compiled,torch-flash,diffusers
 #     diffusers' DiTPipeline beside the engine (diffusers and its two small dependencies installed first).
+#   ORT_GPU=1 bash benchmarks/bench_gpu.sh "$OUT" --backends torch-flash,ort
+#     first joins the onnxruntime-gpu parts carried into /tmp/carry-ort (benchmarks/carry_ort.sh) and
+#     installs the wheel outside the checkout, so the ort backend runs on ONNX Runtime's CUDA provider.
 #
 # Comes back (the device tool returns at most 8 files): $OUT/bench.log, $OUT/install.log and
 # $OUT/results.tgz (results/<gpu>/<date>-<backend>.json, REPORT.md and the plots). Here:
@@ -37,6 +40,13 @@ work=$(mktemp -d)  # engines built by BUILD_AOTI live outside the checkout
     exit 1
   }
   echo "install + extension build: $(($(date +%s) - t0)) s"
+  if [ "${ORT_GPU:-0}" = 1 ]; then
+    CARRY_TMP=/tmp/carry-ort bash benchmarks/carry_parts.sh --unpack || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/carry-ort/x/onnxruntime_gpu-*.whl ||
+      exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+  fi
   [ "${GPU_TESTS:-1}" = 0 ] || python3 -m pytest -q -m gpu tests/test_bench_gpu.py tests/test_bench_profile.py tests/test_graph_pool_memory.py tests/test_precompute_modulation.py tests/test_engine_levers.py tests/test_runtime_gpu.py -rfs 2>&1 | grep -E "^(FAILED|SKIPPED|ERROR)|passed|failed|Error"
   if [ "${BUILD_AOTI:-0}" = 1 ]; then
     t1=$(date +%s)

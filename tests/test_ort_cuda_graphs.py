@@ -17,7 +17,7 @@ import onnxruntime
 import pytest
 
 import flexidit_trt.engines.ort_backend as ort_backend
-from flexidit_trt.engines.backend import DeviceArray, IOBuffers
+from flexidit_trt.engines.backend import DeviceArray, IOBuffers, RunError
 from flexidit_trt.engines.ort_backend import RUNS_TO_CAPTURE, OrtBackend, cuda_graphs_supported
 
 STREAM = 0x7F00  # a stream handle as the pipeline passes it (never dereferenced by the stand-in)
@@ -47,6 +47,7 @@ class _StandInSession:
 
     made: list[list[Any]] = []  # the providers of every session asked for, in order
     refuse_cuda_graphs = False  # act as ORT does for a graph with nodes left to the CPU provider
+    cuda_did_not_load = False  # act as ORT does when its CUDA provider finds no CUDA libraries
 
     def __init__(self, path: str, options: Any, providers: list[Any]):
         type(self).made.append(providers)
@@ -67,6 +68,8 @@ class _StandInSession:
         return [_Arg("out")]
 
     def get_providers(self) -> list[str]:
+        if self.cuda_did_not_load:
+            return ["CPUExecutionProvider"]
         return [p[0] if isinstance(p, tuple) else p for p in self.providers]
 
     def io_binding(self) -> _StandInBinding:
@@ -87,6 +90,8 @@ def stand_in(monkeypatch, tmp_path):
     monkeypatch.setattr(_StandInSession, "made", [])
     monkeypatch.setattr(ort_backend, "cuda_provider_available", lambda: True)
     monkeypatch.setattr(ort_backend, "_register_env_allocator", lambda ort, device: None)
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: None, raising=False)
+    monkeypatch.setattr(ort_backend, "_CUDA_LIBRARIES", {"loaded": False})
     path = tmp_path / "p2.onnx"
     path.write_bytes(b"the stand-in session never reads it")
     return path
@@ -197,3 +202,17 @@ def test_cpu_provider_has_no_cuda_graphs(stand_in) -> None:
     backend.prepare([2])
     backend.forward(2)
     assert [e for _, e in backend.session.runs] == [{}]  # one run, ORT's default run options
+
+
+def test_cuda_libraries_are_preloaded_once_and_a_fallback_to_the_cpu_is_refused(
+    stand_in, monkeypatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: calls.append("preload"), raising=False)
+    OrtBackend.load(stand_in, 2, "cuda:0")
+    OrtBackend.load(stand_in, 4, "cuda:0")
+    OrtBackend.load(stand_in, 2, "cpu")
+    assert calls == ["preload"]
+    monkeypatch.setattr(_StandInSession, "cuda_did_not_load", True)
+    with pytest.raises(RunError, match="on CPUExecutionProvider, not CUDA: its CUDA provider did not load"):
+        OrtBackend.load(stand_in, 2, "cuda:0")

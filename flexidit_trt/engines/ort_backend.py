@@ -34,6 +34,7 @@ _ORT_TYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "te
 GRAPH_INPUTS = ("x", "t", "y")
 GRAPH_OUTPUT = "out"
 _ENV_ALLOCATORS: set[str] = set()  # devices whose shared allocator is registered in this process
+_CUDA_LIBRARIES = {"loaded": False}  # onnxruntime.preload_dlls ran in this process
 # ORT's CUDA EP captures a graph id's graph on its third run (two regular runs first, so its allocations
 # are made before capture), then replays it; ids are > 0 (0 is ORT's own, -1 turns capture off).
 RUNS_TO_CAPTURE = 3
@@ -147,6 +148,7 @@ class OrtBackend(Backend):
             providers = [("CUDAExecutionProvider", cuda_options)]
             # the pipeline orders everything on its stream; never block the host per step
             run_config["disable_synchronize_execution_providers"] = "1"
+            _preload_cuda_libraries(ort)
         _register_env_allocator(ort, device)
         session, refused = None, None
         if cuda_graphs:
@@ -161,6 +163,14 @@ class OrtBackend(Backend):
         if refused is not None:
             cuda_graphs, off = False, f"ONNX Runtime refused them: {refused}"
             _log.warning("p%d: %s; running without CUDA graphs", patch_size, off)
+        if device != "cpu" and session.get_providers()[0] != "CUDAExecutionProvider":
+            # ORT drops to the CPU provider with only a log line when the CUDA one cannot load its
+            # libraries; a CPU run must never pass for a GPU one.
+            raise RunError(
+                f"ONNX Runtime ran {path.name} on {session.get_providers()[0]}, not CUDA: its CUDA provider did not "
+                "load (onnxruntime-gpu needs the CUDA 13 and cuDNN 9 libraries: the nvidia-* wheels, or "
+                "torch's); use --device cpu or another backend"
+            )
         names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         if names != (list(GRAPH_INPUTS), [GRAPH_OUTPUT]):
             raise RunError(
@@ -254,6 +264,19 @@ class OrtBackend(Backend):
     def close(self) -> None:
         self._bindings.clear()
         self.session = None
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Let onnxruntime-gpu find CUDA and cuDNN where pip put them (torch's or the nvidia-* wheels):
+    `onnxruntime.preload_dlls` (1.21+), once per process; without it the provider looks only on the
+    loader's path."""
+    if _CUDA_LIBRARIES["loaded"] or not hasattr(ort, "preload_dlls"):
+        return
+    try:
+        ort.preload_dlls()
+    except Exception as err:  # a missing library: session creation says what follows from it
+        _log.warning("onnxruntime.preload_dlls: %s", err)
+    _CUDA_LIBRARIES["loaded"] = True
 
 
 def _session(ort: Any, path: Path, providers: list[Any]) -> Any:
