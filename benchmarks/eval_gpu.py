@@ -125,6 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--w2s-scale", type=float, default=None, help="w2s at this scale only [default: the CFG scales]"
     )
     ap.add_argument("--precision", default=None, help="fp32, bf16 or fp16 [default: the Pipeline's: bf16]")
+    ap.add_argument(
+        "--fp8", action="store_true", help="block GEMMs in FP8 where the rows allow (EngineOptions.fp8)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference-count", type=int, default=None, help="test images [default: all 10,000]")
     ap.add_argument("--time-limit", type=float, default=540.0, help="seconds from start; no new chunk after")
@@ -226,6 +229,7 @@ def settings_key(args) -> str:
         "results": 2,  # 2: runs carry classifier_fd
         **{k: getattr(args, k) for k in ("num_samples", "steps", "batch_size")},
         **{k: getattr(args, k) for k in ("precision", "reference_count")},
+        **({"fp8": True} if args.fp8 else {}),  # absent when off: earlier runs stay valid
     }
     return sha256_json(settings)[:12]
 
@@ -326,6 +330,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
         batch_size=args.batch_size,
         cfg_scales=args.cfg_scales or (args.cfg_scale,),
         precision=args.precision,
+        fp8=args.fp8,
         device=str(ctx.device),
         data_dir=args.data,
         cache_dir=args.state / "cache",

@@ -94,6 +94,7 @@ def _options(files: Path, **changes) -> EvalOptions:
         ({"cfg_scales": (1.5, float("nan"))}, "CFG scales must be finite"),
         ({"cfg_scales": (1.5, 4.0, 1.5)}, "CFG scales repeat"),
         ({"cfg_scales": (1.5, 4.0), "guidance": "none"}, "guidance none ignores the CFG scale"),
+        ({"fp8": True, "precision": "fp32"}, "fp8 needs bf16 or fp16 engines"),
     ],
 )
 def test_bad_options_are_refused(changes, message):
@@ -411,3 +412,29 @@ def test_fid_and_kid_panels_turn_logarithmic_only_over_a_wide_range(values, log)
     from flexidit_trt.evaluation.report import wide_range
 
     assert wide_range(values) is log
+
+
+@needs_data
+def test_fp8_eval_runs_fp8_engines_and_keeps_its_own_chunks(files, tmp_path, monkeypatch):
+    """`eval --fp8`: the engines' block GEMMs in FP8 (the threshold lowered so that this tiny run's calls
+    reach it), other samples than bf16's, chunks under keys of their own, the flag in the record."""
+    import flexidit_trt.engines.torch_backend as torch_backend
+
+    monkeypatch.setattr(scoring_mod, "load_inception", lambda path, device: _PooledInception())
+    monkeypatch.setattr(torch_backend, "FP8_MIN_ROWS", 0)
+    model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
+    chunks = tmp_path / "chunks"
+    common = dict(
+        budgets=(1.0,), repeat_seeds=1, precision="bf16", resume_dir=chunks, cache_dir=tmp_path / "c"
+    )
+    plain = evaluate(model, _options(files, **common))
+    fp8 = evaluate(model, _options(files, fp8=True, **common))
+    assert len(list(chunks.iterdir())) == 2  # one run each, under different keys
+    assert plain.runs[0].fid != fp8.runs[0].fid  # FP8 changed the samples
+    assert fp8.meta["pipeline"]["fp8"] is True and plain.meta["pipeline"]["fp8"] is False
+
+
+def test_fp8_on_the_cpu_default_precision_is_refused_before_any_work(files):
+    model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
+    with pytest.raises(OptionsError, match="fp8: FP8 GEMMs need a bf16 or fp16 engine, not fp32"):
+        evaluate(model, _options(files, fp8=True))  # precision None: fp32 on the CPU

@@ -83,6 +83,11 @@ _path = click.Path(path_type=Path)
 @click.option(
     "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, help="[default: the Pipeline's]"
 )
+@click.option(
+    "--fp8",
+    is_flag=True,
+    help="the torch engines' block GEMMs in FP8 where their rows make it win (bf16/fp16; its quality check)",
+)
 @click.option("--device", default=None, help="cpu, cuda  [default: this rank's GPU if any]")
 @click.option("--out", type=_path, default=Path("eval"), show_default=True, help="folder for the report")
 @click.option(

@@ -118,7 +118,8 @@ class Evaluator:
         ctx: Distributed | None = None,
         scorer: Scorer | None = None,
     ) -> None:
-        from ..engines.options import EngineOptions
+        from ..engines.options import EngineOptions, resolve_precision
+        from ..model.fp8 import check_fp8
         from ..runtime import pipeline_from_model
 
         self.ctx = ctx or Distributed(0, 1, pick_device(options.device, 0))
@@ -136,6 +137,9 @@ class Evaluator:
             raise OptionsError(
                 f"{err} (at {options.steps} steps, patch sizes {list(model.patch_sizes)})"
             ) from None
+        device = str(self.ctx.device)
+        if options.fp8 and (why := check_fp8(resolve_precision(options.precision, device), device)):
+            raise OptionsError(f"fp8: {why}")  # before minutes of reference statistics
         self.model = model
         self.options = options
         self.scorer = scorer or Scorer.load(options, self.ctx)
@@ -143,8 +147,8 @@ class Evaluator:
         self.pipe = pipeline_from_model(
             model,
             backend=options.backend,
-            device=str(self.ctx.device),
-            engine=EngineOptions(precision=options.precision, max_batch=options.batch_size),
+            device=device,
+            engine=EngineOptions(precision=options.precision, max_batch=options.batch_size, fp8=options.fp8),
         )
 
     @property
@@ -198,6 +202,7 @@ class Evaluator:
                 "backend": self.pipe.selection.backend,
                 "precision": self.pipe.precision,
                 "device": ctx.device.type,
+                **({"fp8": True} if options.fp8 else {}),  # absent when off: earlier keys stay valid
             }
         )
         folder = Path(options.resume_dir) / run_key[:20] if options.resume_dir is not None else None
@@ -252,7 +257,11 @@ class Evaluator:
         device = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"
         meta = {
             "model": {"config": json.loads(self.model.config.to_json()), "sha256": self.model_sha},
-            "pipeline": {"backend": self.pipe.selection.backend, "precision": self.pipe.precision},
+            "pipeline": {
+                "backend": self.pipe.selection.backend,
+                "precision": self.pipe.precision,
+                "fp8": options.fp8,
+            },
             "inception_sha256": self.scorer.inception.sha256,
             "classifier_sha256": self.scorer.classifier_sha256,
             "protocol": PROTOCOL,

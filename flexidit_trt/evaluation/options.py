@@ -50,6 +50,7 @@ class EvalOptions:
     patch_sizes: tuple[int, ...] = (2, 4)
     backend: str = "auto"
     precision: str | None = None  # None: the Pipeline's default
+    fp8: bool = False  # the torch engines' block GEMMs in FP8 where the rows allow (EngineOptions.fp8)
     device: str | None = None  # None: cuda (this rank's GPU) when there is one, else cpu
     label: str | None = None  # the series name in tables and plots (default: the guidance)
     data_dir: Path | None = None
@@ -98,6 +99,8 @@ class EvalOptions:
         for name in ("steps", "batch_size", "repeat_seeds", "kid_subsets", "kid_subset_size", "pr_k"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fp8 and self.precision == "fp32":
+            problems.append("fp8 needs bf16 or fp16 engines, not precision fp32")
         if self.repeat_seeds > 1 and 1.0 not in self.budgets:
             problems.append("repeat_seeds > 1 repeats budget 1.0: add 1.0 to the budgets")
         if problems:
