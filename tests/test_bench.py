@@ -227,6 +227,9 @@ def test_tiny_bench_run_writes_valid_results(tiny_run) -> None:
     assert hw["gpu"] == "no GPU" and hw["matmul_peak"]["per_s"] > 0 and hw["copy_bandwidth"]["per_s"] > 0
     assert docs["ort"]["run_id"] == docs["reference"]["run_id"]  # one run, one id
     assert "not run: TensorRT is not installed here" in result.output  # the printed table
+    table = [line for line in result.output.splitlines() if line.startswith("| ") and "× static" in line]
+    rows = [line for line in result.output.splitlines() if "| trt | not run:" in line]
+    assert table and rows and rows[0].count("|") == table[0].count("|")  # as many cells as the header
     # No prior `build`: the bench exported ort's graphs itself, at its precision, and kept the cost.
     built = docs["ort"]["build"]
     assert built["precision"] == "fp32" == docs["ort"]["model"]["precision"]

@@ -94,7 +94,7 @@ def _options(files: Path, **changes) -> EvalOptions:
         ({"cfg_scales": (1.5, float("nan"))}, "CFG scales must be finite"),
         ({"cfg_scales": (1.5, 4.0, 1.5)}, "CFG scales repeat"),
         ({"cfg_scales": (1.5, 4.0), "guidance": "none"}, "guidance none ignores the CFG scale"),
-        ({"fp8": True, "precision": "fp32"}, "fp8 needs bf16 or fp16 engines"),
+        ({"fp8": True, "precision": "fp32"}, "--fp8: FP8 GEMMs need a bf16 or fp16 engine, not fp32"),
     ],
 )
 def test_bad_options_are_refused(changes, message):
@@ -436,5 +436,20 @@ def test_fp8_eval_runs_fp8_engines_and_keeps_its_own_chunks(files, tmp_path, mon
 
 def test_fp8_on_the_cpu_default_precision_is_refused_before_any_work(files):
     model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
-    with pytest.raises(OptionsError, match="fp8: FP8 GEMMs need a bf16 or fp16 engine, not fp32"):
+    with pytest.raises(
+        OptionsError, match=r"--fp8: .* not fp32 \(fp32 is the default on cpu: add --precision bf16\)"
+    ):
         evaluate(model, _options(files, fp8=True))  # precision None: fp32 on the CPU
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch):
+    """Every command maps Ctrl-C the same way (cli/common.py): exit 130, one line, no traceback."""
+    import flexidit_trt.evaluation as evaluation
+
+    def interrupted(checkpoint, opts):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", interrupted)
+    result = CliRunner().invoke(main, ["eval"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted: nothing half-written was left" in result.output and "Traceback" not in result.output

@@ -149,9 +149,13 @@ def _rows(docs: Sequence[dict], cells: Callable[[dict], Iterable[Sequence[Any]]]
 
 
 def _trajectories(docs: Sequence[dict]) -> list[str]:
+    header = ["machine", "backend", "images", "budget", "weak steps", "wall s (± IQR)", "images/s", "first call s",
+              "× static", "× reference", "× diffusers", "diffusers-compiled: backend, first call s",
+              "loop over forwards", "peak memory MiB"]  # fmt: skip
+
     def cells(d: dict) -> Iterator[list[Any]]:
         if d["status"] != "ok":
-            yield [f"{d['status']}: {d['reason']}", *[""] * 10]
+            yield [f"{d['status']}: {d['reason']}", *[""] * (len(header) - 3)]  # after machine, backend
             return
         for t in d.get("trajectories", []):
             budget = t.get("budget")
@@ -164,9 +168,6 @@ def _trajectories(docs: Sequence[dict]) -> list[str]:
                    _peer_cold(t.get("diffusers")), _pct(t.get("loop_overhead_fraction")),
                    _mib(_peak_bytes(t.get("memory")))]  # fmt: skip
 
-    header = ["machine", "backend", "images", "budget", "weak steps", "wall s (± IQR)", "images/s", "first call s",
-              "× static", "× reference", "× diffusers", "diffusers-compiled: backend, first call s",
-              "loop over forwards", "peak memory MiB"]  # fmt: skip
     return markdown_table(header, _rows(docs, cells))
 
 

@@ -57,6 +57,7 @@ def parse_overrides(ctx, param, values: tuple[str, ...]) -> dict:
     "torch-flash: torch-fused with flash attention first in engines of ≤ 64 tokens (CUDA only), "
     "torch-tuned: torch-flash with those engines compiled by inductor's max-autotune (minutes more; "
     "measured slower on an H200, so only when named), "
+    "torch-fp8: torch-flash with the block GEMMs in FP8 in calls of >= 16,384 rows (bf16/fp16; only when named), "
     "torch-eager: eager kernels (all in CUDA graphs on a GPU); "
     "diffusers / diffusers-compiled: diffusers' DiTPipeline on the same weights, eager / transformer under "
     'torch.compile(mode="reduce-overhead"), each at fp16 and bf16 (or name one: diffusers-compiled-bf16; '

@@ -17,13 +17,18 @@ from ..errors import FlexiditError, UsageError
 @contextmanager
 def one_line_errors(ctx: click.Context) -> Iterator[None]:
     """The one place the CLI maps library errors: a UsageError (an option or input to change) exits 2
-    with the command's usage, any other FlexiditError exits 1; both print their one-line message."""
+    with the command's usage, any other FlexiditError exits 1; both print their one-line message. Ctrl-C
+    exits 130 (the shell's code for SIGINT) with one line: every command writes its outputs atomically, so
+    what was interrupted left nothing half-written."""
     try:
         yield
     except UsageError as err:
         raise click.UsageError(str(err), ctx) from None
     except FlexiditError as err:
         raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing half-written was left", err=True)
+        ctx.exit(130)
 
 
 class Command(click.Command):

@@ -138,8 +138,14 @@ class Evaluator:
                 f"{err} (at {options.steps} steps, patch sizes {list(model.patch_sizes)})"
             ) from None
         device = str(self.ctx.device)
-        if options.fp8 and (why := check_fp8(resolve_precision(options.precision, device), device)):
-            raise OptionsError(f"fp8: {why}")  # before minutes of reference statistics
+        precision = resolve_precision(options.precision, device)
+        if options.fp8 and (why := check_fp8(precision, device)):  # before minutes of reference statistics
+            default = (
+                f" ({precision} is the default on {device}: add --precision bf16)"
+                if options.precision is None
+                else ""
+            )
+            raise OptionsError(f"--fp8: {why}{default}")
         self.model = model
         self.options = options
         self.scorer = scorer or Scorer.load(options, self.ctx)

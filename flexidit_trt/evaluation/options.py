@@ -100,7 +100,7 @@ class EvalOptions:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fp8 and self.precision == "fp32":
-            problems.append("fp8 needs bf16 or fp16 engines, not precision fp32")
+            problems.append("--fp8: FP8 GEMMs need a bf16 or fp16 engine, not fp32")
         if self.repeat_seeds > 1 and 1.0 not in self.budgets:
             problems.append("repeat_seeds > 1 repeats budget 1.0: add 1.0 to the budgets")
         if problems:
