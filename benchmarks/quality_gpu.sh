@@ -9,7 +9,9 @@
 #   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT [RANK]]]   (as soon as the parts
 #        carried hold the whole dataset, which comes first: call 2 with 25-MiB parts) flexify CHECKPOINT (default: the embedded default) for MINUTES (default 7)
 #        at batch 512 with LoRA rank RANK (default 32: the embedded default's recipe, NOTES.md 2026-12-03)
-#        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log)
+#        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log); INIT=FLEX goes on from
+#        an earlier result (e.g. INIT=/tmp/flexidit-next/flex.safetensors in the next call: a longer flexify),
+#        LR sets its peak lr
 #   bash benchmarks/quality_gpu.sh eval "$OUT" [eval_gpu.py options]          benchmarks/eval_gpu.py on every GPU
 #        (torchrun) on /tmp/flexidit-next/flex.safetensors if a flexify call made it, else the embedded default
 # The machine's /tmp survives between calls only while it stays warm (about 30 s after a call returns).
@@ -38,7 +40,13 @@ case "$stage" in
     minutes=${1:-7}
     checkpoint=${2:-flexidit_trt/weights/default.safetensors}
     rank=${3:-32}
-    python3 -m flexidit_trt flexify --checkpoint "$checkpoint" --patch-sizes 2,4 --lora-rank "$rank" --minutes "$minutes" \
+    more=()  # INIT=FLEX: go on from an earlier flexify of the same base (flexify --init); LR: its peak lr
+    if [ -n "${INIT:-}" ]; then
+      cp "$INIT" /tmp/flexidit-next/init.safetensors || exit 1  # the output may overwrite INIT
+      more+=(--init /tmp/flexidit-next/init.safetensors)
+    fi
+    [ -n "${LR:-}" ] && more+=(--lr "$LR")
+    python3 -m flexidit_trt flexify --checkpoint "$checkpoint" --patch-sizes 2,4 --lora-rank "$rank" "${more[@]}" --minutes "$minutes" \
       --steps 100000 --batch-size 512 --half --data "$data" --out /tmp/flexidit-next/flex.safetensors 2>&1 |
       tee "$out/flexify.log" | grep -v "step/s"
     cp /tmp/flexidit-next/flex.safetensors "$out/"

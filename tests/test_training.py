@@ -14,7 +14,8 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from flexidit_trt.cli import main
 from flexidit_trt.diffusion import make_sampler, plan
@@ -201,6 +202,39 @@ def test_flexible_checkpoint_loads_and_static_matches(flexified):
             flexible = model(x, t, y, patch_size=p)
             static = model.static(p)(x, t, y)  # LoRA folded into the plain weights
             torch.testing.assert_close(static, flexible, rtol=1e-4, atol=1e-5)
+
+
+def test_flexify_goes_on_from_a_flexible_checkpoint_of_the_same_base(trained, flexified, tmp_path):
+    """--init: the weak parts start where the earlier flexify left them (its held-out error, not the
+    projection's); another base, rank or set of sizes is refused by name."""
+    out = tmp_path / "more.safetensors"
+    more = flexify(FlexifyOptions(checkpoint=trained.checkpoint, init=flexified.checkpoint, out=out, **FLEX))
+    start, earlier = more.eval_before["p4"]["weak"], flexified.eval_after["p4"]["weak"]
+    assert abs(start - earlier) < 0.02 * earlier  # the earlier result, up to its fp16 storage
+    assert start < 0.95 * flexified.eval_before["p4"]["weak"]  # not the projection
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["init"] == flexified.checkpoint.name
+    # A new optimizer ramps its lr up over the first steps instead of undoing the adapters at once.
+    fresh = FlexifyOptions(checkpoint=trained.checkpoint, out=out, **FLEX)
+    going_on = FlexifyOptions(checkpoint=trained.checkpoint, init=out, out=out, **FLEX)
+    assert flexify_module._cosine(0, fresh, 0.0) == 1.0
+    assert flexify_module._cosine(0, going_on, 0.0) == pytest.approx(1 / flexify_module.INIT_WARMUP_STEPS)
+    with pytest.raises(TrainError, match="another --lora-rank or --patch-sizes"):
+        flexify(
+            FlexifyOptions(
+                checkpoint=trained.checkpoint, init=flexified.checkpoint, out=out, **{**FLEX, "lora_rank": 4}
+            )
+        )
+    other = load_file(str(trained.checkpoint))
+    other["final_layer.linear.bias"] = other["final_layer.linear.bias"] + 1.0
+    with safe_open(str(trained.checkpoint), "pt") as f:
+        save_file(other, str(tmp_path / "other.safetensors"), metadata=f.metadata())
+    with pytest.raises(TrainError, match="was made from another base model"):
+        flexify(
+            FlexifyOptions(
+                checkpoint=tmp_path / "other.safetensors", init=flexified.checkpoint, out=out, **FLEX
+            )
+        )
 
 
 def test_checkpoint_without_the_requested_weak_size(flexified):

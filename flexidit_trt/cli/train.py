@@ -99,6 +99,12 @@ def train(**kwargs) -> None:
 @click.option(
     "--checkpoint", type=click.Path(exists=True, path_type=Path), required=True, help="the base model"
 )
+@click.option(
+    "--init",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="go on from this flexible checkpoint of the same base (same sizes and rank; a new optimizer)",
+)
 @sizes_option("--patch-sizes", "2,4", "base + weak sizes")
 @click.option("--lora-rank", type=int, default=8, show_default=True, help="0: embeddings only")
 @click.option("--steps", type=int, default=2000, show_default=True)
@@ -133,11 +139,12 @@ def flexify(**kwargs) -> None:
     with _errors():
         result = run(FlexifyOptions(**_options(kwargs)))
     click.echo(f"{result.steps} distillation steps in {result.seconds:.0f} s")
+    start = "--init" if kwargs["init"] is not None else "projection"
     for key, after in result.eval_after.items():
         before = result.eval_before[key]
         lo, hi = result.t_ranges[int(key[1:])]
         click.echo(
-            f"{key}: held-out distillation MSE at t in [{lo}, {hi}]: {before['weak']:.5f} (projection) → "
+            f"{key}: held-out distillation MSE at t in [{lo}, {hi}]: {before['weak']:.5f} ({start}) → "
             f"{after['weak']:.5f}; at all t: {before['all']:.5f} → {after['all']:.5f}"
         )
     click.echo(f"flexible checkpoint: {result.checkpoint}")
