@@ -91,7 +91,7 @@ def stand_in(monkeypatch, tmp_path):
     monkeypatch.setattr(ort_backend, "cuda_provider_available", lambda: True)
     monkeypatch.setattr(ort_backend, "_register_env_allocator", lambda ort, device: None)
     monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: None, raising=False)
-    monkeypatch.setattr(ort_backend, "_CUDA_LIBRARIES", {"loaded": False})
+    ort_backend._preload_cuda_libraries.cache_clear()  # each test sees a fresh process's first session
     path = tmp_path / "p2.onnx"
     path.write_bytes(b"the stand-in session never reads it")
     return path

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .common import FiniteFloat, main, sizes_option
+from .common import FiniteFloat, main, path_option, sizes_option
 
 DIR = click.Path(file_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -69,11 +69,11 @@ def _common(fn):
     show_default=True,
     help="cosine: after the warm-up the lr falls to 0 at --steps",
 )
-@click.option(
+@path_option(
     "--init",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="start the model and its EMA from these base weights (a new optimizer; not with --resume)",
+    "start the model and its EMA from these base weights (a new optimizer; not with --resume)",
+    exists=True,
+    dir_okay=False,
 )
 @click.option("--ema-decay", type=FiniteFloat(), default=0.999, show_default=True)
 @click.option("--subset", type=int, default=None, help="train on the first N images only")
@@ -99,11 +99,11 @@ def train(**kwargs) -> None:
 @click.option(
     "--checkpoint", type=click.Path(exists=True, path_type=Path), required=True, help="the base model"
 )
-@click.option(
+@path_option(
     "--init",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="go on from this flexible checkpoint of the same base (same sizes and rank; a new optimizer)",
+    "go on from this flexible checkpoint of the same base (same sizes and rank; a new optimizer)",
+    exists=True,
+    dir_okay=False,
 )
 @sizes_option("--patch-sizes", "2,4", "base + weak sizes")
 @click.option("--lora-rank", type=int, default=8, show_default=True, help="0: embeddings only")

@@ -17,6 +17,7 @@ here has onnxruntime-gpu.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,7 +35,6 @@ _ORT_TYPE_NAMES = {"tensor(float)": "float32", "tensor(float16)": "float16", "te
 GRAPH_INPUTS = ("x", "t", "y")
 GRAPH_OUTPUT = "out"
 _ENV_ALLOCATORS: set[str] = set()  # devices whose shared allocator is registered in this process
-_CUDA_LIBRARIES = {"loaded": False}  # onnxruntime.preload_dlls ran in this process
 # ORT's CUDA EP captures a graph id's graph on its third run (two regular runs first, so its allocations
 # are made before capture), then replays it; ids are > 0 (0 is ORT's own, -1 turns capture off).
 RUNS_TO_CAPTURE = 3
@@ -266,17 +266,16 @@ class OrtBackend(Backend):
         self.session = None
 
 
+@functools.cache  # once per process
 def _preload_cuda_libraries(ort: Any) -> None:
     """Let onnxruntime-gpu find CUDA and cuDNN where pip put them (torch's or the nvidia-* wheels):
-    `onnxruntime.preload_dlls` (1.21+), once per process; without it the provider looks only on the
-    loader's path."""
-    if _CUDA_LIBRARIES["loaded"] or not hasattr(ort, "preload_dlls"):
+    `onnxruntime.preload_dlls` (1.21+); without it the provider looks only on the loader's path."""
+    if not hasattr(ort, "preload_dlls"):
         return
     try:
         ort.preload_dlls()
     except Exception as err:  # a missing library: session creation says what follows from it
         _log.warning("onnxruntime.preload_dlls: %s", err)
-    _CUDA_LIBRARIES["loaded"] = True
 
 
 def _session(ort: Any, path: Path, providers: list[Any]) -> Any:

@@ -35,7 +35,7 @@ from ..model.config import DiTConfig
 from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
 from .data import load_split
-from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device
+from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device, warmup
 from .sampling import SampleOptions, sample_images
 
 TIMESTEP_MODES = ("weak", "all")
@@ -318,8 +318,8 @@ def _cosine(step: int, options: FlexifyOptions, started: float) -> float:
     done = step / options.steps
     if options.minutes is not None:
         done = max(done, (time.perf_counter() - started) / (60 * options.minutes))
-    warmup = min(1.0, (step + 1) / INIT_WARMUP_STEPS) if options.init is not None else 1.0
-    return warmup * cosine(done)
+    ramp = warmup(step, INIT_WARMUP_STEPS) if options.init is not None else 1.0
+    return ramp * cosine(done)
 
 
 def _out_of_time(options: FlexifyOptions, started: float) -> bool:

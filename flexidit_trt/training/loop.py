@@ -84,6 +84,11 @@ class LoopOptions:
         return []
 
 
+def warmup(step: int, steps: int) -> float:
+    """The linear warm-up factor of optimizer step `step` (0-based): (step + 1) / steps, up to 1."""
+    return min(1.0, (step + 1) / max(1, steps))
+
+
 def cosine(done: float) -> float:
     """The cosine learning-rate factor at `done` (the fraction of the run behind): 1 at the start, 0 at the end."""
     return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, done))))

@@ -29,7 +29,7 @@ from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
 from ..model import CheckpointError, FlexiDiT, get_config, load_checkpoint, save_checkpoint
 from ..model.config import DiTConfig
 from .data import IMAGE_SIZE, NUM_CLASSES, load_split
-from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device
+from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device, warmup
 from .losses import DiffusionLoss
 
 STATE_NAME = "state.pt"
@@ -144,7 +144,7 @@ class TrainOptions(LoopOptions):
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
-        lr = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        lr = self.lr * warmup(step, self.warmup_steps)
         if self.lr_decay == "cosine":
             lr *= cosine((step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
         return lr
