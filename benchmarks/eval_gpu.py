@@ -53,7 +53,14 @@ sys.path.insert(0, str(REPO))
 from flexidit_trt.evaluation.options import OptionsError, parse_scales  # noqa: E402
 
 BUDGETS = (1.0, 0.75, 0.6, 0.5, 0.4, 0.3)
-TARGETS = {0.5: 0.05, 0.6: 0.02}  # FID within 5% of budget 1.0's at budget 0.5, within 2% at 0.6
+# How far above budget 1.0 (same CFG scale) a budget may land, on FID and on the classifier FD alike:
+# 5% at 0.5 and 10% at 0.4 (2% at 0.5 under CFG 4.0, run's default guidance), 2% at 0.6.
+TARGETS = {0.6: 0.02, 0.5: 0.05, 0.4: 0.10}
+TARGETS_AT_CFG = {(4.0, 0.5): 0.02}
+
+
+def target(cfg_scale: float, budget: float) -> float | None:
+    return TARGETS_AT_CFG.get((cfg_scale, budget), TARGETS.get(budget))
 
 
 @dataclass(frozen=True)
@@ -495,7 +502,8 @@ def _first(grid: tuple[np.ndarray, np.ndarray], per_class: int) -> tuple[np.ndar
 
 
 def targets_text(report, statics: dict) -> str:
-    """The TARGETS, per way and CFG scale, against the static model (flexify at budget 1.0) at that scale."""
+    """The targets, per way and CFG scale, on both distances, against the static model (flexify at budget
+    1.0) at that scale and seed; a lower budget whose seed has no static run is left out."""
     if not statics:
         return ""
     lines = [""]
@@ -504,19 +512,28 @@ def targets_text(report, statics: dict) -> str:
             f"Base model (budget 1.0, CFG {scale:g}): FID {static.fid:.3f}, classifier FD "
             f"{static.classifier_fd:.3f}, class accuracy {100 * static.class_accuracy:.1f}%."
         )
-    lines += ["", "| way | CFG | budget | compute | FID | vs static | target | met |"]
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines += [
+        "",
+        "| way | CFG | budget | seed | FID | vs static | classifier FD | vs static | target | met |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    fulls = {(r.series, r.cfg_scale, r.seed): r for r in report.runs if r.budget == 1.0}
     for r in report.runs:
-        static = statics.get(r.cfg_scale)
-        if r.budget in TARGETS and static is not None and r.seed == static.seed:
-            gap = r.fid / static.fid - 1
-            ok = (
-                "yes" if gap <= TARGETS[r.budget] else f"no (by {100 * (gap - TARGETS[r.budget]):.1f} points)"
-            )
-            lines.append(
-                f"| {r.series} | {r.cfg_scale:g} | {r.budget:g} | {r.achieved_fraction:.3f} | {r.fid:.3f} | "
-                f"{100 * gap:+.1f}% | <= {100 * TARGETS[r.budget]:.0f}% | {ok} |"
-            )
+        limit = target(r.cfg_scale, r.budget)
+        static = fulls.get((r.series, r.cfg_scale, r.seed))
+        if limit is None or static is None:
+            continue
+        gaps = (r.fid / static.fid - 1, r.classifier_fd / static.classifier_fd - 1)
+        missed = [
+            f"{name} by {100 * (gap - limit):.1f} points"
+            for name, gap in zip(("FID", "classifier FD"), gaps, strict=True)
+            if gap > limit
+        ]
+        lines.append(
+            f"| {r.series} | {r.cfg_scale:g} | {r.budget:g} | {r.seed} | {r.fid:.3f} | {100 * gaps[0]:+.1f}% | "
+            f"{r.classifier_fd:.3f} | {100 * gaps[1]:+.1f}% | <= {100 * limit:.0f}% | "
+            f"{'no (' + ', '.join(missed) + ')' if missed else 'yes'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

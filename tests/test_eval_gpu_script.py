@@ -158,3 +158,41 @@ def _script_worker(rank: int, world: int, port: int, args: list[str]) -> None:
     as_torchrun_rank(rank, world, port)
     torch.set_num_threads(1)
     assert eval_gpu.main(args) == 0
+
+
+def test_targets_check_both_distances_against_the_same_seed():
+    """The targets table: both FID and classifier FD against budget 1.0 of the same CFG scale and seed,
+    5% at 0.5 (2% under CFG 4.0) and 10% at 0.4; a miss names the distance and by how much."""
+    from flexidit_trt.evaluation.results import EvalReport, RunResult
+
+    def run(scale: float, budget: float, seed: int, fid: float, cfd: float) -> RunResult:
+        return RunResult(
+            **dict(series="flexify", guidance="cfg", cfg_scale=scale, budget=budget, seed=seed),
+            **dict(achieved_fraction=budget, plan="plan", steps=4, num_samples=4),
+            **dict(fid=fid, classifier_fd=cfd, kid=1e-3, kid_std=1e-4, precision=0.5, recall=0.5),
+            **dict(class_accuracy=0.9, generate_seconds=1.0, images_per_second=4.0),
+        )
+
+    runs = [
+        run(1.5, 1.0, 0, 10.0, 1.0),
+        run(1.5, 1.0, 1, 9.0, 0.9),
+        run(1.5, 0.5, 0, 10.3, 1.06),  # classifier FD +6%: missed by 1 point
+        run(1.5, 0.5, 1, 9.36, 0.927),  # +4%, +3% against seed 1: met
+        run(1.5, 0.4, 0, 10.9, 1.09),  # +9%, +9% within 10%
+        run(4.0, 1.0, 0, 20.0, 5.0),
+        run(4.0, 0.5, 0, 20.3, 5.2),  # FID +1.5% met, classifier FD +4% over CFG 4.0's 2%
+    ]
+    statics = {r.cfg_scale: r for r in runs if r.budget == 1.0 and r.seed == 0}
+    rows = [
+        line for line in eval_gpu.targets_text(EvalReport(runs=runs), statics).splitlines() if "<=" in line
+    ]
+    assert [row.split(" | ")[1:4] for row in rows] == [
+        ["1.5", "0.5", "0"],
+        ["1.5", "0.5", "1"],
+        ["1.5", "0.4", "0"],
+        ["4", "0.5", "0"],
+    ]
+    assert rows[0].endswith("| <= 5% | no (classifier FD by 1.0 points) |")
+    assert "+4.0% | 0.927 | +3.0% | <= 5% | yes |" in rows[1]
+    assert rows[2].endswith("| <= 10% | yes |")
+    assert rows[3].endswith("| <= 2% | no (classifier FD by 2.0 points) |")

@@ -355,6 +355,27 @@ def test_sweep_plot_holds_every_series_and_budget():
     assert set(plot_files([r for r in runs if r.cfg_scale == 2.0])) == {"quality_vs_compute.png"}
 
 
+def test_lower_budget_is_set_against_budget_one_of_its_own_seed():
+    """A seed-1 run at budget 0.5 is compared with seed 1's budget 1.0 (paired noise), a seed-1 budget-1.0
+    run with seed 0's (the seed spread), and a run whose seed has no budget-1.0 run with the first seed's."""
+    from flexidit_trt.evaluation.report import relative_to_full
+    from flexidit_trt.evaluation.results import RunResult
+
+    def run(budget: float, seed: int, fid: float) -> RunResult:
+        return RunResult(
+            **dict(series="cfg", guidance="cfg", cfg_scale=1.5, budget=budget, seed=seed),
+            **dict(achieved_fraction=budget, plan="plan", steps=4, num_samples=4),
+            **dict(fid=fid, classifier_fd=fid / 10, kid=1e-3, kid_std=1e-4, precision=0.5, recall=0.5),
+            **dict(class_accuracy=0.9, generate_seconds=1.0, images_per_second=4.0),
+        )
+
+    runs = [run(1.0, 0, 10.0), run(1.0, 1, 8.0), run(0.5, 0, 11.0), run(0.5, 1, 8.4), run(0.5, 2, 12.0)]
+    rel = [relative_to_full(runs, r) for r in runs]
+    assert rel == pytest.approx([0.0, -0.2, 0.1, 0.05, 0.2])
+    assert relative_to_full(runs, runs[3], "classifier_fd") == pytest.approx(0.05)
+    assert relative_to_full(runs[2:], runs[2]) is None
+
+
 # -- across processes --------------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import select
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -355,8 +356,12 @@ def test_bare_bench_says_what_it_runs_and_its_cost_first():
     total = cost.trajectory_macs(options, macs, backends=len(cost.runnable(options, "cpu")))
     reference = 4 * 250 * 2 * forward_macs(config, 2) * (1 + 8)  # 1 + 3 trajectories, CFG, batches 1 and 8
     assert total > reference
-    line = cost.estimate(total, peak_flops=2e11)  # a 2-core AVX-512 CPU's fp32 matmul
+    line = cost.estimate(total, 2e11, options, "dit_xl")  # a 2-core AVX-512 CPU's fp32 matmul
     assert line.startswith("cost: ") and " h at the measured matmul peak" in line
+    assert line.endswith("fewer with --model dit_fmnist, --steps, --no-reference")
+    # Only the levers not pulled yet are suggested.
+    small = cost.estimate(total, 2e11, replace(options, reference=False), "dit_fmnist")
+    assert small.endswith("fewer with --steps")
     assert "the reference loop too" in cost.outline(options, "dit_xl", "cpu")
 
 

@@ -139,7 +139,8 @@ class _Bench:
             torch.cuda.set_device(self.device)
         measured = self._hardware()  # before the model loads: the cost line says what loading leads to
         backends = len(cost.runnable(opts, self.device))
-        self.say(cost.estimate(cost.trajectory_macs(opts, macs, backends), measured["matmul_peak"]["per_s"]))
+        total = cost.trajectory_macs(opts, macs, backends)
+        self.say(cost.estimate(total, measured["matmul_peak"]["per_s"], opts, self.source.name))
         self.say(f"model: {self.source.name} ({self.source.label()})")
         self.model = self.source.load()
         self.session = Session(
