@@ -173,3 +173,17 @@ def test_export_options_normalise_the_fp32_residual(model, tmp_path):
         export_options("fp8")
     graph = export_onnx(model, 4, tmp_path / "p4.onnx", precision="fp32", fp32_residual=True)
     assert graph.fp32_residual is False
+
+
+def test_a_provider_without_the_graphs_precision_says_to_export_fp16(model, tmp_path):
+    """ONNX Runtime's CPU provider has no bf16 kernels: loading a real bf16 graph there fails with its
+    NOT_IMPLEMENTED, and the ort backend's error says which precision has kernels (the CUDA provider has
+    gaps in bf16 too); the fp16 graph loads."""
+    from flexidit_trt.engines.backend import RunError
+    from flexidit_trt.engines.ort_backend import OrtBackend
+
+    bf16 = export_onnx(model, 2, tmp_path / "bf16" / "p2.onnx", precision="bf16")
+    with pytest.raises(RunError, match=r"NOT_IMPLEMENTED.*export it in fp16 \(--precision fp16\)"):
+        OrtBackend.load(bf16.path, 2, "cpu")
+    fp16 = export_onnx(model, 2, tmp_path / "fp16" / "p2.onnx", precision="fp16")
+    assert OrtBackend.load(fp16.path, 2, "cpu").session.get_providers() == ["CPUExecutionProvider"]

@@ -288,8 +288,13 @@ def _session(ort: Any, path: Path, providers: list[Any]) -> Any:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # a truncated or foreign file: InvalidProtobuf, Fail, InvalidGraph, ...
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+        hint = ""
+        if "NOT_IMPLEMENTED" in reason:
+            # A provider without a kernel for one of the graph's types (bf16 has the fewest: none at all on
+            # the CPU provider, gaps on the CUDA one); fp16 graphs have kernels on both.
+            hint = "; its precision has no kernel there: export it in fp16 (--precision fp16) or use another backend"
         raise RunError(
-            f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]})"
+            f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]}){hint}"
         ) from None
 
 
