@@ -26,9 +26,11 @@ of 540 s on one GPU, about half that on two.
 
 Resumable: every finished chunk of samples goes to STATE/chunks, every finished run to STATE/runs, and
 OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
-`--import-runs runs.tar`. The script stops starting chunks --time-limit seconds after its start (less a
-reserve for the last run's metrics), writes what it has, and says what is left; run the same command
-again to continue. OUT_DIR receives 6 files, 7 with a sweep (the device tool returns at most 8):
+`--import-runs runs.tar`. A run at budget 1.0 (flexify) samples with the base patch size alone and is keyed
+by the checkpoint's base tensors, so another flexify of the same base imports it instead of sampling it
+again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks --time-limit
+seconds after its start (less a reserve for the last run's metrics), writes what it has, and says what is
+left; run the same command again to continue. OUT_DIR receives 6 files, 7 with a sweep (the device tool returns at most 8):
 eval_gpu.log, results.json, results.md, quality_vs_compute.png, guidance_sweep.png (several scales only),
 samples.png (a row of grids per way and scale, one grid per budget), runs.tar. The table printed last is
 results.md.
@@ -220,16 +222,19 @@ def load_models(args, ways: list[Way]) -> dict[str, object]:
 
 
 # -- saved runs -----------------------------------------------------------------------------------------------
-def settings_key(args) -> str:
+def settings_key(args, patch2_only: bool = False) -> str:
     """What a saved run's numbers depend on besides (way, budget, seed): a run made under other settings
-    (another checkpoint, sample count, step count, ...) is not reused. The CFG scale is in the run's name."""
+    (another checkpoint, sample count, step count, ...) is not reused. The CFG scale is in the run's name.
+    patch2_only: the key of the runs that use only the base patch size (flexify at budget 1.0), where the
+    checkpoint counts by its base tensors alone, so another flexify of the same base finds them made."""
     from flexidit_trt.artifacts import sha256_file, sha256_json
     from flexidit_trt.evaluation.evaluator import default_checkpoint
     from flexidit_trt.training.classifier import DEFAULT_CLASSIFIER
 
+    checkpoint = Path(args.checkpoint or default_checkpoint())
     settings = {
-        "checkpoint": sha256_file(args.checkpoint or default_checkpoint()),
-        "base": sha256_file(args.base) if args.base else "derived",
+        "checkpoint": base_weights_sha256(checkpoint) if patch2_only else sha256_file(checkpoint),
+        **({} if patch2_only else {"base": sha256_file(args.base) if args.base else "derived"}),
         "classifier": sha256_file(args.classifier or DEFAULT_CLASSIFIER)
         if (args.classifier or DEFAULT_CLASSIFIER).is_file()
         else None,
@@ -241,8 +246,45 @@ def settings_key(args) -> str:
     return sha256_json(settings)[:12]
 
 
+def base_weights_sha256(checkpoint: Path) -> str:
+    """sha256 over the base tensors of a flexible .safetensors checkpoint (names, dtypes, shapes, bytes;
+    the weak sizes' embeddings and adapters left out): what a budget-1.0 run samples with. Another
+    format counts whole (its file's sha256)."""
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+
+    from flexidit_trt.artifacts import sha256_file
+    from flexidit_trt.model.dit import is_base_key
+
+    if checkpoint.suffix != ".safetensors":
+        return sha256_file(checkpoint)
+    digest = hashlib.sha256(b"base tensors\n")
+    with safe_open(str(checkpoint), "pt") as f:
+        for key in sorted(k for k in f.keys() if is_base_key(k)):  # noqa: SIM118 (safe_open is not iterable)
+            tensor = f.get_tensor(key).contiguous()
+            digest.update(f"{key} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def base_patch_only(way: str, budget: float) -> bool:
+    """Runs that sample with the base patch size alone: CFG (the flexify way) at budget 1.0."""
+    return way == "flexify" and budget == 1.0
+
+
 def run_path(args, way: str, cfg_scale: float, budget: float, seed: int) -> Path:
-    return args.state / "runs" / f"{way}_cfg{cfg_scale:g}_b{budget:.2f}_s{seed}_{args.settings}.npz"
+    key = args.settings_p2 if base_patch_only(way, budget) else args.settings
+    return args.state / "runs" / f"{way}_cfg{cfg_scale:g}_b{budget:.2f}_s{seed}_{key}.npz"
+
+
+def saved_run_paths(args) -> list[Path]:
+    """The run files made under the current settings (those of budget 1.0 under the base tensors' key)."""
+    folder = args.state / "runs"
+    return sorted(
+        {*folder.glob(f"*_{args.settings}.npz"), *folder.glob(f"flexify_*_b1.00_*_{args.settings_p2}.npz")}
+    )
 
 
 def save_run(path: Path, result, grid, meta: dict) -> None:
@@ -258,7 +300,7 @@ def load_runs(args):
     from flexidit_trt.evaluation.results import RunResult
 
     runs = {}
-    for path in sorted((args.state / "runs").glob(f"*_{args.settings}.npz")):
+    for path in saved_run_paths(args):
         with np.load(path) as data:
             result = RunResult(**json.loads(str(data["result"])))
             if result.cfg_scale in scales_of(args, WAYS[result.series]):
@@ -277,7 +319,7 @@ def import_runs(tar: Path, state: Path) -> None:
 
 def export_runs(args) -> None:
     with tarfile.open(args.out / "runs.tar", "w") as archive:
-        for path in sorted((args.state / "runs").glob(f"*_{args.settings}.npz")):
+        for path in saved_run_paths(args):
             archive.add(path, arcname=f"runs/{path.name}")
 
 
@@ -318,7 +360,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
 
     from flexidit_trt.evaluation import EvalOptions, Evaluator, Scorer
 
-    args.settings = settings_key(args)
+    args.settings, args.settings_p2 = settings_key(args), settings_key(args, patch2_only=True)
     only = parse_only(args.only)
     ways = [w for w in WAYS.values() if any(wanted(only, w.name, b) for b in w.budgets)]
     pending = pending_runs(args, ways, only)

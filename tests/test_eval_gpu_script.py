@@ -60,7 +60,7 @@ def test_sweep_runs_every_scale_with_the_seed_repeat_first(tmp_path):
 
     def pending(*extra: str) -> list[tuple[str, float, float, int]]:
         args = eval_gpu.parse_args([*common, *extra])
-        args.settings = "test"
+        args.settings, args.settings_p2 = "test", "test-p2"
         ways = [eval_gpu.WAYS["flexify"], eval_gpu.WAYS["w2s"]]
         runs = eval_gpu.pending_runs(args, ways, eval_gpu.parse_only(args.only))
         return [(w.name, c, b, s) for w, c, b, s in runs]
@@ -77,7 +77,7 @@ def test_sweep_runs_every_scale_with_the_seed_repeat_first(tmp_path):
     pinned = pending("--cfg-scales", "1.5,4", "--w2s-scale", "2")
     assert ("w2s", 2.0, 0.5, 0) in pinned and not any(w == "w2s" and c != 2.0 for w, c, _, _ in pinned)
     args = eval_gpu.parse_args([*common, "--cfg-scales", "1.5,4"])
-    args.settings = "test"
+    args.settings, args.settings_p2 = "test", "test-p2"
     saved = eval_gpu.run_path(args, "flexify", 4.0, 0.5, 0)
     saved.parent.mkdir(parents=True)
     saved.write_bytes(b"")
@@ -196,3 +196,41 @@ def test_targets_check_both_distances_against_the_same_seed():
     assert "+4.0% | 0.927 | +3.0% | <= 5% | yes |" in rows[1]
     assert rows[2].endswith("| <= 10% | yes |")
     assert rows[3].endswith("| <= 2% | no (classifier FD by 2.0 points) |")
+
+
+def test_budget_one_runs_are_keyed_by_the_base_tensors(tmp_path):
+    """Two flexifies of one base share the key of their budget-1.0 runs (only the base patch samples
+    there) and differ in the others'; a run saved at budget 1.0 under the first is not made again for the
+    second; another base gets another key."""
+    first, second = _flexified(seed=0), _flexified(seed=0)
+    with torch.no_grad():
+        for name, param in second.named_parameters():
+            if ".lora." in name:
+                param.add_(0.1)
+    other_base = _flexified(seed=1)
+    for name, model in (("a", first), ("b", second), ("c", other_base)):
+        save_checkpoint(model, tmp_path / f"{name}.safetensors")
+
+    def keyed(name: str):
+        args = eval_gpu.parse_args([str(tmp_path / "out"), "--state", str(tmp_path / "state")])
+        args.checkpoint = tmp_path / f"{name}.safetensors"
+        args.settings = eval_gpu.settings_key(args)
+        args.settings_p2 = eval_gpu.settings_key(args, patch2_only=True)
+        return args
+
+    a, b, c = keyed("a"), keyed("b"), keyed("c")
+    assert a.settings != b.settings and a.settings_p2 == b.settings_p2 != c.settings_p2
+    saved = eval_gpu.run_path(a, "flexify", 1.5, 1.0, 0)
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"")
+    only = eval_gpu.parse_only("flexify:1.0,flexify:0.5")
+
+    def pending(args) -> list[tuple[float, int]]:
+        return [
+            (budget, seed)
+            for _, _, budget, seed in eval_gpu.pending_runs(args, [eval_gpu.WAYS["flexify"]], only)
+        ]
+
+    assert pending(b) == [(0.5, 0), (1.0, 1)]  # budget 1.0, seed 0 was made under a
+    assert pending(c) == [(1.0, 0), (0.5, 0), (1.0, 1)]
+    assert eval_gpu.saved_run_paths(b) == [saved]
