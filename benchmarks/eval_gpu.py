@@ -137,6 +137,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--fp8", action="store_true", help="block GEMMs in FP8 where the rows allow (EngineOptions.fp8)"
     )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the engines (EvalOptions.compile): fused kernels",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reference-count", type=int, default=None, help="test images [default: all 10,000]")
     ap.add_argument("--time-limit", type=float, default=540.0, help="seconds from start; no new chunk after")
@@ -242,6 +247,7 @@ def settings_key(args, patch2_only: bool = False) -> str:
         **{k: getattr(args, k) for k in ("num_samples", "steps", "batch_size")},
         **{k: getattr(args, k) for k in ("precision", "reference_count")},
         **({"fp8": True} if args.fp8 else {}),  # absent when off: earlier runs stay valid
+        **({"compile": True} if args.compile else {}),
     }
     return sha256_json(settings)[:12]
 
@@ -380,6 +386,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
         cfg_scales=args.cfg_scales or (args.cfg_scale,),
         precision=args.precision,
         fp8=args.fp8,
+        compile=args.compile,
         device=str(ctx.device),
         data_dir=args.data,
         cache_dir=args.state / "cache",

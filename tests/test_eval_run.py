@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from dist_helpers import as_torchrun_rank, free_port
 
 from flexidit_trt.cli import main
-from flexidit_trt.evaluation import EvalOptions, OptionsError, evaluate, write_report
+from flexidit_trt.evaluation import EvalOptions, Evaluator, OptionsError, evaluate, write_report
 from flexidit_trt.evaluation import distributed as dist_mod
 from flexidit_trt.evaluation import evaluator as evaluator_mod
 from flexidit_trt.evaluation import scoring as scoring_mod
@@ -474,3 +474,24 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch):
     result = CliRunner().invoke(main, ["eval"])
     assert result.exit_code == 130, result.output
     assert "interrupted: nothing half-written was left" in result.output and "Traceback" not in result.output
+
+
+@needs_data
+@pytest.mark.slow  # torch.compile of two tiny engines on the CPU
+def test_compiled_eval_runs_compiled_engines_with_its_own_chunks(files, tmp_path, monkeypatch):
+    """`eval --compile`: the Pipeline's engines are torch.compile'd, the run's chunks go under keys of their
+    own, and the metrics match the eager run's to fp32 noise (the same model, only fused kernels)."""
+    monkeypatch.setattr(scoring_mod, "load_inception", lambda path, device: _PooledInception())
+    model = FlexiDiT.from_config(TINY, init="random", seed=1).eval()
+    chunks = tmp_path / "chunks"
+    common = dict(budgets=(0.5,), repeat_seeds=1, resume_dir=chunks, cache_dir=tmp_path / "c")
+    plain = evaluate(model, _options(files, **common))
+    compiled_options = _options(files, compile=True, **common)
+    evaluator = Evaluator(model, compiled_options)
+    assert [e.describe()["compiled"] for e in evaluator.pipe.backends.values()] == [True, True]
+    evaluator.close()
+    compiled = evaluate(model, compiled_options)
+    assert len(list(chunks.iterdir())) == 2  # one run each, under different keys
+    assert compiled.meta["pipeline"]["compile"] is True and plain.meta["pipeline"]["compile"] is False
+    assert compiled.runs[0].fid == pytest.approx(plain.runs[0].fid, rel=1e-3)
+    assert compiled.runs[0].classifier_fd == pytest.approx(plain.runs[0].classifier_fd, rel=1e-3)

@@ -88,6 +88,11 @@ _path = click.Path(path_type=Path)
     is_flag=True,
     help="the torch engines' block GEMMs in FP8 where their rows make it win (bf16/fp16; its quality check)",
 )
+@click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the engines: fused kernels for eval's large batches, after a compile per patch size",
+)
 @click.option("--device", default=None, help="cpu, cuda  [default: this rank's GPU if any]")
 @click.option("--out", type=_path, default=Path("eval"), show_default=True, help="folder for the report")
 @click.option(

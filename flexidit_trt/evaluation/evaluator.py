@@ -154,7 +154,12 @@ class Evaluator:
             model,
             backend=options.backend,
             device=device,
-            engine=EngineOptions(precision=options.precision, max_batch=options.batch_size, fp8=options.fp8),
+            engine=EngineOptions(
+                precision=options.precision,
+                max_batch=options.batch_size,
+                fp8=options.fp8,
+                compile=options.compile,
+            ),
         )
 
     @property
@@ -209,6 +214,7 @@ class Evaluator:
                 "precision": self.pipe.precision,
                 "device": ctx.device.type,
                 **({"fp8": True} if options.fp8 else {}),  # absent when off: earlier keys stay valid
+                **({"compile": True} if options.compile else {}),
             }
         )
         folder = Path(options.resume_dir) / run_key[:20] if options.resume_dir is not None else None
@@ -267,6 +273,7 @@ class Evaluator:
                 "backend": self.pipe.selection.backend,
                 "precision": self.pipe.precision,
                 "fp8": options.fp8,
+                "compile": options.compile,
             },
             "inception_sha256": self.scorer.inception.sha256,
             "classifier_sha256": self.scorer.classifier_sha256,

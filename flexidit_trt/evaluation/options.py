@@ -51,6 +51,9 @@ class EvalOptions:
     backend: str = "auto"
     precision: str | None = None  # None: the Pipeline's default
     fp8: bool = False  # the torch engines' block GEMMs in FP8 where the rows allow (EngineOptions.fp8)
+    # torch.compile the engines (EngineOptions.compile): fewer, fused kernels for eval's large batches,
+    # at a compile per patch size first; other samples in the last bits, so their chunks are kept apart
+    compile: bool = False
     device: str | None = None  # None: cuda (this rank's GPU) when there is one, else cpu
     label: str | None = None  # the series name in tables and plots (default: the guidance)
     data_dir: Path | None = None
