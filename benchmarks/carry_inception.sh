@@ -5,10 +5,10 @@
 # dataset into parts .carry/part1, .carry/part2, ... (benchmarks/carry_parts.sh; git-ignored), one part per
 # device call, carried back to back while the machine stays warm (benchmarks/quality_gpu.sh uses them).
 #
-# Usage (repo root, on this machine):   bash benchmarks/carry_inception.sh [PART_MiB]   (default 22: a part
-# and the ~40.5 MiB tree must fit one call's 64 MiB)
+# Usage (repo root, on this machine):   bash benchmarks/carry_inception.sh [PART_MiB]   (default 20: a part
+# and the ~42 MiB tree must fit one call's 64 MiB)
 set -euo pipefail
-part_mib=${1:-22}
+part_mib=${1:-20}
 cd "$(dirname "$0")/.."
 expected=$(python3 -c "import re,pathlib; print(re.search(r'INCEPTION_SHA256 = \"(\w+)\"', pathlib.Path('flexidit_trt/evaluation/inception.py').read_text())[1])")
 work=$(mktemp -d)

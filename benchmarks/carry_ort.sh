@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Get onnxruntime-gpu onto the device machine (no network there; its wheel is 256 MB, a call carries
-# 64 MiB with the ~40.5 MiB tree): download the CUDA 13 build here and split it into parts .carry/ort/part1,
+# 64 MiB with the ~42 MiB tree): download the CUDA 13 build here and split it into parts .carry/ort/part1,
 # part2, ... (benchmarks/carry_parts.sh; git-ignored), one per device call, back to back:
 #   calls 1 .. N-1:  mkdir -p /tmp/carry-ort && cp .carry/ort/part*/* /tmp/carry-ort/      (carry .carry/ort/partK)
 #   call N:          the same, then  ORT_GPU=1 bash benchmarks/bench_gpu.sh "$OUT" --backends torch-flash,ort
@@ -8,9 +8,9 @@
 # Its needs (numpy, protobuf, flatbuffers, packaging) are on the device already; CUDA and cuDNN come from
 # torch's wheels there (the ort backend calls onnxruntime.preload_dlls).
 #
-# Usage (repo root, on this machine):   bash benchmarks/carry_ort.sh [PART_MiB]   (default 22: a part and the ~40.5 MiB tree fit one call)
+# Usage (repo root, on this machine):   bash benchmarks/carry_ort.sh [PART_MiB]   (default 20: a part and the ~42 MiB tree fit one call)
 set -euo pipefail
-part_mib=${1:-22}
+part_mib=${1:-20}
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tarfile
 import time
@@ -62,6 +63,7 @@ TARGETS_AT_CFG = {(4.0, 0.5): 0.02}
 
 
 def target(cfg_scale: float, budget: float) -> float | None:
+    """How far above budget 1.0 a run at (CFG scale, budget) may land, or None where no target is set."""
     return TARGETS_AT_CFG.get((cfg_scale, budget), TARGETS.get(budget))
 
 
@@ -174,7 +176,7 @@ def pending_runs(args, ways: list[Way], only) -> list[tuple[Way, float, float, i
         for i, c in enumerate(scales):
             for b in w.budgets:
                 for s in seeds if b == 1.0 and i == 0 else seeds[:1]:
-                    if wanted(only, w.name, b) and not run_path(args, w.name, c, b, s).is_file():
+                    if wanted(only, w.name, b) and not is_saved(args, w.name, c, b, s):
                         runs.append((w, c, b, s))
     return sorted(
         runs,
@@ -253,26 +255,19 @@ def settings_key(args, patch2_only: bool = False) -> str:
 
 
 def base_weights_sha256(checkpoint: Path) -> str:
-    """sha256 over the base tensors of a flexible .safetensors checkpoint (names, dtypes, shapes, bytes;
-    the weak sizes' embeddings and adapters left out): what a budget-1.0 run samples with. Another
-    format counts whole (its file's sha256)."""
-    import hashlib
-
-    import torch
-    from safetensors import safe_open
-
-    from flexidit_trt.artifacts import sha256_file
+    """What a budget-1.0 run samples with, hashed: the loaded model's base tensors (the weak sizes'
+    embeddings and adapters left out) and every config field the base patch's forward reads (all but the
+    weak sizes, the adapters' and the name)."""
+    from flexidit_trt.artifacts import sha256_json, sha256_state_dict
+    from flexidit_trt.evaluation.evaluator import load_model
     from flexidit_trt.model.dit import is_base_key
 
-    if checkpoint.suffix != ".safetensors":
-        return sha256_file(checkpoint)
-    digest = hashlib.sha256(b"base tensors\n")
-    with safe_open(str(checkpoint), "pt") as f:
-        for key in sorted(k for k in f.keys() if is_base_key(k)):  # noqa: SIM118 (safe_open is not iterable)
-            tensor = f.get_tensor(key).contiguous()
-            digest.update(f"{key} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    model, _ = load_model(checkpoint, (2,))
+    config = json.loads(model.config.to_json())
+    for key in ("patch_sizes", "lora_rank", "lora_alpha", "name"):
+        config.pop(key, None)
+    tensors = sha256_state_dict({k: v for k, v in model.state_dict().items() if is_base_key(k)})
+    return sha256_json({"config": config, "base tensors": tensors})
 
 
 def base_patch_only(way: str, budget: float) -> bool:
@@ -280,17 +275,42 @@ def base_patch_only(way: str, budget: float) -> bool:
     return way == "flexify" and budget == 1.0
 
 
-def run_path(args, way: str, cfg_scale: float, budget: float, seed: int) -> Path:
-    key = args.settings_p2 if base_patch_only(way, budget) else args.settings
+RUN_NAME = re.compile(
+    r"^(?P<way>[a-z0-9]+)_cfg(?P<cfg>[0-9.]+)_b(?P<budget>[0-9.]+)_s(?P<seed>\d+)_(?P<key>\w+)$"
+)
+
+
+def run_keys(args, way: str, budget: float) -> list[str]:
+    """The settings keys a run may be saved under, the one it is saved under first: a base-patch-only run
+    under the base tensors' key, or the full key (a file made before that key existed)."""
+    return [args.settings_p2, args.settings] if base_patch_only(way, budget) else [args.settings]
+
+
+def run_path(args, way: str, cfg_scale: float, budget: float, seed: int, key: str | None = None) -> Path:
+    """Where the run is (key None: where it is saved)."""
+    key = key or run_keys(args, way, budget)[0]
     return args.state / "runs" / f"{way}_cfg{cfg_scale:g}_b{budget:.2f}_s{seed}_{key}.npz"
 
 
 def saved_run_paths(args) -> list[Path]:
-    """The run files made under the current settings (those of budget 1.0 under the base tensors' key)."""
-    folder = args.state / "runs"
-    return sorted(
-        {*folder.glob(f"*_{args.settings}.npz"), *folder.glob(f"flexify_*_b1.00_*_{args.settings_p2}.npz")}
-    )
+    """The run files made under the current settings, one per run (the first of its run_keys found)."""
+    chosen: dict[tuple, tuple[int, Path]] = {}
+    for path in (args.state / "runs").glob("*.npz"):
+        m = RUN_NAME.match(path.stem)
+        if m is None:
+            continue
+        way, budget = m["way"], float(m["budget"])
+        keys = run_keys(args, way, budget)
+        if m["key"] in keys:
+            run = (way, float(m["cfg"]), budget, int(m["seed"]))
+            rank = keys.index(m["key"])
+            if run not in chosen or rank < chosen[run][0]:
+                chosen[run] = (rank, path)
+    return sorted(path for _, path in chosen.values())
+
+
+def is_saved(args, way: str, cfg_scale: float, budget: float, seed: int) -> bool:
+    return any(run_path(args, way, cfg_scale, budget, seed, k).is_file() for k in run_keys(args, way, budget))
 
 
 def save_run(path: Path, result, grid, meta: dict) -> None:
@@ -451,7 +471,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
             evaluator.close()
     if not ctx.is_main:
         return
-    left = [(w, c, b, s) for w, c, b, s in pending if not run_path(args, w.name, c, b, s).is_file()]
+    left = [(w, c, b, s) for w, c, b, s in pending if not is_saved(args, w.name, c, b, s)]
     write_outputs(args, load_runs(args), left, say)
     say(f"wall time {time.monotonic() - start:.0f} s")
     if left:
@@ -466,7 +486,7 @@ def _name(way: Way, scale: float, budget: float, seed: int) -> str:
 
 def write_outputs(args, saved: dict, left: list, say) -> None:
     from flexidit_trt.artifacts import write_bytes_atomic, write_json_atomic
-    from flexidit_trt.evaluation.report import markdown, plot_files, report_dict, sheet_png
+    from flexidit_trt.evaluation.report import full_run, markdown, plot_files, report_dict, sheet_png
     from flexidit_trt.evaluation.results import EvalReport
 
     if not saved:
@@ -508,9 +528,10 @@ def write_outputs(args, saved: dict, left: list, say) -> None:
     }
     data = report_dict(report)
     text = markdown(report) + targets_text(report, statics)
-    for row in data["runs"]:
-        static = statics.get(row["cfg_scale"])
-        row["fid_vs_static"] = None if static is None else row["fid"] / static.fid - 1
+    for row, run in zip(data["runs"], report.runs, strict=True):
+        static = full_run(report.runs, run, series="flexify")  # the static model, paired by seed
+        for metric in ("fid", "classifier_fd"):
+            row[f"{metric}_vs_static"] = None if static is None else row[metric] / getattr(static, metric) - 1
     data["base_quality"] = {
         str(c): {"fid": r.fid, "classifier_fd": r.classifier_fd, "class_accuracy": r.class_accuracy}
         for c, r in sorted(statics.items())
@@ -551,8 +572,11 @@ def _first(grid: tuple[np.ndarray, np.ndarray], per_class: int) -> tuple[np.ndar
 
 
 def targets_text(report, statics: dict) -> str:
-    """The targets, per way and CFG scale, on both distances, against the static model (flexify at budget
-    1.0) at that scale and seed; a lower budget whose seed has no static run is left out."""
+    """The base model at each CFG scale (`statics`), then the targets of each lower budget, on both
+    distances, against budget 1.0 of its way, CFG scale and seed (report.full_run; a budget whose seed has
+    no budget-1.0 run is left out)."""
+    from flexidit_trt.evaluation.report import full_run
+
     if not statics:
         return ""
     lines = [""]
@@ -566,10 +590,9 @@ def targets_text(report, statics: dict) -> str:
         "| way | CFG | budget | seed | FID | vs static | classifier FD | vs static | target | met |",
     ]
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    fulls = {(r.series, r.cfg_scale, r.seed): r for r in report.runs if r.budget == 1.0}
     for r in report.runs:
         limit = target(r.cfg_scale, r.budget)
-        static = fulls.get((r.series, r.cfg_scale, r.seed))
+        static = full_run(report.runs, r, same_seed_only=True) if r.budget != 1.0 else None
         if limit is None or static is None:
             continue
         gaps = (r.fid / static.fid - 1, r.classifier_fd / static.classifier_fd - 1)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The quality work on the device machine, in back-to-back calls that carry the FID Inception file and
-# Fashion-MNIST in parts. Prepare the parts here: `bash benchmarks/carry_inception.sh` (22-MiB parts: the tree is ~40.5 MiB,
-# so parts of 22 MiB fit a 64 MiB call: 6 parts; the dataset comes first and is whole once parts 1-2 are there).
+# Fashion-MNIST in parts. Prepare the parts here: `bash benchmarks/carry_inception.sh` (20-MiB parts: the tree is ~42 MiB,
+# so parts of 20 MiB fit a 64 MiB call: 6 parts; the dataset comes first and is whole once parts 1-2 are there).
 #
 # Then call k (k = 1 .. N) carries .carry/partk and runs one stage; every stage first copies its part to
 # /tmp/carry and, once the last part (with all.sha256) is there, unpacks them all (checked):
 #   bash benchmarks/quality_gpu.sh part "$OUT"                                 (calls 1 .. N-1)
 #   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT [RANK]]]   (as soon as the parts
-#        carried hold the whole dataset, which comes first: call 2 with 22-MiB parts) flexify CHECKPOINT (default: the embedded default's base) for MINUTES
+#        carried hold the whole dataset, which comes first: call 2 with 20-MiB parts) flexify CHECKPOINT (default: the embedded default's base) for MINUTES
 #        (default 9) at batch 512 with LoRA rank RANK (default 64: the embedded default's recipe, NOTES.md 2026-12-03)
 #        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log); INIT=FLEX goes on from
 #        an earlier result (e.g. INIT=/tmp/flexidit-next/flex.safetensors in the next call: a longer flexify),

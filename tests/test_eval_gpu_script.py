@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from dist_helpers import as_torchrun_rank, free_port
+from eval_helpers import run_result
 
 from flexidit_trt.model import DiTConfig, FlexiDiT, save_checkpoint
 from flexidit_trt.training.classifier import FashionClassifier, save_classifier
@@ -162,25 +163,19 @@ def _script_worker(rank: int, world: int, port: int, args: list[str]) -> None:
 
 def test_targets_check_both_distances_against_the_same_seed():
     """The targets table: both FID and classifier FD against budget 1.0 of the same CFG scale and seed,
-    5% at 0.5 (2% under CFG 4.0) and 10% at 0.4; a miss names the distance and by how much."""
-    from flexidit_trt.evaluation.results import EvalReport, RunResult
-
-    def run(scale: float, budget: float, seed: int, fid: float, cfd: float) -> RunResult:
-        return RunResult(
-            **dict(series="flexify", guidance="cfg", cfg_scale=scale, budget=budget, seed=seed),
-            **dict(achieved_fraction=budget, plan="plan", steps=4, num_samples=4),
-            **dict(fid=fid, classifier_fd=cfd, kid=1e-3, kid_std=1e-4, precision=0.5, recall=0.5),
-            **dict(class_accuracy=0.9, generate_seconds=1.0, images_per_second=4.0),
-        )
+    5% at 0.5 (2% under CFG 4.0) and 10% at 0.4; a miss names each distance and by how much."""
+    from flexidit_trt.evaluation.results import EvalReport
 
     runs = [
-        run(1.5, 1.0, 0, 10.0, 1.0),
-        run(1.5, 1.0, 1, 9.0, 0.9),
-        run(1.5, 0.5, 0, 10.3, 1.06),  # classifier FD +6%: missed by 1 point
-        run(1.5, 0.5, 1, 9.36, 0.927),  # +4%, +3% against seed 1: met
-        run(1.5, 0.4, 0, 10.9, 1.09),  # +9%, +9% within 10%
-        run(4.0, 1.0, 0, 20.0, 5.0),
-        run(4.0, 0.5, 0, 20.3, 5.2),  # FID +1.5% met, classifier FD +4% over CFG 4.0's 2%
+        run_result("flexify", 1.5, 1.0, 0, 10.0, 1.0),
+        run_result("flexify", 1.5, 1.0, 1, 9.0, 0.9),
+        run_result("flexify", 1.5, 0.5, 0, 10.3, 1.06),  # classifier FD +6%: missed by 1 point
+        run_result("flexify", 1.5, 0.5, 1, 9.36, 0.927),  # +4%, +3% against seed 1: met
+        run_result("flexify", 1.5, 0.4, 0, 10.9, 1.09),  # +9%, +9% within 10%
+        run_result("flexify", 1.5, 0.4, 1, 10.08, 0.999),  # +12%, +11%: both missed
+        run_result("flexify", 1.5, 0.5, 2, 10.0, 1.0),  # seed 2 has no budget-1.0 run: left out
+        run_result("flexify", 4.0, 1.0, 0, 20.0, 5.0),
+        run_result("flexify", 4.0, 0.5, 0, 20.6, 5.05),  # FID +3% over CFG 4.0's 2%, classifier FD +1%
     ]
     statics = {r.cfg_scale: r for r in runs if r.budget == 1.0 and r.seed == 0}
     rows = [
@@ -190,26 +185,37 @@ def test_targets_check_both_distances_against_the_same_seed():
         ["1.5", "0.5", "0"],
         ["1.5", "0.5", "1"],
         ["1.5", "0.4", "0"],
+        ["1.5", "0.4", "1"],
         ["4", "0.5", "0"],
     ]
     assert rows[0].endswith("| <= 5% | no (classifier FD by 1.0 points) |")
     assert "+4.0% | 0.927 | +3.0% | <= 5% | yes |" in rows[1]
     assert rows[2].endswith("| <= 10% | yes |")
-    assert rows[3].endswith("| <= 2% | no (classifier FD by 2.0 points) |")
+    assert rows[3].endswith("| <= 10% | no (FID by 2.0 points, classifier FD by 1.0 points) |")
+    assert rows[4].endswith("| <= 2% | no (FID by 1.0 points) |")
 
 
 def test_budget_one_runs_are_keyed_by_the_base_tensors(tmp_path):
-    """Two flexifies of one base share the key of their budget-1.0 runs (only the base patch samples
-    there) and differ in the others'; a run saved at budget 1.0 under the first is not made again for the
-    second; another base gets another key."""
+    """Two flexifies of one base sample alike at patch 2 and share the key of their budget-1.0 runs, and
+    differ in the others'; a run saved at budget 1.0 under the first is not made again for the second.
+    Another base, or the same tensors under another config (more heads: same shapes, another forward),
+    gets another key."""
     first, second = _flexified(seed=0), _flexified(seed=0)
     with torch.no_grad():
         for name, param in second.named_parameters():
             if ".lora." in name:
                 param.add_(0.1)
     other_base = _flexified(seed=1)
-    for name, model in (("a", first), ("b", second), ("c", other_base)):
+    more_heads = FlexiDiT.from_config(TINY.replace(num_heads=4), init="empty")
+    more_heads.load_state_dict(first.state_dict())
+    models = {"a": first, "b": second, "c": other_base, "d": more_heads.eval()}
+    for name, model in models.items():
         save_checkpoint(model, tmp_path / f"{name}.safetensors")
+    x, t, y = torch.randn(2, 1, 32, 32), torch.tensor([10, 900]), torch.tensor([1, 7])
+    with torch.no_grad():
+        p2 = {name: model(x, t, y, patch_size=2) for name, model in models.items()}
+        assert torch.equal(p2["a"], p2["b"]) and not torch.allclose(p2["a"], p2["d"])
+        assert not torch.allclose(first(x, t, y, patch_size=4), second(x, t, y, patch_size=4))
 
     def keyed(name: str):
         args = eval_gpu.parse_args([str(tmp_path / "out"), "--state", str(tmp_path / "state")])
@@ -218,19 +224,40 @@ def test_budget_one_runs_are_keyed_by_the_base_tensors(tmp_path):
         args.settings_p2 = eval_gpu.settings_key(args, patch2_only=True)
         return args
 
-    a, b, c = keyed("a"), keyed("b"), keyed("c")
-    assert a.settings != b.settings and a.settings_p2 == b.settings_p2 != c.settings_p2
+    a, b, c, d = (keyed(name) for name in "abcd")
+    assert a.settings != b.settings and a.settings_p2 == b.settings_p2
+    assert len({a.settings_p2, c.settings_p2, d.settings_p2}) == 3
     saved = eval_gpu.run_path(a, "flexify", 1.5, 1.0, 0)
     saved.parent.mkdir(parents=True)
     saved.write_bytes(b"")
     only = eval_gpu.parse_only("flexify:1.0,flexify:0.5")
 
     def pending(args) -> list[tuple[float, int]]:
-        return [
-            (budget, seed)
-            for _, _, budget, seed in eval_gpu.pending_runs(args, [eval_gpu.WAYS["flexify"]], only)
-        ]
+        ways = [eval_gpu.WAYS["flexify"]]
+        return [(budget, seed) for _, _, budget, seed in eval_gpu.pending_runs(args, ways, only)]
 
     assert pending(b) == [(0.5, 0), (1.0, 1)]  # budget 1.0, seed 0 was made under a
     assert pending(c) == [(1.0, 0), (0.5, 0), (1.0, 1)]
     assert eval_gpu.saved_run_paths(b) == [saved]
+
+
+def test_a_budget_one_run_saved_under_the_full_key_counts_once(tmp_path):
+    """A state folder from before the base tensors' key: its budget-1.0 file (full key) counts as made and
+    is listed once; beside a copy under the base tensors' key, only that copy is listed."""
+    save_checkpoint(_flexified(), tmp_path / "a.safetensors")
+    args = eval_gpu.parse_args([str(tmp_path / "out"), "--state", str(tmp_path / "state")])
+    args.checkpoint = tmp_path / "a.safetensors"
+    args.settings = eval_gpu.settings_key(args)
+    args.settings_p2 = eval_gpu.settings_key(args, patch2_only=True)
+    old = eval_gpu.run_path(args, "flexify", 1.5, 1.0, 0, key=args.settings)
+    half = eval_gpu.run_path(args, "flexify", 1.5, 0.5, 0)
+    old.parent.mkdir(parents=True)
+    for path in (old, half):
+        path.write_bytes(b"")
+    only = eval_gpu.parse_only("flexify:1.0,flexify:0.5")
+    made = eval_gpu.pending_runs(args, [eval_gpu.WAYS["flexify"]], only)
+    assert [(budget, seed) for _, _, budget, seed in made] == [(1.0, 1)]
+    assert eval_gpu.saved_run_paths(args) == sorted([old, half])
+    new = eval_gpu.run_path(args, "flexify", 1.5, 1.0, 0)
+    new.write_bytes(b"")
+    assert new != old and eval_gpu.saved_run_paths(args) == sorted([new, half])

@@ -21,6 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from dist_helpers import as_torchrun_rank, free_port
+from eval_helpers import run_result
 
 from flexidit_trt.cli import main
 from flexidit_trt.evaluation import EvalOptions, Evaluator, OptionsError, evaluate, write_report
@@ -341,12 +342,7 @@ def test_sweep_plot_holds_every_series_and_budget():
 
     def run(series: str, scale: float, budget: float) -> RunResult:
         fid = 10 + 3 * abs(scale - 2) + 5 * (1 - budget) + (2 if series == "w2s" else 0)
-        return RunResult(
-            **dict(series=series, guidance=series, cfg_scale=scale, budget=budget, seed=0),
-            **dict(achieved_fraction=budget, plan="plan", steps=4, num_samples=4),
-            **dict(fid=fid, classifier_fd=2 * fid, kid=1e-3, kid_std=1e-4, precision=0.5, recall=0.5),
-            **dict(class_accuracy=0.5 + 0.1 * scale, generate_seconds=1.0, images_per_second=4.0),
-        )
+        return run_result(series, scale, budget, 0, fid, 2 * fid, class_accuracy=0.5 + 0.1 * scale)
 
     runs = [run(s, c, b) for s in ("cfg", "w2s") for c in (1.0, 2.0, 4.0) for b in (1.0, 0.5)]
     plots = plot_files(runs)
@@ -357,23 +353,25 @@ def test_sweep_plot_holds_every_series_and_budget():
 
 def test_lower_budget_is_set_against_budget_one_of_its_own_seed():
     """A seed-1 run at budget 0.5 is compared with seed 1's budget 1.0 (paired noise), a seed-1 budget-1.0
-    run with seed 0's (the seed spread), and a run whose seed has no budget-1.0 run with the first seed's."""
-    from flexidit_trt.evaluation.report import relative_to_full
-    from flexidit_trt.evaluation.results import RunResult
+    run with seed 0's (the seed spread), and a run whose seed has no budget-1.0 run with the first seed's
+    (or with none, same_seed_only); `series` picks another way's budget-1.0 run (the static model)."""
+    from flexidit_trt.evaluation.report import full_run, relative_to_full
 
-    def run(budget: float, seed: int, fid: float) -> RunResult:
-        return RunResult(
-            **dict(series="cfg", guidance="cfg", cfg_scale=1.5, budget=budget, seed=seed),
-            **dict(achieved_fraction=budget, plan="plan", steps=4, num_samples=4),
-            **dict(fid=fid, classifier_fd=fid / 10, kid=1e-3, kid_std=1e-4, precision=0.5, recall=0.5),
-            **dict(class_accuracy=0.9, generate_seconds=1.0, images_per_second=4.0),
-        )
-
-    runs = [run(1.0, 0, 10.0), run(1.0, 1, 8.0), run(0.5, 0, 11.0), run(0.5, 1, 8.4), run(0.5, 2, 12.0)]
-    rel = [relative_to_full(runs, r) for r in runs]
+    runs = [
+        run_result("cfg", 1.5, 1.0, 0, 10.0),
+        run_result("cfg", 1.5, 1.0, 1, 8.0),
+        run_result("cfg", 1.5, 0.5, 0, 11.0),
+        run_result("cfg", 1.5, 0.5, 1, 8.4),
+        run_result("cfg", 1.5, 0.5, 2, 12.0),
+        run_result("w2s", 1.5, 0.5, 1, 9.6),
+    ]
+    rel = [relative_to_full(runs, r) for r in runs[:5]]
     assert rel == pytest.approx([0.0, -0.2, 0.1, 0.05, 0.2])
     assert relative_to_full(runs, runs[3], "classifier_fd") == pytest.approx(0.05)
-    assert relative_to_full(runs[2:], runs[2]) is None
+    assert relative_to_full(runs[2:5], runs[2]) is None
+    assert full_run(runs, runs[4], same_seed_only=True) is None
+    assert full_run(runs, runs[5]) is None  # no w2s run at budget 1.0
+    assert full_run(runs, runs[5], series="cfg") is runs[1]
 
 
 # -- across processes --------------------------------------------------------------------------------------------

@@ -183,7 +183,18 @@ def test_a_provider_without_the_graphs_precision_says_to_export_fp16(model, tmp_
     from flexidit_trt.engines.ort_backend import OrtBackend
 
     bf16 = export_onnx(model, 2, tmp_path / "bf16" / "p2.onnx", precision="bf16")
-    with pytest.raises(RunError, match=r"NOT_IMPLEMENTED.*export it in fp16 \(--precision fp16\)"):
+    with pytest.raises(
+        RunError, match=r"NOT_IMPLEMENTED.*bf16 has no kernel there: export the graphs in fp16"
+    ):
         OrtBackend.load(bf16.path, 2, "cpu")
     fp16 = export_onnx(model, 2, tmp_path / "fp16" / "p2.onnx", precision="fp16")
     assert OrtBackend.load(fp16.path, 2, "cpu").session.get_providers() == ["CPUExecutionProvider"]
+    # An fp16 graph with an operator the provider lacks gets ONNX Runtime's reason and no bf16 hint.
+    unknown = onnx.load(str(fp16.path))
+    unknown.graph.node[0].op_type = "NoSuchOp"
+    unknown.graph.node[0].domain = "com.example"
+    unknown.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    onnx.save(unknown, str(tmp_path / "unknown.onnx"))
+    with pytest.raises(RunError, match="cannot be loaded by ONNX Runtime") as err:
+        OrtBackend.load(tmp_path / "unknown.onnx", 2, "cpu")
+    assert "bf16" not in str(err.value)

@@ -362,6 +362,9 @@ def test_bare_bench_says_what_it_runs_and_its_cost_first():
     # Only the levers not pulled yet are suggested.
     small = cost.estimate(total, 2e11, replace(options, reference=False), "dit_fmnist")
     assert small.endswith("fewer with --steps")
+    # A checkpoint fixes the model: --model would be refused beside it.
+    own = cost.estimate(total, 2e11, replace(options, checkpoint=Path("own.safetensors")), "dit_xl")
+    assert own.endswith("fewer with --steps, --no-reference")
     assert "the reference loop too" in cost.outline(options, "dit_xl", "cpu")
 
 

@@ -53,7 +53,7 @@ def estimate(total_macs: float, peak_flops: float, options: BenchOptions, name: 
     make it less which this run does not use yet."""
     seconds = 2 * total_macs / peak_flops
     levers = [
-        *(["--model dit_fmnist"] if name != "dit_fmnist" else []),
+        *(["--model dit_fmnist"] if name != "dit_fmnist" and options.checkpoint is None else []),
         "--steps",
         *(["--no-reference"] if options.reference else []),
     ]

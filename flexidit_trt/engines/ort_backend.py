@@ -289,13 +289,26 @@ def _session(ort: Any, path: Path, providers: list[Any]) -> Any:
     except Exception as err:  # a truncated or foreign file: InvalidProtobuf, Fail, InvalidGraph, ...
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
         hint = ""
-        if "NOT_IMPLEMENTED" in reason:
-            # A provider without a kernel for one of the graph's types (bf16 has the fewest: none at all on
-            # the CPU provider, gaps on the CUDA one); fp16 graphs have kernels on both.
-            hint = "; its precision has no kernel there: export it in fp16 (--precision fp16) or use another backend"
+        if "NOT_IMPLEMENTED" in reason and _holds_bf16(path):
+            # bf16 has the fewest kernels (none at all on the CPU provider, gaps on the CUDA one); fp16
+            # graphs have kernels on both.
+            hint = "; bf16 has no kernel there: export the graphs in fp16 (--precision fp16) or use another backend"
         raise RunError(
             f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]}){hint}"
         ) from None
+
+
+def _holds_bf16(path: Path) -> bool:
+    """Whether the graph keeps weights in bf16 (read without its external data; False without onnx)."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # unreadable: ONNX Runtime's own message says why
+        return False
+    return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in graph.initializer)
 
 
 def _address(buf: Any) -> int:

@@ -66,16 +66,28 @@ def report_dict(report: EvalReport) -> dict:
     }
 
 
-def relative_to_full(runs: list[RunResult], run: RunResult, metric: str = "fid") -> float | None:
-    """run's `metric` / that of the same series and CFG scale at budget 1.0 - 1, or None without such a run.
-    A lower budget is set against the budget-1.0 run of its own seed where there is one (the same starting
-    noise and labels, so the pair shares most of its sampling noise), else the first seed; a budget-1.0 run
-    against the first seed (the seed spread)."""
-    full = [r for r in runs if (r.series, r.cfg_scale, r.budget) == (run.series, run.cfg_scale, 1.0)]
-    if not full:
-        return None
+def full_run(
+    runs: list[RunResult], run: RunResult, series: str | None = None, same_seed_only: bool = False
+) -> RunResult | None:
+    """The budget-1.0 run that `run` is set against: of its series (or `series`) and CFG scale; for a
+    lower budget the one of its own seed where there is one (the same starting noise and labels, so the
+    pair shares most of its sampling noise), else the first seed (same_seed_only: else None); for a
+    budget-1.0 run the first seed (the seed spread). None without such a run."""
+    full = [
+        r for r in runs if (r.series, r.cfg_scale, r.budget) == (series or run.series, run.cfg_scale, 1.0)
+    ]
     paired = [r for r in full if r.seed == run.seed and run.budget != 1.0]
-    base = getattr(paired[0] if paired else min(full, key=lambda r: r.seed), metric)
+    if paired:
+        return paired[0]
+    if same_seed_only or not full:
+        return None
+    return min(full, key=lambda r: r.seed)
+
+
+def relative_to_full(runs: list[RunResult], run: RunResult, metric: str = "fid") -> float | None:
+    """run's `metric` / that of its full_run - 1, or None without one."""
+    full = full_run(runs, run)
+    base = None if full is None else getattr(full, metric)
     return getattr(run, metric) / base - 1.0 if base else None
 
 
@@ -114,7 +126,7 @@ def markdown(report: EvalReport) -> str:
         f"steps; reference: {meta.get('reference', {}).get('count', '?')} Fashion-MNIST test images; "
         f"{meta.get('world_size', 1)} × {meta.get('device', '?')}. Classifier FD: the Fréchet distance on the "
         "penultimate features of the project's Fashion-MNIST classifier; vs 1.0: against budget 1.0 at the "
-        "same CFG scale and seed (a budget-1.0 row: against the first seed).",
+        "same CFG scale and seed (a budget-1.0 row, or a seed without a budget-1.0 run: the first seed).",
         "",
         "| series | CFG | budget | compute | plan | FID | vs 1.0 | classifier FD | vs 1.0 | KID ×10³ | precision "
         "| recall | class acc. | img/s/GPU |",
