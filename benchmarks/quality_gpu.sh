@@ -11,7 +11,7 @@
 #        (default 9) at batch 512 with LoRA rank RANK (default 64: the embedded default's recipe, NOTES.md 2026-12-03)
 #        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log); INIT=FLEX goes on from
 #        an earlier result (e.g. INIT=/tmp/flexidit-next/flex.safetensors in the next call: a longer flexify),
-#        LR sets its peak lr
+#        LR sets its peak lr, BUDGETS=LO,HI the budgets whose patch-4 timesteps it distils (default 0.3,0.75)
 #   bash benchmarks/quality_gpu.sh eval "$OUT" [eval_gpu.py options]          benchmarks/eval_gpu.py on every GPU
 #        (torchrun) on /tmp/flexidit-next/flex.safetensors if a flexify call made it, else the embedded default
 # The machine's /tmp survives between calls only while it stays warm (about 30 s after a call returns).
@@ -46,6 +46,7 @@ case "$stage" in
       more+=(--init /tmp/flexidit-next/init.safetensors)
     fi
     [ -n "${LR:-}" ] && more+=(--lr "$LR")
+    [ -n "${BUDGETS:-}" ] && more+=(--budgets "$BUDGETS")  # LO,HI: distil where those budgets run patch 4
     python3 -m flexidit_trt flexify --checkpoint "$checkpoint" --patch-sizes 2,4 --lora-rank "$rank" "${more[@]}" --minutes "$minutes" \
       --steps 100000 --batch-size 512 --half --data "$data" --out /tmp/flexidit-next/flex.safetensors 2>&1 |
       tee "$out/flexify.log" | grep -v "step/s"

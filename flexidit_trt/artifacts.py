@@ -139,6 +139,34 @@ def fsync_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     os.replace(src, dst)
 
 
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, innermost first."""
+    path = Path(os.path.abspath(path))
+    return [p for p in [path, *path.parents] if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each folder (innermost first) with its subfolders where nothing but empty folders is left:
+    what a failed run created and did not fill."""
+    for folder in folders:
+        if folder.is_dir():
+            for root, _dirs, _files in os.walk(folder, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)
+
+
+@contextlib.contextmanager
+def folders_removed_on_failure(path: str | os.PathLike) -> Iterator[None]:
+    """On an exception (Ctrl-C included) the folders the block created on the way to `path`, `path`
+    included, are removed where they hold nothing."""
+    created = missing_folders(path)
+    try:
+        yield
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and prove it is writable, or raise BuildError saying why."""
     path = Path(path)

@@ -210,7 +210,7 @@ def test_entry_checks_name_the_field(tmp_path):
         read_aoti_manifest(tmp_path / "nothing")
 
 
-def test_static_libstdcxx_variant_adds_link_flags_to_shared_links_only(tmp_path, monkeypatch):
+def test_static_libstdcxx_variant_adds_link_flags_to_shared_links_only(tmp_path):
     """The variant's compiler script, run for real around a recording 'compiler'."""
     import torch._inductor.config as inductor_config
 
@@ -218,8 +218,12 @@ def test_static_libstdcxx_variant_adds_link_flags_to_shared_links_only(tmp_path,
     log = tmp_path / "argv.log"
     recorder.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
     recorder.chmod(0o755)
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(recorder)))
-    with variant_configs("static-libstdcxx") as configs:
+    # inductor's own patch context: a monkeypatch of its config proxy left cpp.cxx unreadable afterwards
+    # for every later compile in the process.
+    with (
+        inductor_config.patch({"cpp.cxx": (None, str(recorder))}),
+        variant_configs("static-libstdcxx") as configs,
+    ):
         script = configs["cpp.cxx"][1]
         assert script.endswith("/g++")  # inductor detects gcc by name
         subprocess.run([script, "-c", "wrapper.cpp", "-o", "wrapper.o"], check=True)

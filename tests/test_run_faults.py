@@ -182,6 +182,18 @@ def test_mount_point_is_refused_before_sampling(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [mount] and list(mount.iterdir()) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_refuses_files_is_refused_before_the_model_loads(monkeypatch):
+    """/proc passes access() for root and has no free space to report: the probe file names the refusal,
+    before any model is loaded."""
+    loads = []
+    monkeypatch.setattr(run_module, "open_pipeline", lambda options: loads.append(options))
+    result = invoke("run", "--steps", "3", "--out", "/proc/flexidit-out")
+    assert result.exit_code == 1, result.output
+    assert "cannot write to --out /proc/flexidit-out: /proc refuses new files" in one_line(result)
+    assert loads == [] and not Path("/proc/flexidit-out").exists()
+
+
 @pytest.mark.parametrize(
     ("where", "code", "words"),
     [("write", errno.ENOSPC, "No space left on device"), ("rename", errno.EBUSY, "Device or resource busy")],
@@ -334,6 +346,7 @@ def test_compile_time_is_not_in_the_step_latency(monkeypatch):
         ),
         (["--model", "dit_s", "--backend", "trt", "--device", "cpu"], 2, "the trt backend needs a CUDA GPU"),
         (["--model", "dit_s", "--backend", "ort"], 1, "flexidit-trt build --model dit_s"),
+        (["--vae", "."], 2, "--vae: dit_fmnist samples pixels, not latents"),  # the default model
     ],
 )
 def test_each_error_kind_has_its_exit_code(in_tmp, args, code, message):
@@ -382,3 +395,47 @@ def test_bench_no_reference_writes_no_reference_file(tmp_path):
     first = [i for i, line in enumerate(lines) if line.startswith(("bench: ", "cost: ", "model: "))]
     assert [lines[i].split(":")[0] for i in first[:3]] == ["bench", "cost", "model"]
     assert np.isfinite(float(lines[first[1]].split("MACs")[0].split()[-1]))
+
+
+def test_plots_without_matplotlib_name_the_extra(monkeypatch, tmp_path):
+    """`bench report` and eval's plots on an install without matplotlib (the first README line's): one line
+    naming the extra, no traceback."""
+    import builtins
+
+    from flexidit_trt.errors import FlexiditError
+    from flexidit_trt.plotting import pyplot
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(FlexiditError, match=r"pip install 'flexidit-trt\[bench\]'"):
+        pyplot("bench")
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    result = invoke("bench", "report", "--results", str(results), "--out", str(tmp_path / "report"))
+    assert result.exit_code == 1 and "pip install 'flexidit-trt[bench]'" in one_line(result)
+    assert not any((tmp_path / "report").rglob("*.png"))
+
+
+def test_interrupted_bench_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """Ctrl-C after the bench made its output folder (here while measuring the machine): exit 130, and the
+    folders it created hold nothing, so they are gone; a folder that was there before stays."""
+    from flexidit_trt.bench import run as bench_run
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_run._Bench, "_hardware", interrupted)
+    out = tmp_path / "new" / "results"
+    args = ["bench", "--model", "dit_fmnist", "--steps", "2", "--no-reference", "--device", "cpu"]
+    result = invoke(*args, "--out", str(out))
+    assert result.exit_code == 130, result.output
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert invoke(*args, "--out", str(kept)).exit_code == 130
+    assert list(tmp_path.iterdir()) == [kept]

@@ -330,11 +330,17 @@ def test_cli_train_and_flexify(data_dir, tmp_path):
             "64",
             "--eval-images",
             "16",
+            "--budgets",
+            "0.5,0.75",
             "--quiet",
         ],  # fmt: skip
     )
     assert result.exit_code == 0, result.output
-    assert "p4: held-out distillation MSE at t in [" in result.output
+    # --budgets narrows the distilled timesteps to where those budgets run patch 4.
+    config = load_checkpoint(run / "base.safetensors").config.replace(patch_sizes=(2, 4))
+    lo, hi = weak_timestep_ranges(config, (0.5, 0.75))[4]
+    assert lo > weak_timestep_ranges(config)[4][0]
+    assert f"p4: held-out distillation MSE at t in [{lo}, {hi}]" in result.output
     assert load_checkpoint(run / "base.flex.safetensors").config.patch_sizes == (2, 4)
 
 
@@ -346,6 +352,8 @@ def test_cli_errors(tmp_path, trained):
     assert result.exit_code == 1 and "Fashion-MNIST folder not found" in result.output
     result = runner.invoke(main, ["flexify", "--checkpoint", str(trained.checkpoint), "--patch-sizes", "2"])
     assert result.exit_code == 2 and "name no weak size" in result.output
+    result = runner.invoke(main, ["flexify", "--checkpoint", str(trained.checkpoint), "--budgets", "0.8,0.4"])
+    assert result.exit_code == 2 and "budgets must be a range lo,hi" in result.output
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
     result = runner.invoke(main, ["flexify", "--checkpoint", str(bad)])

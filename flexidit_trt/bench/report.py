@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_path, write_bytes_atomic, write_json_atomic
+from ..plotting import pyplot
 from .measure import noisy_note
 from .report_projected import REPORT_JSON, check_file, projected_json, projected_markdown
 from .results import find_results, latest, read_results
@@ -255,15 +256,6 @@ def _top_kernels(docs: Sequence[dict]) -> list[str]:
 
 
 # -- plots ---------------------------------------------------------------------------------------------------
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
@@ -272,7 +264,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 def _latency_plots(docs: Sequence[dict], out: Path) -> list[Path]:
     """Per machine: wall time against budget, one line per backend and batch; the reference dashed."""
-    plt = _pyplot()
+    plt = pyplot("bench")
     paths = []
     for machine in sorted({d["machine"] for d in docs}):
         mine = [d for d in docs if d["machine"] == machine and d["status"] == "ok"]
@@ -311,7 +303,7 @@ def _latency_plots(docs: Sequence[dict], out: Path) -> list[Path]:
 
 def _speedup_plot(docs: Sequence[dict], out: Path) -> list[Path]:
     """Per machine: speedup over the reference loop against budget, one line per backend and batch."""
-    plt = _pyplot()
+    plt = pyplot("bench")
     machines = sorted(
         {d["machine"] for d in docs for t in d.get("trajectories", []) if t.get("speedup_vs_reference")}
     )

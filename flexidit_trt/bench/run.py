@@ -39,7 +39,7 @@ from datetime import date as _date
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import BuildError, ensure_writable_dir, utc_now
+from ..artifacts import BuildError, ensure_writable_dir, folders_removed_on_failure, utc_now
 from ..diffusion import plan
 from ..engines.backend import RunError, RunOptionError
 from ..engines.options import EngineOptions, resolve_precision
@@ -102,6 +102,10 @@ class _Bench:
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def run(self) -> BenchRun:
+        with folders_removed_on_failure(self.options.out):  # an interrupted bench leaves no empty folders
+            return self._run()
+
+    def _run(self) -> BenchRun:
         opts = self.options
         self.device = resolve_device(opts.device)
         self.precision = resolve_precision(opts.precision, self.device)

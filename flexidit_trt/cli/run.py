@@ -44,7 +44,8 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--model",
     default=None,
-    help="a model built with `flexidit-trt build` (dit_s, ...)  [default: the embedded default]",
+    help="a model config (dit_s, dit_xl, ...): the weights `flexidit-trt build` recorded for it, else "
+    "seeded random weights (DiT-XL on a CPU takes hours)  [default: the embedded default]",
 )
 @checkpoint_option("weights to run (engines built from other weights are refused)")
 @workdir_option()
@@ -59,7 +60,10 @@ def parse_labels(ctx, param, value: str | None) -> tuple[int, ...] | None:
     "--guidance", type=click.Choice(["cfg", "weak-to-strong", "none"]), default="cfg", show_default=True
 )
 @click.option(
-    "--class-labels", callback=parse_labels, default=None, help="e.g. 1,2,3  [default: 0, 1, 2, ...]"
+    "--class-labels",
+    callback=parse_labels,
+    default=None,
+    help="e.g. 1,2,3, repeated in turn up to --num-images  [default: 0, 1, 2, ...]",
 )
 @click.option(
     "--num-images", type=click.IntRange(min=1), default=None, help="[default: 10, or one per label]"

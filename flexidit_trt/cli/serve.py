@@ -32,7 +32,13 @@ from .common import checkpoint_option, main, precision_option, workdir_option
     "--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="requests per batch"
 )
 @click.option("--batch-wait-ms", type=click.FloatRange(0, 10_000), default=20.0, show_default=True)
-@click.option("--max-queue", type=click.IntRange(min=1), default=32, help="requests waiting per replica [32]")
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="requests waiting per replica",
+)
 @click.option(
     "--address", default=None, help="join this Ray cluster (e.g. 10.0.0.1:6379)  [default: start one]"
 )

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from .common import FiniteFloat, main, path_option, sizes_option
+from .eval import parse_budgets
 
 DIR = click.Path(file_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -118,7 +119,14 @@ def train(**kwargs) -> None:
     type=click.Choice(["weak", "all"]),
     default="weak",
     show_default=True,
-    help="t where the planner runs the weak size (budgets 0.3-0.75), or all t",
+    help="t where the planner runs the weak size (at --budgets), or all t",
+)
+@click.option(
+    "--budgets",
+    default="0.3,0.75",
+    show_default=True,
+    callback=parse_budgets,
+    help="LO,HI: the planner budgets whose weak steps --timesteps weak distils",
 )
 @click.option("--self-distill", is_flag=True, help="inputs from the base model's own samples (no dataset)")
 @click.option("--out", type=FILE, default=None, help="[default: CHECKPOINT's name + .flex.safetensors]")

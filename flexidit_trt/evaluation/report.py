@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import write_bytes_atomic, write_json_atomic
+from ..plotting import pyplot
 from .results import EvalReport, RunResult
 
 PLOT_NAME = "quality_vs_compute.png"
@@ -172,7 +173,7 @@ def _short_plan(plan: str) -> str:
 def plot_png(runs: list[RunResult]) -> bytes:
     """FID, classifier FD, KID, precision/recall and class accuracy against the achieved compute fraction,
     one line per series (and CFG scale, when several)."""
-    plt = _pyplot()
+    plt = pyplot("eval")
     panels = [  # title, value, log axis when the values span more than 10x
         ("FID ↓", lambda r: r.fid, True),
         ("classifier FD ↓", lambda r: r.classifier_fd, True),
@@ -214,7 +215,7 @@ def sweep_png(runs: list[RunResult]) -> bytes:
     """The guidance sweep: FID and classifier FD against class agreement, one curve per (series, budget)
     through the CFG scales (first seed), each point labelled with its scale; every series on the same
     axes (weak-to-strong dashed beside CFG), a colour per budget."""
-    plt = _pyplot()
+    plt = pyplot("eval")
     budgets = sorted({r.budget for r in runs}, reverse=True)
     series_names = list(dict.fromkeys(r.series for r in runs))
     styles = ["o-", "s--", "^:", "D-."]
@@ -244,19 +245,10 @@ def sweep_png(runs: list[RunResult]) -> bytes:
     return _savefig(fig)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _savefig(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    _pyplot().close(fig)
+    pyplot("eval").close(fig)
     return buffer.getvalue()
 
 

@@ -11,12 +11,13 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import _UMASK, fsync_replace, staging_dir
+from ..artifacts import _UMASK, fsync_replace, missing_folders, remove_empty_folders, staging_dir
 from ..engines.backend import RunError
 
 PNG_NAME, NPY_NAME, RECORD_NAME = "samples.png", "samples.npy", "record.json"
@@ -41,6 +42,14 @@ def check_out_dir(out: Path, need_bytes: int = 0) -> None:
         raise RunError(f"cannot write to --out {out}: {base} is a file")
     if not os.access(base, os.W_OK | os.X_OK):
         raise RunError(f"cannot write to --out {out}: {base} is not writable")
+    try:  # access() says yes to root everywhere; a pseudo file system (/proc, /sys) still refuses files
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".flexidit-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RunError(
+            f"cannot write to --out {out}: {base} refuses new files ({os.strerror(err.errno or 0)})"
+        ) from None
     free = shutil.disk_usage(base).free
     if free < need_bytes:
         raise RunError(
@@ -82,7 +91,7 @@ class StagedOutput:
     def __enter__(self) -> Path:
         check_out_dir(self.out)
         parent = self.out.parent
-        self._created = [p for p in [parent, *parent.parents] if not p.exists()]  # innermost first
+        self._created = missing_folders(parent)
         self._stack = contextlib.ExitStack()
         self.stage = self._stack.enter_context(staging_dir(parent))
         return self.stage
@@ -98,9 +107,7 @@ class StagedOutput:
         finally:
             self._stack.close()
             if failed:  # nothing half-made: not even an empty samples/
-                for folder in self._created:
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()
+                remove_empty_folders(self._created)
 
     def _publish(self) -> None:
         os.chmod(

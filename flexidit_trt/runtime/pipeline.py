@@ -234,7 +234,8 @@ class Pipeline:
             if options.time_budget is None
             else f"time budget {options.time_budget:g} s: the schedule is chosen once each engine's steps are timed"
         )
-        return f"plan: {what}; {steps} steps x {batches} batch(es) of up to {batch} images = {steps * batches} loop steps"
+        images = "1 image" if batch == 1 else f"up to {batch} images"
+        return f"plan: {what}; {steps} steps x {batches} batch(es) of {images} = {steps * batches} loop steps"
 
     def close(self) -> None:
         for backend in self.backends.values():

@@ -103,6 +103,10 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     with open_pipeline(options) as pipe:
         say(f"model: {pipe.spec.name}, {pipe.spec.weights}")
         say(f"backend: {pipe.selection.backend} ({pipe.selection.reason})")
+        if options.vae is not None and not pipe.spec.is_latent:
+            raise RunOptionError(
+                f"--vae: {pipe.spec.name} samples pixels, not latents, so there is nothing to decode: drop --vae"
+            )
         labels = resolve_labels(options.class_labels, options.num_images, pipe.spec.num_classes)
         _check_outputs_fit(out, np.asarray(labels), pipe, options, sampling)
         say(pipe.outline(len(labels), sampling, options.batch_size))
@@ -128,7 +132,7 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     lines = [
         record.plan.summary,
         *_time_budget_lines(record),
-        f"{len(labels)} images in {timing.total_wall_s:.2f} s sampling ({timing.run_wall_s:.2f} s in all); "
+        f"{len(labels)} image{'s' if len(labels) != 1 else ''} in {timing.total_wall_s:.2f} s sampling ({timing.run_wall_s:.2f} s in all); "
         + ", ".join(
             f"p{p} step {v['step_ms_median']:.2f} ms"
             for p, v in sorted(timing.by_patch.items(), key=lambda kv: int(kv[0]))
