@@ -3,8 +3,8 @@
 model → diffusion → export → engines → runtime → {training, evaluation, bench, serve} → cli. Every import
 counts, those inside functions too; the consumers of the runtime do not import each other, except that
 evaluation scores with training's data and classifier. The modules at
-the package root are placed by what they do: errors, device and artifacts serve every stage (and import
-none), info reads the model, build_cost sizes an export, build drives export and engines, __main__ is the CLI.
+the package root are placed by what they do: errors, device, artifacts and plotting serve every stage (and
+import none but errors), info reads the model, build_cost sizes an export, build drives export and engines, __main__ is the CLI.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ STAGES = {
     "errors": 0,
     "device": 0,
     "artifacts": 0,
+    "plotting": 0,
     "model": 1,
     "default_model": 1.5,  # the embedded weights' file; at the root so the torch-free paths can name it
     "diffusion": 2,

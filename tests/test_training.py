@@ -363,7 +363,6 @@ def test_cli_errors(tmp_path, trained):
 @pytest.mark.parametrize("command", ["train", "flexify", "train-classifier"])
 def test_cli_defaults_are_the_library_defaults(command):
     """Each option sets the options-object field of its name; its default must be that field's."""
-    from flexidit_trt.cli.common import parse_sizes
     from flexidit_trt.training.classifier import ClassifierOptions
 
     options = {"train": TrainOptions, "flexify": FlexifyOptions, "train-classifier": ClassifierOptions}[
@@ -378,7 +377,7 @@ def test_cli_defaults_are_the_library_defaults(command):
         if param.required or param.name == "out":
             continue
         default = param.get_default(ctx)
-        default = parse_sizes(None, param, default) if param.name == "patch_sizes" else default
+        default = param.callback(ctx, param, default) if param.callback else default  # e.g. "0.3,0.75"
         assert default == fields[param.name], param.name
 
 
