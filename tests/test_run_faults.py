@@ -439,3 +439,19 @@ def test_interrupted_bench_leaves_no_empty_folders(tmp_path, monkeypatch):
     kept.mkdir()
     assert invoke(*args, "--out", str(kept)).exit_code == 130
     assert list(tmp_path.iterdir()) == [kept]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--class-labels", "12"], "class label 12 is outside dit_fmnist's classes 0..9"),
+        (["--budget", "0.1"], "budget 0.1 is below the lowest reachable budget"),
+    ],
+)
+def test_a_run_refused_with_the_model_loaded_prints_its_error_alone(in_tmp, args, message):
+    """Checks that need the model (labels, the reachable budget) come before the model/backend/plan lines."""
+    result = invoke("run", *args)
+    assert result.exit_code == 2, result.output
+    assert message in one_line(result)
+    assert not [line for line in result.output.splitlines() if line.startswith(("model:", "backend:", "plan:"))]
+    assert list(in_tmp.iterdir()) == []

@@ -222,9 +222,11 @@ class Pipeline:
             record.plan.time_budget.achieved_s = float(timer.loop_ms) / 1e3  # the loops, as budgeted
         return GenerateResult(samples, record)
 
-    def outline(self, n: int, options: SamplingOptions, batch_size: int | None = None) -> str:
-        """What `sample` will run for n images, said before it runs: the schedule (a time budget's is
-        chosen once the engines' steps are timed) and the work, steps × batches."""
+    def outline(self, labels: Sequence[int], options: SamplingOptions, batch_size: int | None = None) -> str:
+        """What `sample` will run for these labels, said before it runs (and refused as `sample` would
+        refuse it): the schedule (a time budget's is chosen once the engines' steps are timed) and the
+        work, steps × batches."""
+        n = len(self._check_labels(labels))
         steps = len(options.make_sampler())
         schedule = self._schedule(options, steps)
         batch = self._check_batch(batch_size, n)

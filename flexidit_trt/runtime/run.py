@@ -101,15 +101,17 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     out = Path(options.out) if options.out is not None else default_out()
     check_out_dir(out)  # before loading anything (creates nothing); its free space once the sizes are known
     with open_pipeline(options) as pipe:
-        say(f"model: {pipe.spec.name}, {pipe.spec.weights}")
-        say(f"backend: {pipe.selection.backend} ({pipe.selection.reason})")
+        # What needs the model is checked before anything is said, so a refused run prints its error alone.
         if options.vae is not None and not pipe.spec.is_latent:
             raise RunOptionError(
                 f"--vae: {pipe.spec.name} samples pixels, not latents, so there is nothing to decode: drop --vae"
             )
         labels = resolve_labels(options.class_labels, options.num_images, pipe.spec.num_classes)
+        outline = pipe.outline(labels, sampling, options.batch_size)  # a bad label or budget fails here
         _check_outputs_fit(out, np.asarray(labels), pipe, options, sampling)
-        say(pipe.outline(len(labels), sampling, options.batch_size))
+        say(f"model: {pipe.spec.name}, {pipe.spec.weights}")
+        say(f"backend: {pipe.selection.backend} ({pipe.selection.reason})")
+        say(outline)
         result = pipe.sample(labels, sampling, batch_size=options.batch_size, progress=options.progress)
     _check_finite(result.samples)
     record = result.run_record
