@@ -26,9 +26,9 @@ of 540 s on one GPU, about half that on two.
 
 Resumable: every finished chunk of samples goes to STATE/chunks, every finished run to STATE/runs, and
 OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
-`--import-runs runs.tar`. A run at budget 1.0 (flexify) samples with the base patch size alone and is keyed
-by the checkpoint's base tensors, so another flexify of the same base imports it instead of sampling it
-again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks --time-limit
+`--import-runs runs.tar`. A run at budget 1.0 (flexify) samples with the base patch size alone and is
+keyed by the checkpoint's base tensors and config, so another flexify of the same base imports it instead
+of sampling it again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks --time-limit
 seconds after its start (less a reserve for the last run's metrics), writes what it has, and says what is
 left; run the same command again to continue. OUT_DIR receives 6 files, 7 with a sweep (the device tool returns at most 8):
 eval_gpu.log, results.json, results.md, quality_vs_compute.png, guidance_sweep.png (several scales only),
@@ -233,7 +233,8 @@ def settings_key(args, patch2_only: bool = False) -> str:
     """What a saved run's numbers depend on besides (way, budget, seed): a run made under other settings
     (another checkpoint, sample count, step count, ...) is not reused. The CFG scale is in the run's name.
     patch2_only: the key of the runs that use only the base patch size (flexify at budget 1.0), where the
-    checkpoint counts by its base tensors alone, so another flexify of the same base finds them made."""
+    checkpoint counts by its base tensors and config (base_weights_sha256), so another flexify of the same
+    base finds them made. --compile and --fp8 are in both keys: they change the samples."""
     from flexidit_trt.artifacts import sha256_file, sha256_json
     from flexidit_trt.evaluation.evaluator import default_checkpoint
     from flexidit_trt.training.classifier import DEFAULT_CLASSIFIER
@@ -276,7 +277,7 @@ def base_patch_only(way: str, budget: float) -> bool:
 
 
 RUN_NAME = re.compile(
-    r"^(?P<way>[a-z0-9]+)_cfg(?P<cfg>[0-9.]+)_b(?P<budget>[0-9.]+)_s(?P<seed>\d+)_(?P<key>\w+)$"
+    r"^(?P<way>[a-z0-9]+)_cfg(?P<cfg>[^_]+)_b(?P<budget>[0-9.]+)_s(?P<seed>\d+)_(?P<key>\w+)$"
 )
 
 
@@ -587,7 +588,7 @@ def targets_text(report, statics: dict) -> str:
         )
     lines += [
         "",
-        "| way | CFG | budget | seed | FID | vs static | classifier FD | vs static | target | met |",
+        "| way | CFG | budget | seed | FID | vs 1.0 | classifier FD | vs 1.0 | target | met |",
     ]
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in report.runs:

@@ -188,6 +188,7 @@ def test_a_folder_that_refuses_files_is_refused_before_the_model_loads(monkeypat
     before any model is loaded."""
     loads = []
     monkeypatch.setattr(run_module, "open_pipeline", lambda options: loads.append(options))
+    monkeypatch.setattr(outputs_module.os, "access", lambda path, mode: True)  # as for root, whoever runs it
     result = invoke("run", "--steps", "3", "--out", "/proc/flexidit-out")
     assert result.exit_code == 1, result.output
     assert "cannot write to --out /proc/flexidit-out: /proc refuses new files" in one_line(result)
@@ -453,5 +454,7 @@ def test_a_run_refused_with_the_model_loaded_prints_its_error_alone(in_tmp, args
     result = invoke("run", *args)
     assert result.exit_code == 2, result.output
     assert message in one_line(result)
-    assert not [line for line in result.output.splitlines() if line.startswith(("model:", "backend:", "plan:"))]
+    assert not [
+        line for line in result.output.splitlines() if line.startswith(("model:", "backend:", "plan:"))
+    ]
     assert list(in_tmp.iterdir()) == []

@@ -289,7 +289,8 @@ def _session(ort: Any, path: Path, providers: list[Any]) -> Any:
     except Exception as err:  # a truncated or foreign file: InvalidProtobuf, Fail, InvalidGraph, ...
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
         hint = ""
-        if "NOT_IMPLEMENTED" in reason and _holds_bf16(path):
+        stat = path.stat() if path.is_file() else None
+        if "NOT_IMPLEMENTED" in reason and stat and _holds_bf16(str(path), stat.st_mtime_ns, stat.st_size):
             # bf16 has the fewest kernels (none at all on the CPU provider, gaps on the CUDA one); fp16
             # graphs have kernels on both.
             hint = "; bf16 has no kernel there: export the graphs in fp16 (--precision fp16) or use another backend"
@@ -298,14 +299,17 @@ def _session(ort: Any, path: Path, providers: list[Any]) -> Any:
         ) from None
 
 
-def _holds_bf16(path: Path) -> bool:
-    """Whether the graph keeps weights in bf16 (read without its external data; False without onnx)."""
+@functools.lru_cache(maxsize=4)
+def _holds_bf16(path: str, mtime_ns: int, size: int) -> bool:
+    """Whether the graph keeps weights in bf16 (False without onnx). It parses the whole .onnx (weights
+    below protobuf's limit are inside it), so it runs only on a failed load, once per file version: the
+    CUDA-graph load and its retry without graphs share it."""
     try:
         import onnx
     except ImportError:
         return False
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        graph = onnx.load(path, load_external_data=False).graph
     except Exception:  # unreadable: ONNX Runtime's own message says why
         return False
     return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in graph.initializer)

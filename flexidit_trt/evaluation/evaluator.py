@@ -34,6 +34,7 @@ import torch
 from ..artifacts import sha256_json, sha256_state_dict
 from ..diffusion import Plan, plan
 from ..model import FlexiDiT
+from ..plotting import pyplot
 from ..training.data import to_uint8
 from .chunks import CHUNK_SCHEMA, chunk_seed, grid_samples, read_chunk, write_chunk
 from .distributed import Distributed, all_agree, distributed, gather_rows, pick_device
@@ -146,6 +147,8 @@ class Evaluator:
                 else ""
             )
             raise OptionsError(f"--fp8: {why}{default}")
+        if self.ctx.is_main:
+            pyplot("eval")  # the report's plots: a missing matplotlib fails now, not after the sampling
         self.model = model
         self.options = options
         self.scorer = scorer or Scorer.load(options, self.ctx)

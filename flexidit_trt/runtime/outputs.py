@@ -25,9 +25,10 @@ MIN_CELL = 96  # images are scaled up (nearest) to at least this many pixels a s
 
 
 def check_out_dir(out: Path, need_bytes: int = 0) -> None:
-    """Fail before sampling when `out` cannot be written, creating nothing: an existing non-empty folder or
-    a file, a mount point (the output folder is renamed into place, which a mount point refuses), a parent
-    that is a file or not writable, or less free space than `need_bytes`. RunError (exit 1): the value is
+    """Fail before sampling when `out` cannot be written, leaving nothing behind (a probe file, removed at
+    once): an existing non-empty folder or a file, a mount point (the output folder is renamed into place,
+    which a mount point refuses), a parent that is a file, not writable or refusing new files, or less free
+    space than `need_bytes`. RunError (exit 1): the value is
     well-formed, the file system's state at that path is what fails, and it can change between two runs."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -44,12 +45,15 @@ def check_out_dir(out: Path, need_bytes: int = 0) -> None:
         raise RunError(f"cannot write to --out {out}: {base} is not writable")
     try:  # access() says yes to root everywhere; a pseudo file system (/proc, /sys) still refuses files
         fd, probe = tempfile.mkstemp(dir=base, prefix=".flexidit-probe-")
-        os.close(fd)
-        os.unlink(probe)
     except OSError as err:
         raise RunError(
             f"cannot write to --out {out}: {base} refuses new files ({os.strerror(err.errno or 0)})"
         ) from None
+    try:
+        os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
     free = shutil.disk_usage(base).free
     if free < need_bytes:
         raise RunError(

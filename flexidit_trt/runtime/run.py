@@ -99,7 +99,7 @@ def run(options: RunOptions, say: Callable[[str], None] = lambda _line: None) ->
     start = time.perf_counter()
     sampling = _check_options(options)
     out = Path(options.out) if options.out is not None else default_out()
-    check_out_dir(out)  # before loading anything (creates nothing); its free space once the sizes are known
+    check_out_dir(out)  # before loading anything (leaves nothing); its free space once the sizes are known
     with open_pipeline(options) as pipe:
         # What needs the model is checked before anything is said, so a refused run prints its error alone.
         if options.vae is not None and not pipe.spec.is_latent:
