@@ -159,7 +159,17 @@ class OrtBackend(Backend):
             except RunError as err:  # nodes ORT leaves to the CPU cannot be captured: load without graphs
                 refused = err
         if session is None:
-            session = _session(ort, path, providers)
+            try:
+                session = _session(ort, path, providers)
+            except RunError as err:
+                if "NOT_IMPLEMENTED" in str(err) and _holds_bf16(path):
+                    # bf16 has the fewest kernels (none at all on the CPU provider, gaps on the CUDA one);
+                    # fp16 graphs have kernels on both.
+                    raise RunError(
+                        f"{err}; bf16 has no kernel there: export the graphs in fp16 (--precision fp16) or use "
+                        "another backend"
+                    ) from None
+                raise
         if refused is not None:
             cuda_graphs, off = False, f"ONNX Runtime refused them: {refused}"
             _log.warning("p%d: %s; running without CUDA graphs", patch_size, off)
@@ -288,28 +298,20 @@ def _session(ort: Any, path: Path, providers: list[Any]) -> Any:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # a truncated or foreign file: InvalidProtobuf, Fail, InvalidGraph, ...
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-        hint = ""
-        stat = path.stat() if path.is_file() else None
-        if "NOT_IMPLEMENTED" in reason and stat and _holds_bf16(str(path), stat.st_mtime_ns, stat.st_size):
-            # bf16 has the fewest kernels (none at all on the CPU provider, gaps on the CUDA one); fp16
-            # graphs have kernels on both.
-            hint = "; bf16 has no kernel there: export the graphs in fp16 (--precision fp16) or use another backend"
         raise RunError(
-            f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]}){hint}"
+            f"exported graph {path} cannot be loaded by ONNX Runtime ({type(err).__name__}: {reason[:200]})"
         ) from None
 
 
-@functools.lru_cache(maxsize=4)
-def _holds_bf16(path: str, mtime_ns: int, size: int) -> bool:
+def _holds_bf16(path: Path) -> bool:
     """Whether the graph keeps weights in bf16 (False without onnx). It parses the whole .onnx (weights
-    below protobuf's limit are inside it), so it runs only on a failed load, once per file version: the
-    CUDA-graph load and its retry without graphs share it."""
+    below protobuf's limit are inside it), so it runs only once a load has failed for good."""
     try:
         import onnx
     except ImportError:
         return False
     try:
-        graph = onnx.load(path, load_external_data=False).graph
+        graph = onnx.load(str(path), load_external_data=False).graph
     except Exception:  # unreadable: ONNX Runtime's own message says why
         return False
     return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in graph.initializer)
