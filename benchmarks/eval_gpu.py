@@ -28,9 +28,10 @@ Resumable: every finished chunk of samples goes to STATE/chunks, every finished 
 OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
 `--import-runs runs.tar`. A run at budget 1.0 (flexify) samples with the base patch size alone and is
 keyed by the checkpoint's base tensors and config, so another flexify of the same base imports it instead
-of sampling it again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks --time-limit
-seconds after its start (less a reserve for the last run's metrics), writes what it has, and says what is
-left; run the same command again to continue. OUT_DIR receives 6 files, 7 with a sweep (the device tool returns at most 8):
+of sampling it again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks
+--time-limit seconds after its start (less a reserve for the last run's metrics), writes what it has, and
+says what is left; run the same command again to continue. OUT_DIR receives 6 files, 7 with a sweep (the
+device tool returns at most 8):
 eval_gpu.log, results.json, results.md, quality_vs_compute.png, guidance_sweep.png (several scales only),
 samples.png (a row of grids per way and scale, one grid per budget), runs.tar. The table printed last is
 results.md.
@@ -487,7 +488,7 @@ def _name(way: Way, scale: float, budget: float, seed: int) -> str:
 
 def write_outputs(args, saved: dict, left: list, say) -> None:
     from flexidit_trt.artifacts import write_bytes_atomic, write_json_atomic
-    from flexidit_trt.evaluation.report import full_run, markdown, plot_files, report_dict, sheet_png
+    from flexidit_trt.evaluation.report import markdown, plot_files, relative_to_full, report_dict, sheet_png
     from flexidit_trt.evaluation.results import EvalReport
 
     if not saved:
@@ -530,9 +531,8 @@ def write_outputs(args, saved: dict, left: list, say) -> None:
     data = report_dict(report)
     text = markdown(report) + targets_text(report, statics)
     for row, run in zip(data["runs"], report.runs, strict=True):
-        static = full_run(report.runs, run, series="flexify")  # the static model, paired by seed
-        for metric in ("fid", "classifier_fd"):
-            row[f"{metric}_vs_static"] = None if static is None else row[metric] / getattr(static, metric) - 1
+        for metric in ("fid", "classifier_fd"):  # against the static model, paired by seed
+            row[f"{metric}_vs_static"] = relative_to_full(report.runs, run, metric, series="flexify")
     data["base_quality"] = {
         str(c): {"fid": r.fid, "classifier_fd": r.classifier_fd, "class_accuracy": r.class_accuracy}
         for c, r in sorted(statics.items())
@@ -574,9 +574,9 @@ def _first(grid: tuple[np.ndarray, np.ndarray], per_class: int) -> tuple[np.ndar
 
 def targets_text(report, statics: dict) -> str:
     """The base model at each CFG scale (`statics`), then the targets of each lower budget, on both
-    distances, against budget 1.0 of its way, CFG scale and seed (report.full_run; a budget whose seed has
-    no budget-1.0 run is left out)."""
-    from flexidit_trt.evaluation.report import full_run
+    distances, against budget 1.0 of its way, CFG scale and seed (report.relative_to_full; a budget whose
+    seed has no budget-1.0 run is left out)."""
+    from flexidit_trt.evaluation.report import relative_to_full
 
     if not statics:
         return ""
@@ -593,10 +593,11 @@ def targets_text(report, statics: dict) -> str:
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in report.runs:
         limit = target(r.cfg_scale, r.budget)
-        static = full_run(report.runs, r, same_seed_only=True) if r.budget != 1.0 else None
-        if limit is None or static is None:
+        gaps = tuple(
+            relative_to_full(report.runs, r, m, same_seed_only=True) for m in ("fid", "classifier_fd")
+        )
+        if limit is None or None in gaps:
             continue
-        gaps = (r.fid / static.fid - 1, r.classifier_fd / static.classifier_fd - 1)
         missed = [
             f"{name} by {100 * (gap - limit):.1f} points"
             for name, gap in zip(("FID", "classifier FD"), gaps, strict=True)

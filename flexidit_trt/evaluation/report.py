@@ -85,9 +85,15 @@ def full_run(
     return min(full, key=lambda r: r.seed)
 
 
-def relative_to_full(runs: list[RunResult], run: RunResult, metric: str = "fid") -> float | None:
-    """run's `metric` / that of its full_run - 1, or None without one."""
-    full = full_run(runs, run)
+def relative_to_full(
+    runs: list[RunResult],
+    run: RunResult,
+    metric: str = "fid",
+    series: str | None = None,
+    same_seed_only: bool = False,
+) -> float | None:
+    """run's `metric` / that of its full_run (`series`, `same_seed_only` as there) - 1, or None without one."""
+    full = full_run(runs, run, series, same_seed_only)
     base = None if full is None else getattr(full, metric)
     return getattr(run, metric) / base - 1.0 if base else None
 

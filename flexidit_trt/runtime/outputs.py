@@ -28,8 +28,8 @@ def check_out_dir(out: Path, need_bytes: int = 0) -> None:
     """Fail before sampling when `out` cannot be written, leaving nothing behind (a probe file, removed at
     once): an existing non-empty folder or a file, a mount point (the output folder is renamed into place,
     which a mount point refuses), a parent that is a file, not writable or refusing new files, or less free
-    space than `need_bytes`. RunError (exit 1): the value is
-    well-formed, the file system's state at that path is what fails, and it can change between two runs."""
+    space than `need_bytes`. RunError (exit 1): the value is well-formed, the file system's state at that
+    path is what fails, and it can change between two runs."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"--out {out} already exists and is not an empty folder: choose a new one")
