@@ -26,7 +26,7 @@ of 540 s on one GPU, about half that on two.
 
 Resumable: every finished chunk of samples goes to STATE/chunks, every finished run to STATE/runs, and
 OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
-`--import-runs runs.tar`. A run at budget 1.0 (flexify) samples with the base patch size alone and is
+`--import-runs runs.tar` (and `--report-only` rewrites the outputs from those, sampling nothing). A run at budget 1.0 (flexify) samples with the base patch size alone and is
 keyed by the checkpoint's base tensors and config, so another flexify of the same base imports it instead
 of sampling it again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks
 --time-limit seconds after its start (less a reserve for the last run's metrics), writes what it has, and
@@ -145,10 +145,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="torch.compile the engines (EvalOptions.compile): fused kernels",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="every run's seed; budget 1.0 at the first CFG scale also runs seed + 1 (the seed repeat)",
+    )
     ap.add_argument("--reference-count", type=int, default=None, help="test images [default: all 10,000]")
     ap.add_argument("--time-limit", type=float, default=540.0, help="seconds from start; no new chunk after")
     ap.add_argument("--reserve", type=float, default=45.0, help="seconds kept for the last run's metrics")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="sample nothing: write the report of the saved runs at the scales asked for (e.g. on a CPU)",
+    )
     return ap.parse_args(argv)
 
 
@@ -400,6 +410,10 @@ def _evaluate(args, start: float, say, ctx) -> None:
     )
     say(f"pending runs: {len(pending)} ({', '.join(_name(*run) for run in pending) or 'none'})")
 
+    if args.report_only:
+        if pending:
+            say(f"report only: {len(pending)} run(s) asked for are not made")
+        pending = []
     deadline = start + args.time_limit - args.reserve
     base = EvalOptions(
         num_samples=args.num_samples,
@@ -473,10 +487,12 @@ def _evaluate(args, start: float, say, ctx) -> None:
             evaluator.close()
     if not ctx.is_main:
         return
-    left = [(w, c, b, s) for w, c, b, s in pending if not is_saved(args, w.name, c, b, s)]
+    left = [
+        (w, c, b, s) for w, c, b, s in pending_runs(args, ways, only) if not is_saved(args, w.name, c, b, s)
+    ]
     write_outputs(args, load_runs(args), left, say)
     say(f"wall time {time.monotonic() - start:.0f} s")
-    if left:
+    if left and not args.report_only:
         say(
             f"INCOMPLETE: {len(left)} run(s) left; run the same command again (finished chunks are kept in {args.state})"
         )
@@ -522,14 +538,9 @@ def write_outputs(args, saved: dict, left: list, say) -> None:
         for result, grid in sorted(by_way[way], key=lambda rg: (rg[0].cfg_scale, -rg[0].budget, rg[0].seed)):
             report.runs.append(result)
             report.grids[(way, result.cfg_scale, result.budget, result.seed)] = grid
-    # The static model at each CFG scale: flexify at budget 1.0.
-    statics = {
-        r.cfg_scale: r
-        for r in report.runs
-        if r.series == "flexify" and r.budget == 1.0 and r.seed == args.seed
-    }
+    statics = static_runs(report.runs, args.seed)
     data = report_dict(report)
-    text = markdown(report) + targets_text(report, statics)
+    text = markdown(report) + targets_text(report, statics, args.seed)
     for row, run in zip(data["runs"], report.runs, strict=True):
         for metric in ("fid", "classifier_fd"):  # against the static model, paired by seed
             row[f"{metric}_vs_static"] = relative_to_full(report.runs, run, metric, series="flexify")
@@ -572,8 +583,20 @@ def _first(grid: tuple[np.ndarray, np.ndarray], per_class: int) -> tuple[np.ndar
     return images[keep], labels[keep]
 
 
-def targets_text(report, statics: dict) -> str:
-    """The base model at each CFG scale (`statics`), then the targets of each lower budget, on both
+def static_runs(runs: list, seed: int) -> dict:
+    """The static model at each CFG scale: flexify at budget 1.0, `seed`'s run, else the first seed's (a
+    scale swept under another seed alone)."""
+    statics: dict = {}
+    for r in runs:
+        if r.series == "flexify" and r.budget == 1.0:
+            have = statics.get(r.cfg_scale)
+            if have is None or (have.seed != seed and (r.seed == seed or r.seed < have.seed)):
+                statics[r.cfg_scale] = r
+    return statics
+
+
+def targets_text(report, statics: dict, seed: int) -> str:
+    """The base model at each CFG scale (`statics`; its seed named where it is not `seed`), then the targets of each lower budget, on both
     distances, against budget 1.0 of its way, CFG scale and seed (report.relative_to_full; a budget whose
     seed has no budget-1.0 run is left out)."""
     from flexidit_trt.evaluation.report import relative_to_full
@@ -583,7 +606,8 @@ def targets_text(report, statics: dict) -> str:
     lines = [""]
     for scale, static in sorted(statics.items()):
         lines.append(
-            f"Base model (budget 1.0, CFG {scale:g}): FID {static.fid:.3f}, classifier FD "
+            f"Base model (budget 1.0, CFG {scale:g}{'' if static.seed == seed else f', seed {static.seed}'}): "
+            f"FID {static.fid:.3f}, classifier FD "
             f"{static.classifier_fd:.3f}, class accuracy {100 * static.class_accuracy:.1f}%."
         )
     lines += [

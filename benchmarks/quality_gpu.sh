@@ -8,7 +8,8 @@
 #   bash benchmarks/quality_gpu.sh part "$OUT"                                 (calls 1 .. N-1)
 #   bash benchmarks/quality_gpu.sh flexify "$OUT" [MINUTES [CHECKPOINT [RANK]]]   (as soon as the parts
 #        carried hold the whole dataset, which comes first: call 2 with 20-MiB parts) flexify CHECKPOINT (default: the embedded default's base) for MINUTES
-#        (default 9) at batch 512 with LoRA rank RANK (default 64: the embedded default's recipe, NOTES.md 2026-12-03)
+#        (default 9) at batch 512 with LoRA rank RANK (default 64: the embedded default's first pass; its second pass went on from that with INIT=FLEX LR=5e-4
+#        BUDGETS=0.4,0.75, benchmarks/results/default_model/README.md)
 #        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log); INIT=FLEX goes on from
 #        an earlier result (e.g. INIT=/tmp/flexidit-next/flex.safetensors in the next call: a longer flexify),
 #        LR sets its peak lr, BUDGETS=LO,HI the budgets whose patch-4 timesteps it distils (default 0.3,0.75)

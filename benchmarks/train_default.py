@@ -289,7 +289,7 @@ def main() -> None:
     ap.add_argument("--ab", action=argparse.BooleanOptionalAction, default=True,
                     help="flexify twice, weak-t vs all-t, and keep the better")  # fmt: skip
     ap.add_argument("--flexify-lr", type=float, default=FlexifyOptions.lr)
-    ap.add_argument("--lora-rank", type=int, default=FlexifyOptions.lora_rank)
+    ap.add_argument("--lora-rank", type=int, default=8, help="8: what made the 2026-11-22 default")
     ap.add_argument("--classifier-epochs", type=int, default=10)
     # The model is small: at 256 a step is bound by kernel launches, so 512 sees twice the images per second.
     ap.add_argument("--batch-size", type=int, default=512)

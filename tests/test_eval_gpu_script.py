@@ -136,6 +136,18 @@ def test_one_run_then_resume_from_runs_tar(tmp_path):
     assert "pending runs: 0" in (again / "eval_gpu.log").read_text()
     assert json.loads((again / "results.json").read_text())["runs"] == first["runs"]
 
+    # --report-only asked for a run that is not made: the report of what is, nothing sampled, the gap named.
+    report = tmp_path / "report"
+    wider = [*common[:-1], "flexify:0.5,flexify:0.4"]
+    args = [str(report), "--state", str(tmp_path / "fresh"), "--report-only", *wider]
+    assert eval_gpu.main(args) == 0
+    written = json.loads((report / "results.json").read_text())
+    assert written["runs"] == first["runs"] and written["left"] == ["flexify@cfg1.5/0.4/s0"]
+    assert not written["complete"]
+    assert not list((tmp_path / "fresh" / "chunks").rglob("chunk*.npz"))
+    log = (report / "eval_gpu.log").read_text()
+    assert "report only: 1 run(s) asked for are not made" in log and "INCOMPLETE" not in log
+
     # Under torchrun (here 2 gloo processes on a fresh state): each rank samples every other chunk, rank 0
     # gathers and writes; the numbers are the one-process run's (chunks are seeded by index, not by rank).
     two = tmp_path / "two"
@@ -177,10 +189,10 @@ def test_targets_check_both_distances_against_the_same_seed():
         run_result("flexify", 4.0, 1.0, 0, 20.0, 5.0),
         run_result("flexify", 4.0, 0.5, 0, 20.6, 5.05),  # FID +3% over CFG 4.0's 2%, classifier FD +1%
     ]
-    statics = {r.cfg_scale: r for r in runs if r.budget == 1.0 and r.seed == 0}
-    rows = [
-        line for line in eval_gpu.targets_text(EvalReport(runs=runs), statics).splitlines() if "<=" in line
-    ]
+    statics = eval_gpu.static_runs(runs, seed=0)
+    assert {c: r.seed for c, r in statics.items()} == {1.5: 0, 4.0: 0}
+    text = eval_gpu.targets_text(EvalReport(runs=runs), statics, seed=0)
+    rows = [line for line in text.splitlines() if "<=" in line]
     assert [row.split(" | ")[1:4] for row in rows] == [
         ["1.5", "0.5", "0"],
         ["1.5", "0.5", "1"],
@@ -193,6 +205,27 @@ def test_targets_check_both_distances_against_the_same_seed():
     assert rows[2].endswith("| <= 10% | yes |")
     assert rows[3].endswith("| <= 10% | no (FID by 2.0 points, classifier FD by 1.0 points) |")
     assert rows[4].endswith("| <= 2% | no (FID by 1.0 points) |")
+    assert "Base model (budget 1.0, CFG 1.5): FID 10.000" in text
+
+
+def test_the_static_run_of_a_scale_is_the_seed_asked_for_else_the_first():
+    """A CFG scale swept under another seed alone still has its base-model line, with that seed named."""
+    from flexidit_trt.evaluation.results import EvalReport
+
+    runs = [
+        run_result("flexify", 1.5, 1.0, 2, 10.5, 1.05),
+        run_result("flexify", 1.5, 1.0, 0, 10.0, 1.0),
+        run_result("flexify", 1.5, 1.0, 1, 9.0, 0.9),
+        run_result("flexify", 2.0, 1.0, 2, 12.0, 1.3),
+        run_result("flexify", 2.0, 1.0, 1, 11.0, 1.2),
+        run_result("flexify", 2.0, 0.5, 1, 11.1, 1.22),
+    ]
+    statics = eval_gpu.static_runs(runs, seed=0)
+    assert {c: r.seed for c, r in statics.items()} == {1.5: 0, 2.0: 1}
+    text = eval_gpu.targets_text(EvalReport(runs=runs), statics, seed=0)
+    assert "Base model (budget 1.0, CFG 1.5): FID 10.000" in text
+    assert "Base model (budget 1.0, CFG 2, seed 1): FID 11.000" in text
+    assert "| flexify | 2 | 0.5 | 1 | 11.100 | +0.9% | 1.220 | +1.7% | <= 5% | yes |" in text
 
 
 def test_budget_one_runs_are_keyed_by_the_base_tensors(tmp_path):

@@ -7,6 +7,7 @@ What is replaced to stay fast: the model (depth 1, width 32 instead of dit_fmnis
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -213,7 +214,15 @@ def test_flexify_goes_on_from_a_flexible_checkpoint_of_the_same_base(trained, fl
     assert abs(start - earlier) < 0.02 * earlier  # the earlier result, up to its fp16 storage
     assert start < 0.95 * flexified.eval_before["p4"]["weak"]  # not the projection
     with safe_open(str(out), "pt") as f:
-        assert f.metadata()["init"] == flexified.checkpoint.name
+        meta = f.metadata()
+    with safe_open(str(flexified.checkpoint), "pt") as f:
+        earlier = f.metadata()
+    # What it went on from is named, with that file's own steps and t ranges.
+    assert meta["init"] == flexified.checkpoint.name
+    assert json.loads(meta["init_record"]) == {
+        "distill_steps": earlier["distill_steps"],
+        "weak_t_ranges": earlier["weak_t_ranges"],
+    }
     # A new optimizer ramps its lr up over the first steps instead of undoing the adapters at once.
     fresh = FlexifyOptions(checkpoint=trained.checkpoint, out=out, **FLEX)
     going_on = FlexifyOptions(checkpoint=trained.checkpoint, init=out, out=out, **FLEX)

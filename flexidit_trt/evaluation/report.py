@@ -163,7 +163,10 @@ def markdown(report: EvalReport) -> str:
             "sampling noise.",
         ]
     if not report.complete:
-        lines += ["", "**Incomplete:** stopped at the deadline; rerun with the same resume folder to finish."]
+        lines += [
+            "",
+            "**Incomplete:** runs asked for are not made yet (`left`); rerun with the same resume folder to make them.",
+        ]
     return "\n".join(lines) + "\n"
 
 

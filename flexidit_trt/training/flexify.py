@@ -20,6 +20,7 @@ t = 108), so "weak" is the default: as good where the weak size is used, for no 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ class FlexifyOptions(LoopOptions):
     # cosine each time).
     init: Path | None = None
     patch_sizes: tuple[int, ...] = (2, 4)
-    lora_rank: int = 8
+    lora_rank: int = 64  # what made the embedded default: rank 8 lost to 32, and 32 and 64 were level
     steps: int = 2000
     minutes: float | None = None  # time box for the distillation loop, whichever of steps/minutes first
     batch_size: int = 256
@@ -193,6 +194,20 @@ def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -
         value.copy_(state[key].to(value.dtype))
 
 
+def _lineage(init: Path) -> dict[str, str]:
+    """The metadata that names what a flexify --init went on from: the file, and that file's own record
+    (its steps, t ranges and, in turn, what it went on from), so a chain of passes stays readable."""
+    from safetensors import safe_open
+
+    with safe_open(str(init), framework="pt") as f:
+        earlier = f.metadata() or {}
+    kept = ("init", "distill_steps", "weak_t_ranges", "init_record")
+    return {
+        "init": Path(init).name,
+        "init_record": json.dumps({k: earlier[k] for k in kept if k in earlier}),
+    }
+
+
 def trainable_parameters(model: FlexiDiT) -> dict[str, torch.nn.Parameter]:
     """The weak sizes' embeddings, de-embeddings and LoRA adapters; everything else is frozen."""
     weak = [adapter_key(q) for q in model.config.weak_patch_sizes]
@@ -262,7 +277,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
     meta = {
         "kind": "flexible",
         "base_checkpoint": Path(options.checkpoint).name,
-        **({"init": Path(options.init).name} if options.init is not None else {}),
+        **(_lineage(options.init) if options.init is not None else {}),
         "distill_steps": str(step),
         "distill_timesteps": options.timesteps,
         "weak_t_ranges": str({f"p{q}": list(r) for q, r in ranges.items()}),
