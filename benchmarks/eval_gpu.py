@@ -487,9 +487,7 @@ def _evaluate(args, start: float, say, ctx) -> None:
             evaluator.close()
     if not ctx.is_main:
         return
-    left = [
-        (w, c, b, s) for w, c, b, s in pending_runs(args, ways, only) if not is_saved(args, w.name, c, b, s)
-    ]
+    left = pending_runs(args, ways, only)  # what is still not saved
     write_outputs(args, load_runs(args), left, say)
     say(f"wall time {time.monotonic() - start:.0f} s")
     if left and not args.report_only:
@@ -540,12 +538,24 @@ def write_outputs(args, saved: dict, left: list, say) -> None:
             report.grids[(way, result.cfg_scale, result.budget, result.seed)] = grid
     statics = static_runs(report.runs, args.seed)
     data = report_dict(report)
-    text = markdown(report) + targets_text(report, statics, args.seed)
+    # --report-only did not stop at a deadline: it says which runs it lacks in its own words.
+    text = markdown(replace(report, complete=True) if args.report_only else report)
+    if args.report_only and left:
+        text += (
+            f"\n**Not made** (`--report-only` samples nothing; run without it to make them): "
+            f"{', '.join(_name(*run) for run in left)}.\n"
+        )
+    text += targets_text(report, statics, args.seed)
     for row, run in zip(data["runs"], report.runs, strict=True):
         for metric in ("fid", "classifier_fd"):  # against the static model, paired by seed
             row[f"{metric}_vs_static"] = relative_to_full(report.runs, run, metric, series="flexify")
     data["base_quality"] = {
-        str(c): {"fid": r.fid, "classifier_fd": r.classifier_fd, "class_accuracy": r.class_accuracy}
+        str(c): {
+            "fid": r.fid,
+            "classifier_fd": r.classifier_fd,
+            "class_accuracy": r.class_accuracy,
+            "seed": r.seed,
+        }
         for c, r in sorted(statics.items())
     } or None
     data["left"] = [_name(*run) for run in left]
@@ -554,16 +564,19 @@ def write_outputs(args, saved: dict, left: list, say) -> None:
     for name, png in plot_files(report.runs).items():
         write_bytes_atomic(args.out / name, png)
     several = len({r.cfg_scale for r in report.runs}) > 1
+    sheet_seed = {c: r.seed for c, r in statics.items()}  # a scale swept under another seed alone has a row
     rows = [
         (
-            (WAYS[way].title if way in WAYS else way) + (f", CFG {scale:g}" if several else ""),
+            (WAYS[way].title if way in WAYS else way)
+            + (f", CFG {scale:g}" if several else "")
+            + (f", seed {sheet_seed[scale]}" if sheet_seed.get(scale, args.seed) != args.seed else ""),
             [
                 (
                     f"b={r.budget:g} ({100 * r.achieved_fraction:.0f}%)",
                     *_first(report.grids[(way, scale, r.budget, r.seed)], 6),
                 )
                 for r in report.runs
-                if (r.series, r.cfg_scale) == (way, scale) and r.seed == args.seed
+                if (r.series, r.cfg_scale) == (way, scale) and r.seed == sheet_seed.get(scale, args.seed)
             ],
         )
         for way in sorted(by_way, key=lambda w: order.get(w, 99))

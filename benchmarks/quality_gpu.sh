@@ -43,8 +43,9 @@ case "$stage" in
     rank=${3:-64}
     more=()  # INIT=FLEX: go on from an earlier flexify of the same base (flexify --init); LR: its peak lr
     if [ -n "${INIT:-}" ]; then
-      cp "$INIT" /tmp/flexidit-next/init.safetensors || exit 1  # the output may overwrite INIT
-      more+=(--init /tmp/flexidit-next/init.safetensors)
+      # A copy under its own name (the checkpoint records it): the output may overwrite INIT.
+      mkdir -p /tmp/flexidit-next/init && cp "$INIT" /tmp/flexidit-next/init/ || exit 1
+      more+=(--init "/tmp/flexidit-next/init/$(basename "$INIT")")
     fi
     [ -n "${LR:-}" ] && more+=(--lr "$LR")
     [ -n "${BUDGETS:-}" ] && more+=(--budgets "$BUDGETS")  # LO,HI: distil where those budgets run patch 4

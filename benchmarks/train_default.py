@@ -223,7 +223,9 @@ def save_grid(images: torch.Tensor, path: Path, rows: int, scale: int = 2) -> No
 def make_samples(run: Run, default: Path, base: Path, classifier_path: Path) -> None:
     """Grids of the written default model, and class accuracy of its samples (and of the projection)."""
     model = load_checkpoint(default).to(run.device).eval()
-    projection = load_base(FlexifyOptions(checkpoint=base, out=run.work / "unused.safetensors"))
+    projection = load_base(
+        FlexifyOptions(checkpoint=base, out=run.work / "unused.safetensors", lora_rank=run.args.lora_rank)
+    )
     projection = projection.to(run.device).eval()
     classifier = load_classifier(classifier_path, device=run.device)
     samples = {}

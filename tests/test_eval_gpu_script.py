@@ -147,6 +147,9 @@ def test_one_run_then_resume_from_runs_tar(tmp_path):
     assert not list((tmp_path / "fresh" / "chunks").rglob("chunk*.npz"))
     log = (report / "eval_gpu.log").read_text()
     assert "report only: 1 run(s) asked for are not made" in log and "INCOMPLETE" not in log
+    text = (report / "results.md").read_text()
+    assert "**Not made** (`--report-only` samples nothing" in text and "flexify@cfg1.5/0.4/s0" in text
+    assert "stopped at the deadline" not in text
 
     # Under torchrun (here 2 gloo processes on a fresh state): each rank samples every other chunk, rank 0
     # gathers and writes; the numbers are the one-process run's (chunks are seeded by index, not by rank).
@@ -222,6 +225,10 @@ def test_the_static_run_of_a_scale_is_the_seed_asked_for_else_the_first():
     ]
     statics = eval_gpu.static_runs(runs, seed=0)
     assert {c: r.seed for c, r in statics.items()} == {1.5: 0, 2.0: 1}
+    # The seed asked for wins over a lower one; where it is missing, the lowest there is.
+    assert {c: r.seed for c, r in eval_gpu.static_runs(runs, seed=2).items()} == {1.5: 2, 2.0: 2}
+    assert {c: r.seed for c, r in eval_gpu.static_runs(runs, seed=1).items()} == {1.5: 1, 2.0: 1}
+    assert {c: r.seed for c, r in eval_gpu.static_runs(runs[:3], seed=5).items()} == {1.5: 0}
     text = eval_gpu.targets_text(EvalReport(runs=runs), statics, seed=0)
     assert "Base model (budget 1.0, CFG 1.5): FID 10.000" in text
     assert "Base model (budget 1.0, CFG 2, seed 1): FID 11.000" in text

@@ -223,6 +223,16 @@ def test_flexify_goes_on_from_a_flexible_checkpoint_of_the_same_base(trained, fl
         "distill_steps": earlier["distill_steps"],
         "weak_t_ranges": earlier["weak_t_ranges"],
     }
+    # A third pass without --lora-rank takes --init's rank (2 here, not the default 64), and its record
+    # nests the one before.
+    unranked = {k: v for k, v in FLEX.items() if k != "lora_rank"}
+    third = tmp_path / "third.safetensors"
+    flexify(FlexifyOptions(checkpoint=trained.checkpoint, init=out, out=third, **{**unranked, "steps": 1}))
+    assert load_checkpoint(third).config.lora_rank == FLEX["lora_rank"] != flexify_module.DEFAULT_LORA_RANK
+    with safe_open(str(third), "pt") as f:
+        chain = json.loads(f.metadata()["init_record"])
+    assert chain["init"] == flexified.checkpoint.name and chain["distill_steps"] == meta["distill_steps"]
+    assert json.loads(chain["init_record"])["distill_steps"] == earlier["distill_steps"]
     # A new optimizer ramps its lr up over the first steps instead of undoing the adapters at once.
     fresh = FlexifyOptions(checkpoint=trained.checkpoint, out=out, **FLEX)
     going_on = FlexifyOptions(checkpoint=trained.checkpoint, init=out, out=out, **FLEX)

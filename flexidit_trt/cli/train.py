@@ -110,9 +110,8 @@ def train(**kwargs) -> None:
 @click.option(
     "--lora-rank",
     type=int,
-    default=64,
-    show_default=True,
-    help="0: embeddings only (64 made the embedded default; 8 was measured too small)",
+    default=None,
+    help="0: embeddings only  [default: --init's rank, else 64, which made the embedded default]",
 )
 @click.option("--steps", type=int, default=2000, show_default=True)
 @click.option(

@@ -165,7 +165,7 @@ def markdown(report: EvalReport) -> str:
     if not report.complete:
         lines += [
             "",
-            "**Incomplete:** runs asked for are not made yet (`left`); rerun with the same resume folder to make them.",
+            "**Incomplete:** stopped at the deadline; rerun with the same resume folder to finish.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..diffusion import make_sampler, plan
 from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
 from ..model import CheckpointError, FlexiDiT, load_checkpoint, save_checkpoint
-from ..model.checkpoints import check_finite, infer_config, read_state_dict
+from ..model.checkpoints import check_finite, config_from_metadata, infer_config, read_state_dict
 from ..model.config import DiTConfig
 from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
@@ -40,6 +40,8 @@ from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, res
 from .sampling import SampleOptions, sample_images
 
 TIMESTEP_MODES = ("weak", "all")
+# What made the embedded default: rank 8 lost to 32 (step 3,000: 0.00581 vs 0.00446), and 32 and 64 were level.
+DEFAULT_LORA_RANK = 64
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class FlexifyOptions(LoopOptions):
     # cosine each time).
     init: Path | None = None
     patch_sizes: tuple[int, ...] = (2, 4)
-    lora_rank: int = 64  # what made the embedded default: rank 8 lost to 32, and 32 and 64 were level
+    lora_rank: int | None = None  # None: --init's rank, else DEFAULT_LORA_RANK
     steps: int = 2000
     minutes: float | None = None  # time box for the distillation loop, whichever of steps/minutes first
     batch_size: int = 256
@@ -79,7 +81,7 @@ class FlexifyOptions(LoopOptions):
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
-            (self.lora_rank >= 0, f"LoRA rank must be >= 0, got {self.lora_rank}"),
+            (self.lora_rank is None or self.lora_rank >= 0, f"LoRA rank must be >= 0, got {self.lora_rank}"),
             (
                 self.timesteps in TIMESTEP_MODES,
                 f"timesteps must be one of {', '.join(TIMESTEP_MODES)}, got {self.timesteps!r}",
@@ -153,8 +155,11 @@ def load_base(options: FlexifyOptions) -> FlexiDiT:
         raise TrainError(
             f"patch sizes {list(options.patch_sizes)} name no weak size besides the base patch {config.patch_size}"
         )
+    rank = options.lora_rank
+    if rank is None:
+        rank = _init_config(options.init).lora_rank if options.init is not None else DEFAULT_LORA_RANK
     try:
-        config = config.replace(patch_sizes=sizes, lora_rank=options.lora_rank, lora_alpha=None)
+        config = config.replace(patch_sizes=sizes, lora_rank=rank, lora_alpha=None)
     except ValueError as err:
         raise TrainError(str(err)) from None
     torch.manual_seed(options.seed)  # the adapters' down-projections
@@ -194,13 +199,28 @@ def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -
         value.copy_(state[key].to(value.dtype))
 
 
+def _init_config(init: Path) -> DiTConfig:
+    """The config a flexible --init file was saved with (its rank, when --lora-rank is not given)."""
+    config = config_from_metadata(Path(init), _metadata(init))
+    if config is None:
+        raise TrainError(f"--init {Path(init).name} is not a flexible checkpoint written by flexify")
+    return config
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:  # a truncated or foreign file: say which and why
+        raise TrainError(f"--init {Path(path).name}: cannot read it as safetensors ({err})") from err
+
+
 def _lineage(init: Path) -> dict[str, str]:
     """The metadata that names what a flexify --init went on from: the file, and that file's own record
     (its steps, t ranges and, in turn, what it went on from), so a chain of passes stays readable."""
-    from safetensors import safe_open
-
-    with safe_open(str(init), framework="pt") as f:
-        earlier = f.metadata() or {}
+    earlier = _metadata(init)
     kept = ("init", "distill_steps", "weak_t_ranges", "init_record")
     return {
         "init": Path(init).name,
@@ -224,6 +244,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
     """Distil the weak patch sizes of a base checkpoint and write the flexible checkpoint."""
     device = resolve_device(options.device)
     model = load_base(options).to(device)
+    lineage = _lineage(options.init) if options.init is not None else {}  # read now: the file may go
     cfg = model.config
     params = trainable_parameters(model)
     ranges = weak_timestep_ranges(cfg, options.budgets, options.plan_steps)
@@ -277,7 +298,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
     meta = {
         "kind": "flexible",
         "base_checkpoint": Path(options.checkpoint).name,
-        **(_lineage(options.init) if options.init is not None else {}),
+        **lineage,
         "distill_steps": str(step),
         "distill_timesteps": options.timesteps,
         "weak_t_ranges": str({f"p{q}": list(r) for q, r in ranges.items()}),
