@@ -12,7 +12,8 @@
 #        BUDGETS=0.4,0.75, benchmarks/results/default_model/README.md)
 #        -> /tmp/flexidit-next/flex.safetensors (also returned in $OUT, with the log); INIT=FLEX goes on from
 #        an earlier result (e.g. INIT=/tmp/flexidit-next/flex.safetensors in the next call: a longer flexify),
-#        LR sets its peak lr, BUDGETS=LO,HI the budgets whose patch-4 timesteps it distils (default 0.3,0.75)
+#        LR sets its peak lr, BUDGETS=LO,HI the budgets whose patch-4 timesteps it distils (default 0.3,0.75),
+#        VAR_WEIGHT the learned-variance half's weight in the loss (default 1)
 #   bash benchmarks/quality_gpu.sh eval "$OUT" [eval_gpu.py options]          benchmarks/eval_gpu.py on every GPU
 #        (torchrun) on /tmp/flexidit-next/flex.safetensors if a flexify call made it, else the embedded default
 # The machine's /tmp survives between calls only while it stays warm (about 30 s after a call returns).
@@ -49,6 +50,7 @@ case "$stage" in
     fi
     [ -n "${LR:-}" ] && more+=(--lr "$LR")
     [ -n "${BUDGETS:-}" ] && more+=(--budgets "$BUDGETS")  # LO,HI: distil where those budgets run patch 4
+    [ -n "${VAR_WEIGHT:-}" ] && more+=(--var-weight "$VAR_WEIGHT")  # the learned-variance half's loss weight
     python3 -m flexidit_trt flexify --checkpoint "$checkpoint" --patch-sizes 2,4 --lora-rank "$rank" "${more[@]}" --minutes "$minutes" \
       --steps 100000 --batch-size 512 --half --data "$data" --out /tmp/flexidit-next/flex.safetensors 2>&1 |
       tee "$out/flexify.log" | grep -v "step/s"

@@ -177,6 +177,40 @@ def test_flexify_reduces_distillation_error(flexified):
     assert flexified.steps == 15
 
 
+def test_the_variance_half_of_the_loss_is_weighted_apart():
+    """var_weight 1 is the whole output's MSE; 0 leaves the learned-variance channels out of the loss and
+    its gradient; a model without learned variance ignores it. The held-out error reports the eps half."""
+    cfg = get_config("dit_fmnist")
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(4, 2 * cfg.in_channels, 8, 8, generator=gen)
+    student = torch.randn(4, 2 * cfg.in_channels, 8, 8, generator=gen, requires_grad=True)
+    whole = flexify_module._output_mse(student, teacher, cfg, 1.0)
+    assert torch.equal(whole, torch.nn.functional.mse_loss(student, teacher))
+    eps_only = flexify_module._output_mse(student, teacher, cfg, 0.0)
+    squared = (student - teacher).square()
+    torch.testing.assert_close(eps_only, squared[:, : cfg.in_channels].mean() / 2)
+    eps_only.backward()
+    assert (
+        student.grad[:, cfg.in_channels :].abs().max() == 0
+        and student.grad[:, : cfg.in_channels].abs().min() > 0
+    )
+    half = flexify_module._output_mse(student, teacher, cfg, 0.5)
+    torch.testing.assert_close(half, (squared[:, :1].mean() + 0.5 * squared[:, 1:].mean()) / 2)
+    plain = cfg.replace(learn_sigma=False)
+    torch.testing.assert_close(
+        flexify_module._output_mse(student[:, :1], teacher[:, :1], plain, 0.0),
+        torch.nn.functional.mse_loss(student[:, :1], teacher[:, :1]),
+    )
+
+
+def test_flexify_reports_the_noise_half_of_its_error(flexified):
+    """The eps half alone, at the weak t: below twice the whole output's error (it is half the channels),
+    and it fell too."""
+    for errs in (flexified.eval_before["p4"], flexified.eval_after["p4"]):
+        assert 0 < errs["weak_eps"] < 2 * errs["weak"]
+    assert flexified.eval_after["p4"]["weak_eps"] < flexified.eval_before["p4"]["weak_eps"]
+
+
 def test_flexify_keeps_the_base_weights_bit_identical(trained, flexified):
     """Stored in fp16 (`half`, as the committed default): every base weight is the fp32 base's, rounded
     once, and the fixed sin-cos table stays exact fp32."""
@@ -285,6 +319,7 @@ def test_self_distill_needs_no_dataset(trained, tmp_path, monkeypatch):
         ({"self_distill": True, "data": "x"}, TrainError, "not both"),
         ({"lora_rank": -1}, TrainError, "LoRA rank must be >= 0"),
         ({"budgets": (0.8, 0.3)}, TrainError, "budgets must be a range"),
+        ({"var_weight": -0.5}, TrainError, r"var weight must be in \[0, 1\]"),
     ],
 )
 def test_bad_flexify_options(trained, tmp_path, change, error, message):
@@ -351,6 +386,8 @@ def test_cli_train_and_flexify(data_dir, tmp_path):
             "16",
             "--budgets",
             "0.5,0.75",
+            "--var-weight",
+            "0.5",
             "--quiet",
         ],  # fmt: skip
     )
@@ -360,6 +397,7 @@ def test_cli_train_and_flexify(data_dir, tmp_path):
     lo, hi = weak_timestep_ranges(config, (0.5, 0.75))[4]
     assert lo > weak_timestep_ranges(config)[4][0]
     assert f"p4: held-out distillation MSE at t in [{lo}, {hi}]" in result.output
+    assert f"p4: its noise-prediction half at t in [{lo}, {hi}]" in result.output
     assert load_checkpoint(run / "base.flex.safetensors").config.patch_sizes == (2, 4)
 
 

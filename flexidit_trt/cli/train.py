@@ -133,6 +133,13 @@ def train(**kwargs) -> None:
     callback=parse_budgets,
     help="LO,HI: the planner budgets whose weak steps --timesteps weak distils",
 )
+@click.option(
+    "--var-weight",
+    type=FiniteFloat(),
+    default=1.0,
+    show_default=True,
+    help="weight of the learned-variance half of the output in the loss (the weak steps' sampler hardly reads it)",
+)
 @click.option("--self-distill", is_flag=True, help="inputs from the base model's own samples (no dataset)")
 @click.option("--out", type=FILE, default=None, help="[default: CHECKPOINT's name + .flex.safetensors]")
 @click.option("--half", is_flag=True, help="store fp16 weights")
@@ -160,6 +167,11 @@ def flexify(**kwargs) -> None:
             f"{key}: held-out distillation MSE at t in [{lo}, {hi}]: {before['weak']:.5f} ({start}) → "
             f"{after['weak']:.5f}; at all t: {before['all']:.5f} → {after['all']:.5f}"
         )
+        if "weak_eps" in after:
+            click.echo(
+                f"{key}: its noise-prediction half at t in [{lo}, {hi}]: {before['weak_eps']:.5f} → "
+                f"{after['weak_eps']:.5f}"
+            )
     click.echo(f"flexible checkpoint: {result.checkpoint}")
 
 

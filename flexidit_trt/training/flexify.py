@@ -64,6 +64,10 @@ class FlexifyOptions(LoopOptions):
     lr: float = 2e-3  # peak; cosine decay to 0 over the steps or the time box, whichever ends first
     timesteps: str = "weak"
     budgets: tuple[float, float] = (0.3, 0.75)  # the planner budgets whose weak steps define "weak"
+    # Weight of the learned-variance half of the output in the loss (1: the whole output's MSE). The sampler
+    # reads it as a mix of log β_t and log β̃_t, which differ by < 2% at every t the planner runs a weak size
+    # on (t > 100), so its error barely moves a sample, yet it is most of the error above t ≈ 360.
+    var_weight: float = 1.0
     plan_steps: int = 250
     null_fraction: float = 0.1
     data: Path | None = None
@@ -87,6 +91,7 @@ class FlexifyOptions(LoopOptions):
                 f"timesteps must be one of {', '.join(TIMESTEP_MODES)}, got {self.timesteps!r}",
             ),
             (0 <= self.null_fraction < 1, f"null fraction must be in [0, 1), got {self.null_fraction}"),
+            (0 <= self.var_weight <= 1, f"var weight must be in [0, 1], got {self.var_weight}"),
             (
                 len(self.budgets) == 2 and 0 < self.budgets[0] <= self.budgets[1] <= 1,
                 f"budgets must be a range lo,hi with 0 < lo <= hi <= 1, got {self.budgets}",
@@ -324,7 +329,8 @@ def distillation_loss(
     options: FlexifyOptions,
     autocast: torch.autocast,
 ) -> torch.Tensor:
-    """Sum over weak sizes of MSE(student at q, teacher at the base patch), whole output, same x_t, t, y."""
+    """Sum over weak sizes of MSE(student at q, teacher at the base patch), same x_t, t, y: the whole
+    output's, or with the learned-variance half weighted by options.var_weight."""
     cfg = model.config
     device = x0.device
     drop = torch.rand(len(x0), generator=gen, device=device) < options.null_fraction
@@ -339,8 +345,20 @@ def distillation_loss(
             with torch.no_grad():
                 teacher = model(x_t, t, y, patch_size=cfg.patch_size)
             student = model(x_t, t, y, patch_size=q)
-        loss = loss + F.mse_loss(student.float(), teacher.float())
+        loss = loss + _output_mse(student.float(), teacher.float(), cfg, options.var_weight)
     return loss
+
+
+def _output_mse(
+    student: torch.Tensor, teacher: torch.Tensor, cfg: DiTConfig, var_weight: float
+) -> torch.Tensor:
+    """The whole output's MSE with the variance channels' share scaled by var_weight (1: plain MSE)."""
+    if var_weight == 1.0 or not cfg.learn_sigma:
+        return F.mse_loss(student, teacher)
+    c = cfg.in_channels
+    eps = F.mse_loss(student[:, :c], teacher[:, :c])
+    var = F.mse_loss(student[:, c:], teacher[:, c:])
+    return (eps + var_weight * var) / 2  # the two halves are the same size
 
 
 # Going on from trained adapters (--init), a new AdamW's first steps at full lr undo them: on the CPU one
@@ -373,7 +391,8 @@ def distillation_error(
     batch_size: int = 500,
 ) -> dict[str, dict[str, float]]:
     """Mean squared student−teacher difference of the whole output on fixed held-out inputs, per weak
-    size: at t drawn from its weak range ("weak") and from all 1000 ("all"). Deterministic (seeded)."""
+    size: at t drawn from its weak range ("weak") and from all 1000 ("all"), and the noise-prediction half
+    alone at the weak t ("weak_eps", where the model learns a variance too). Deterministic (seeded)."""
     was_training = model.training
     model.eval()
     device = x0.device
@@ -382,16 +401,20 @@ def distillation_error(
         errs = {}
         for name, (a, b) in (("weak", (lo, hi)), ("all", (0, NUM_TRAIN_TIMESTEPS - 1))):
             gen = torch.Generator(device=device).manual_seed(seed + 12345)
-            total, count = 0.0, 0
+            total, eps, count = 0.0, 0.0, 0
             for xs, ys in zip(x0.split(batch_size), y.split(batch_size), strict=True):
                 t = torch.randint(a, b + 1, (len(xs),), generator=gen, device=device)
                 x_t = q_sample(xs, t, torch.randn(xs.shape, generator=gen, device=device))
                 with autocast:
                     teacher = model(x_t, t, ys, patch_size=model.config.patch_size).float()
                     student = model(x_t, t, ys, patch_size=q).float()
-                total += (student - teacher).square().mean(dim=(1, 2, 3)).sum().item()
+                squared = (student - teacher).square()
+                total += squared.mean(dim=(1, 2, 3)).sum().item()
+                eps += squared[:, : model.config.in_channels].mean(dim=(1, 2, 3)).sum().item()
                 count += len(xs)
             errs[name] = total / count
+            if name == "weak" and model.config.learn_sigma:
+                errs["weak_eps"] = eps / count
         result[adapter_key(q)] = errs
     model.train(was_training)
     return result
