@@ -26,8 +26,8 @@ of 540 s on one GPU, about half that on two.
 
 Resumable: every finished chunk of samples goes to STATE/chunks, every finished run to STATE/runs, and
 OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
-`--import-runs runs.tar` (and `--report-only` rewrites the outputs from those, sampling nothing). A run at budget 1.0 (flexify) samples with the base patch size alone and is
-keyed by the checkpoint's base tensors and config, so another flexify of the same base imports it instead
+`--import-runs runs.tar` (and `--report-only` rewrites the outputs from those, sampling nothing). A run
+at budget 1.0 (flexify) samples with the base patch size alone and is keyed by the checkpoint's base tensors and config, so another flexify of the same base imports it instead
 of sampling it again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks
 --time-limit seconds after its start (less a reserve for the last run's metrics), writes what it has, and
 says what is left; run the same command again to continue. OUT_DIR receives 6 files, 7 with a sweep (the
@@ -107,8 +107,8 @@ WAYS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out", type=Path)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    ap.add_argument("out", type=Path, help="the folder the report goes to (see above)")
     ap.add_argument(
         "--checkpoint", type=Path, default=None, help="flexified checkpoint [default: the packaged model]"
     )
@@ -119,14 +119,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--inception", type=Path, default=None, help="a copy of default_1.pt [default: the package's]"
     )
     ap.add_argument("--data", type=Path, default=None, help="Fashion-MNIST folder (the t10k files suffice)")
-    ap.add_argument("--classifier", type=Path, default=None)
-    ap.add_argument("--state", type=Path, default=Path("/tmp/flexidit-eval-state"))
+    ap.add_argument("--classifier", type=Path, default=None, help="[default: the packaged classifier]")
+    ap.add_argument(
+        "--state",
+        type=Path,
+        default=Path("/tmp/flexidit-eval-state"),
+        help="finished chunks and runs: resumable",
+    )
     ap.add_argument("--import-runs", type=Path, default=None, help="a runs.tar from an earlier call")
     ap.add_argument("--only", default=None, help="e.g. flexify:1.0,w2s (ways, optionally one budget each)")
-    ap.add_argument("--num-samples", type=int, default=10_000)
-    ap.add_argument("--steps", type=int, default=250)
-    ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--cfg-scale", type=float, default=1.5)
+    ap.add_argument("--num-samples", type=int, default=10_000, help="samples per run")
+    ap.add_argument("--steps", type=int, default=250, help="DDPM steps")
+    ap.add_argument("--batch-size", type=int, default=500, help="samples per chunk (the unit of resuming)")
+    ap.add_argument("--cfg-scale", type=float, default=1.5, help="the CFG scale without --cfg-scales")
     ap.add_argument(
         "--cfg-scales",
         type=scales_arg,
@@ -157,9 +162,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="sample nothing: write the report of the saved runs at the scales asked for (e.g. on a CPU)",
+        help="sample nothing: write the report of the saved runs at the scales asked for, whatever their seed "
+        "(e.g. on a CPU); the runs asked for that are not there are named",
     )
     return ap.parse_args(argv)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default where it has one and its help does not
+    name it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default  # by identity: 0 == False
+        if default is None or default is False or default == argparse.SUPPRESS or "[default" in text:
+            return text
+        return f"{text} [default: %(default)s]".strip()
 
 
 def scales_arg(text: str) -> tuple[float, ...]:

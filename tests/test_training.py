@@ -288,6 +288,30 @@ def test_flexify_goes_on_from_a_flexible_checkpoint_of_the_same_base(trained, fl
                 checkpoint=tmp_path / "other.safetensors", init=flexified.checkpoint, out=out, **FLEX
             )
         )
+    # What --init cannot be: fewer adapters than it holds, a base checkpoint, a file that is no checkpoint.
+    unranked = {k: v for k, v in FLEX.items() if k != "lora_rank"}
+    refused = [
+        ({"init": flexified.checkpoint, "lora_rank": 0}, "weights this flexify would drop"),
+        ({"init": trained.checkpoint}, "a base checkpoint, not a flexify output"),
+        ({"init": tmp_path / "notes.txt"}, r"notes.txt is not a \.safetensors file written by flexify"),
+        ({"init": tmp_path / "notes.txt", "lora_rank": 2}, "--init notes.txt: "),
+    ]
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    for change, message in refused:
+        with pytest.raises(TrainError, match=message):
+            flexify(FlexifyOptions(checkpoint=trained.checkpoint, out=out, **{**unranked, **change}))
+
+
+def test_budgets_where_no_weak_size_runs_are_refused(trained, tmp_path):
+    """At budget 1.0 the planner runs patch 2 alone: nothing to distil on (not every t, silently)."""
+    with pytest.raises(TrainError, match="runs no weak patch size"):
+        flexify(
+            FlexifyOptions(
+                checkpoint=trained.checkpoint,
+                out=tmp_path / "f.safetensors",
+                **{**FLEX, "budgets": (1.0, 1.0)},
+            )
+        )
 
 
 def test_checkpoint_without_the_requested_weak_size(flexified):

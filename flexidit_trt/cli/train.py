@@ -138,7 +138,7 @@ def train(**kwargs) -> None:
     type=FiniteFloat(),
     default=1.0,
     show_default=True,
-    help="weight of the learned-variance half of the output in the loss (the weak steps' sampler hardly reads it)",
+    help="0..1: weight of the learned-variance half of the output in the loss (the weak steps' sampler hardly reads it)",
 )
 @click.option("--self-distill", is_flag=True, help="inputs from the base model's own samples (no dataset)")
 @click.option("--out", type=FILE, default=None, help="[default: CHECKPOINT's name + .flex.safetensors]")

@@ -21,6 +21,7 @@ t = 108), so "weak" is the default: as good where the weak size is used, for no 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from ..model.macs import forward_macs
 from .data import load_split
 from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device, warmup
 from .sampling import SampleOptions, sample_images
+
+log = logging.getLogger(__name__)
 
 TIMESTEP_MODES = ("weak", "all")
 # What made the embedded default: rank 8 lost to 32 (step 3,000: 0.00581 vs 0.00446), and 32 and 64 were level.
@@ -130,6 +133,15 @@ def weak_timestep_ranges(
     """For each weak patch size, the [lo, hi] original timesteps at which `plan` runs it, over budgets
     from budgets[0] to budgets[1] (every 0.05, CFG, `steps` DDPM steps). Budgets below what the model can
     reach are skipped; a size the planner never picks gets the whole range (nothing to narrow)."""
+    used = planned_weak_timesteps(config, budgets, steps)
+    return {q: (min(ts), max(ts)) if ts else (0, NUM_TRAIN_TIMESTEPS - 1) for q, ts in used.items()}
+
+
+def planned_weak_timesteps(
+    config: DiTConfig, budgets: tuple[float, float] = (0.3, 0.75), steps: int = 250
+) -> dict[int, list[int]]:
+    """For each weak patch size, every original timestep at which `plan` runs it over those budgets (as
+    weak_timestep_ranges; empty where the planner never picks it)."""
     macs = {p: forward_macs(config, p) for p in config.patch_sizes}
     timesteps = make_sampler("ddpm", steps).timesteps
     lo, hi = budgets
@@ -143,7 +155,7 @@ def weak_timestep_ranges(
         for t, p in zip(timesteps, schedule.patch_per_step, strict=True):
             if p in used:
                 used[p].append(int(t))
-    return {q: (min(ts), max(ts)) if ts else (0, NUM_TRAIN_TIMESTEPS - 1) for q, ts in used.items()}
+    return used
 
 
 def load_base(options: FlexifyOptions) -> FlexiDiT:
@@ -178,9 +190,17 @@ def load_base(options: FlexifyOptions) -> FlexiDiT:
 def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -> None:
     """Load the weak sizes' parts of the flexible checkpoint `init` into `model`, which holds `base`;
     TrainError where `init` was made from another base or with other patch sizes or rank."""
-    state, _, _ = read_state_dict(init)
-    check_finite(state)
     name = Path(init).name
+    try:
+        state, _, _ = read_state_dict(init)
+    except CheckpointError as err:
+        raise TrainError(f"--init {name}: {err}") from None
+    check_finite(state)
+    if all(is_base_key(k) for k in state):
+        raise TrainError(
+            f"--init {name} holds no weak-size weights: a base checkpoint, not a flexify output "
+            f"(give it as --checkpoint)"
+        )
     for key, value in base.items():
         # Compared at the stored precision: a --half checkpoint holds the base rounded to fp16 once.
         if key in state and not torch.equal(state[key], value.to(state[key].dtype)):
@@ -189,6 +209,12 @@ def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -
             )
     own = model.state_dict()
     weak = {k: v for k, v in own.items() if not is_base_key(k)}
+    dropped = sorted(k for k in state if not is_base_key(k) and k not in weak)
+    if dropped:
+        raise TrainError(
+            f"--init {name} has weak-size weights this flexify would drop ({dropped[0]}, {len(dropped)} in all): "
+            f"give the --patch-sizes and --lora-rank it was made with"
+        )
     missing = sorted(k for k in weak if k not in state)
     if missing:
         raise TrainError(
@@ -202,6 +228,21 @@ def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -
                 f"(another --lora-rank or --patch-sizes)"
             )
         value.copy_(state[key].to(value.dtype))
+
+
+def _check_planned(cfg: DiTConfig, options: FlexifyOptions) -> None:
+    """A budget range at which the planner runs no weak size would distil on every t, not the weak ones:
+    refused. A weak size it never picks there is trained on every t (said in the log)."""
+    used = planned_weak_timesteps(cfg, options.budgets, options.plan_steps)
+    lo, hi = options.budgets
+    unused = [f"p{q}" for q, ts in used.items() if not ts]
+    if len(unused) == len(used):
+        raise TrainError(
+            f"at budgets {lo:g}..{hi:g} the planner runs no weak patch size: give --budgets lower than that, "
+            f"or --timesteps all"
+        )
+    if unused:
+        log.warning("%s: no step at budgets %g..%g, so distilled on every t", ", ".join(unused), lo, hi)
 
 
 def _init_config(init: Path) -> DiTConfig:
@@ -219,7 +260,9 @@ def _metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as err:  # a truncated or foreign file: say which and why
-        raise TrainError(f"--init {Path(path).name}: cannot read it as safetensors ({err})") from err
+        raise TrainError(
+            f"--init {Path(path).name} is not a .safetensors file written by flexify ({err})"
+        ) from None
 
 
 def _lineage(init: Path) -> dict[str, str]:
@@ -253,6 +296,8 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
     cfg = model.config
     params = trainable_parameters(model)
     ranges = weak_timestep_ranges(cfg, options.budgets, options.plan_steps)
+    if options.timesteps == "weak":
+        _check_planned(cfg, options)
     x_train, y_train, x_eval, y_eval = _inputs(model, options, device)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=options.bf16 and device.type == "cuda")
