@@ -27,8 +27,9 @@ of 540 s on one GPU, about half that on two.
 Resumable: every finished chunk of samples goes to STATE/chunks, every finished run to STATE/runs, and
 OUT_DIR/runs.tar holds the finished runs (small) so that a later call on a fresh machine can go on with
 `--import-runs runs.tar` (and `--report-only` rewrites the outputs from those, sampling nothing). A run
-at budget 1.0 (flexify) samples with the base patch size alone and is keyed by the checkpoint's base tensors and config, so another flexify of the same base imports it instead
-of sampling it again (`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks
+at budget 1.0 (flexify) samples with the base patch size alone and is keyed by the checkpoint's base
+tensors and config, so another flexify of the same base imports it instead of sampling it again
+(`--import-runs benchmarks/results/eval/runs.tar`). The script stops starting chunks
 --time-limit seconds after its start (less a reserve for the last run's metrics), writes what it has, and
 says what is left; run the same command again to continue. OUT_DIR receives 6 files, 7 with a sweep (the
 device tool returns at most 8):

@@ -195,7 +195,8 @@ def test_the_variance_half_of_the_loss_is_weighted_apart():
         and student.grad[:, : cfg.in_channels].abs().min() > 0
     )
     half = flexify_module._output_mse(student, teacher, cfg, 0.5)
-    torch.testing.assert_close(half, (squared[:, :1].mean() + 0.5 * squared[:, 1:].mean()) / 2)
+    c = cfg.in_channels
+    torch.testing.assert_close(half, (squared[:, :c].mean() + 0.5 * squared[:, c:].mean()) / 2)
     plain = cfg.replace(learn_sigma=False)
     torch.testing.assert_close(
         flexify_module._output_mse(student[:, :1], teacher[:, :1], plain, 0.0),
@@ -204,10 +205,22 @@ def test_the_variance_half_of_the_loss_is_weighted_apart():
 
 
 def test_flexify_reports_the_noise_half_of_its_error(flexified):
-    """The eps half alone, at the weak t: below twice the whole output's error (it is half the channels),
-    and it fell too."""
-    for errs in (flexified.eval_before["p4"], flexified.eval_after["p4"]):
-        assert 0 < errs["weak_eps"] < 2 * errs["weak"]
+    """The held-out error's eps half is the first in_channels' squared difference at the same inputs,
+    recomputed here, not the variance half or the whole output's; and it fell in the run."""
+    model = load_checkpoint(flexified.checkpoint).float().eval()
+    x0, y = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(3)), torch.arange(6)
+    lo, hi = 300, 900
+    no_autocast = torch.autocast("cpu", enabled=False)
+    errs = flexify_module.distillation_error(model, x0, y, {4: (lo, hi)}, 7, no_autocast)["p4"]
+    gen = torch.Generator().manual_seed(7 + 12345)  # as distillation_error draws them
+    t = torch.randint(lo, hi + 1, (6,), generator=gen)
+    x_t = flexify_module.q_sample(x0, t, torch.randn(x0.shape, generator=gen))
+    with torch.no_grad():
+        squared = (model(x_t, t, y, patch_size=4) - model(x_t, t, y, patch_size=2)).square()
+    c = model.config.in_channels
+    torch.testing.assert_close(errs["weak_eps"], squared[:, :c].mean().item(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(errs["weak"], squared.mean().item(), rtol=1e-5, atol=0)
+    assert abs(errs["weak_eps"] - squared[:, c:].mean().item()) > 1e-3 * errs["weak"]
     assert flexified.eval_after["p4"]["weak_eps"] < flexified.eval_before["p4"]["weak_eps"]
 
 
@@ -256,6 +269,7 @@ def test_flexify_goes_on_from_a_flexible_checkpoint_of_the_same_base(trained, fl
     assert json.loads(meta["init_record"]) == {
         "distill_steps": earlier["distill_steps"],
         "weak_t_ranges": earlier["weak_t_ranges"],
+        "distill_var_weight": "1.0",
     }
     # A third pass without --lora-rank takes --init's rank (2 here, not the default 64), and its record
     # nests the one before.
@@ -303,15 +317,17 @@ def test_flexify_goes_on_from_a_flexible_checkpoint_of_the_same_base(trained, fl
 
 
 def test_budgets_where_no_weak_size_runs_are_refused(trained, tmp_path):
-    """At budget 1.0 the planner runs patch 2 alone: nothing to distil on (not every t, silently)."""
-    with pytest.raises(TrainError, match="runs no weak patch size"):
-        flexify(
-            FlexifyOptions(
-                checkpoint=trained.checkpoint,
-                out=tmp_path / "f.safetensors",
-                **{**FLEX, "budgets": (1.0, 1.0)},
+    """At budget 1.0 the planner runs patch 2 alone: nothing to distil on (not every t, silently); budgets
+    below what the model reaches say so instead of asking for lower ones."""
+    for budgets, message in (((1.0, 1.0), "runs no weak patch size"), ((0.01, 0.02), "lies below what")):
+        with pytest.raises(TrainError, match=message):
+            flexify(
+                FlexifyOptions(
+                    checkpoint=trained.checkpoint,
+                    out=tmp_path / "f.safetensors",
+                    **{**FLEX, "budgets": budgets},
+                )
             )
-        )
 
 
 def test_checkpoint_without_the_requested_weak_size(flexified):

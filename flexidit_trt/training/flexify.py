@@ -193,9 +193,9 @@ def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -
     name = Path(init).name
     try:
         state, _, _ = read_state_dict(init)
+        check_finite(state)
     except CheckpointError as err:
         raise TrainError(f"--init {name}: {err}") from None
-    check_finite(state)
     if all(is_base_key(k) for k in state):
         raise TrainError(
             f"--init {name} holds no weak-size weights: a base checkpoint, not a flexify output "
@@ -233,8 +233,13 @@ def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -
 def _check_planned(cfg: DiTConfig, options: FlexifyOptions) -> None:
     """A budget range at which the planner runs no weak size would distil on every t, not the weak ones:
     refused. A weak size it never picks there is trained on every t (said in the log)."""
-    used = planned_weak_timesteps(cfg, options.budgets, options.plan_steps)
     lo, hi = options.budgets
+    macs = {p: forward_macs(cfg, p) for p in cfg.patch_sizes}
+    try:  # the top of the range must be reachable, or every budget in it is skipped
+        plan(hi, options.plan_steps, macs, "cfg")
+    except ValueError as err:
+        raise TrainError(f"--budgets {lo:g},{hi:g} lies below what this model reaches: {err}") from None
+    used = planned_weak_timesteps(cfg, options.budgets, options.plan_steps)
     unused = [f"p{q}" for q, ts in used.items() if not ts]
     if len(unused) == len(used):
         raise TrainError(
@@ -247,7 +252,12 @@ def _check_planned(cfg: DiTConfig, options: FlexifyOptions) -> None:
 
 def _init_config(init: Path) -> DiTConfig:
     """The config a flexible --init file was saved with (its rank, when --lora-rank is not given)."""
-    config = config_from_metadata(Path(init), _metadata(init))
+    meta = _metadata(init)
+    if meta.get("kind") == "base":
+        raise TrainError(
+            f"--init {Path(init).name} is a base checkpoint, not a flexify output (give it as --checkpoint)"
+        )
+    config = config_from_metadata(Path(init), meta)
     if config is None:
         raise TrainError(f"--init {Path(init).name} is not a flexible checkpoint written by flexify")
     return config
@@ -259,6 +269,8 @@ def _metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
+    except OSError:
+        raise
     except Exception as err:  # a truncated or foreign file: say which and why
         raise TrainError(
             f"--init {Path(path).name} is not a .safetensors file written by flexify ({err})"
@@ -269,7 +281,7 @@ def _lineage(init: Path) -> dict[str, str]:
     """The metadata that names what a flexify --init went on from: the file, and that file's own record
     (its steps, t ranges and, in turn, what it went on from), so a chain of passes stays readable."""
     earlier = _metadata(init)
-    kept = ("init", "distill_steps", "weak_t_ranges", "init_record")
+    kept = ("init", "distill_steps", "weak_t_ranges", "distill_var_weight", "init_record")
     return {
         "init": Path(init).name,
         "init_record": json.dumps({k: earlier[k] for k in kept if k in earlier}),
@@ -351,6 +363,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
         **lineage,
         "distill_steps": str(step),
         "distill_timesteps": options.timesteps,
+        "distill_var_weight": str(options.var_weight),
         "weak_t_ranges": str({f"p{q}": list(r) for q, r in ranges.items()}),
         "distill_inputs": "self-distill" if options.self_distill else "data",
     }
