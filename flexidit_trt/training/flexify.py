@@ -20,7 +20,6 @@ t = 108), so "weak" is the default: as good where the weak size is used, for no 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,11 +31,12 @@ import torch.nn.functional as F
 from ..diffusion import make_sampler, plan
 from ..diffusion.schedule import NUM_TRAIN_TIMESTEPS, q_sample
 from ..model import CheckpointError, FlexiDiT, load_checkpoint, save_checkpoint
-from ..model.checkpoints import check_finite, config_from_metadata, infer_config, read_state_dict
+from ..model.checkpoints import check_finite, infer_config, read_state_dict
 from ..model.config import DiTConfig
 from ..model.dit import adapter_key, is_base_key
 from ..model.macs import forward_macs
 from .data import load_split
+from .init_from import continue_from, init_config, lineage
 from .loop import BatchSchedule, LoopOptions, LossWatch, TrainError, cosine, resolve_device, warmup
 from .sampling import SampleOptions, sample_images
 
@@ -174,7 +174,7 @@ def load_base(options: FlexifyOptions) -> FlexiDiT:
         )
     rank = options.lora_rank
     if rank is None:
-        rank = _init_config(options.init).lora_rank if options.init is not None else DEFAULT_LORA_RANK
+        rank = init_config(options.init).lora_rank if options.init is not None else DEFAULT_LORA_RANK
     try:
         config = config.replace(patch_sizes=sizes, lora_rank=rank, lora_alpha=None)
     except ValueError as err:
@@ -183,51 +183,8 @@ def load_base(options: FlexifyOptions) -> FlexiDiT:
     model = FlexiDiT(config)  # reference init, incl. adapters; the base weights are overwritten below
     model = load_checkpoint(base, model)
     if options.init is not None:
-        _continue_from(model, base, options.init)
+        continue_from(model, base, options.init)
     return model
-
-
-def _continue_from(model: FlexiDiT, base: dict[str, torch.Tensor], init: Path) -> None:
-    """Load the weak sizes' parts of the flexible checkpoint `init` into `model`, which holds `base`;
-    TrainError where `init` was made from another base or with other patch sizes or rank."""
-    name = Path(init).name
-    try:
-        state, _, _ = read_state_dict(init)
-        check_finite(state)
-    except CheckpointError as err:
-        raise TrainError(f"--init {name}: {err}") from None
-    if all(is_base_key(k) for k in state):
-        raise TrainError(
-            f"--init {name} holds no weak-size weights: a base checkpoint, not a flexify output "
-            f"(give it as --checkpoint)"
-        )
-    for key, value in base.items():
-        # Compared at the stored precision: a --half checkpoint holds the base rounded to fp16 once.
-        if key in state and not torch.equal(state[key], value.to(state[key].dtype)):
-            raise TrainError(
-                f"--init {name} was made from another base model ({key} differs from --checkpoint's)"
-            )
-    own = model.state_dict()
-    weak = {k: v for k, v in own.items() if not is_base_key(k)}
-    dropped = sorted(k for k in state if not is_base_key(k) and k not in weak)
-    if dropped:
-        raise TrainError(
-            f"--init {name} has weak-size weights this flexify would drop ({dropped[0]}, {len(dropped)} in all): "
-            f"give the --patch-sizes and --lora-rank it was made with"
-        )
-    missing = sorted(k for k in weak if k not in state)
-    if missing:
-        raise TrainError(
-            f"--init {name} has no {missing[0]} ({len(missing)} weak-size weights missing): flexify it with the same "
-            f"--patch-sizes and --lora-rank ({model.config.lora_rank})"
-        )
-    for key, value in weak.items():
-        if state[key].shape != value.shape:
-            raise TrainError(
-                f"--init {name}: {key} is {tuple(state[key].shape)}, this flexify's is {tuple(value.shape)} "
-                f"(another --lora-rank or --patch-sizes)"
-            )
-        value.copy_(state[key].to(value.dtype))
 
 
 def _check_planned(cfg: DiTConfig, options: FlexifyOptions) -> None:
@@ -250,44 +207,6 @@ def _check_planned(cfg: DiTConfig, options: FlexifyOptions) -> None:
         log.warning("%s: no step at budgets %g..%g, so distilled on every t", ", ".join(unused), lo, hi)
 
 
-def _init_config(init: Path) -> DiTConfig:
-    """The config a flexible --init file was saved with (its rank, when --lora-rank is not given)."""
-    meta = _metadata(init)
-    if meta.get("kind") == "base":
-        raise TrainError(
-            f"--init {Path(init).name} is a base checkpoint, not a flexify output (give it as --checkpoint)"
-        )
-    config = config_from_metadata(Path(init), meta)
-    if config is None:
-        raise TrainError(f"--init {Path(init).name} is not a flexible checkpoint written by flexify")
-    return config
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except OSError:
-        raise
-    except Exception as err:  # a truncated or foreign file: say which and why
-        raise TrainError(
-            f"--init {Path(path).name} is not a .safetensors file written by flexify ({err})"
-        ) from None
-
-
-def _lineage(init: Path) -> dict[str, str]:
-    """The metadata that names what a flexify --init went on from: the file, and that file's own record
-    (its steps, t ranges and, in turn, what it went on from), so a chain of passes stays readable."""
-    earlier = _metadata(init)
-    kept = ("init", "distill_steps", "weak_t_ranges", "distill_var_weight", "init_record")
-    return {
-        "init": Path(init).name,
-        "init_record": json.dumps({k: earlier[k] for k in kept if k in earlier}),
-    }
-
-
 def trainable_parameters(model: FlexiDiT) -> dict[str, torch.nn.Parameter]:
     """The weak sizes' embeddings, de-embeddings and LoRA adapters; everything else is frozen."""
     weak = [adapter_key(q) for q in model.config.weak_patch_sizes]
@@ -304,7 +223,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
     """Distil the weak patch sizes of a base checkpoint and write the flexible checkpoint."""
     device = resolve_device(options.device)
     model = load_base(options).to(device)
-    lineage = _lineage(options.init) if options.init is not None else {}  # read now: the file may go
+    record = lineage(options.init) if options.init is not None else {}  # read now: the file may go
     cfg = model.config
     params = trainable_parameters(model)
     ranges = weak_timestep_ranges(cfg, options.budgets, options.plan_steps)
@@ -360,7 +279,7 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
     meta = {
         "kind": "flexible",
         "base_checkpoint": Path(options.checkpoint).name,
-        **lineage,
+        **record,
         "distill_steps": str(step),
         "distill_timesteps": options.timesteps,
         "distill_var_weight": str(options.var_weight),
