@@ -163,10 +163,7 @@ def markdown(report: EvalReport) -> str:
             "sampling noise.",
         ]
     if not report.complete:
-        lines += [
-            "",
-            "**Incomplete:** stopped at the deadline; rerun with the same resume folder to finish.",
-        ]
+        lines += ["", "**Incomplete:** stopped at the deadline; rerun with the same resume folder to finish."]
     return "\n".join(lines) + "\n"
 
 

@@ -133,7 +133,10 @@ def weak_timestep_ranges(
     """For each weak patch size, the [lo, hi] original timesteps at which `plan` runs it, over budgets
     from budgets[0] to budgets[1] (every 0.05, CFG, `steps` DDPM steps). Budgets below what the model can
     reach are skipped; a size the planner never picks gets the whole range (nothing to narrow)."""
-    used = planned_weak_timesteps(config, budgets, steps)
+    return _ranges(planned_weak_timesteps(config, budgets, steps))
+
+
+def _ranges(used: dict[int, list[int]]) -> dict[int, tuple[int, int]]:
     return {q: (min(ts), max(ts)) if ts else (0, NUM_TRAIN_TIMESTEPS - 1) for q, ts in used.items()}
 
 
@@ -187,16 +190,16 @@ def load_base(options: FlexifyOptions) -> FlexiDiT:
     return model
 
 
-def _check_planned(cfg: DiTConfig, options: FlexifyOptions) -> None:
+def _check_planned(cfg: DiTConfig, options: FlexifyOptions, used: dict[int, list[int]]) -> None:
     """A budget range at which the planner runs no weak size would distil on every t, not the weak ones:
-    refused. A weak size it never picks there is trained on every t (said in the log)."""
+    refused. A weak size it never picks there is trained on every t (said in the log). `used`:
+    planned_weak_timesteps at options.budgets."""
     lo, hi = options.budgets
     macs = {p: forward_macs(cfg, p) for p in cfg.patch_sizes}
     try:  # the top of the range must be reachable, or every budget in it is skipped
         plan(hi, options.plan_steps, macs, "cfg")
     except ValueError as err:
         raise TrainError(f"--budgets {lo:g},{hi:g} lies below what this model reaches: {err}") from None
-    used = planned_weak_timesteps(cfg, options.budgets, options.plan_steps)
     unused = [f"p{q}" for q, ts in used.items() if not ts]
     if len(unused) == len(used):
         raise TrainError(
@@ -226,9 +229,10 @@ def flexify(options: FlexifyOptions) -> FlexifyResult:
     record = lineage(options.init) if options.init is not None else {}  # read now: the file may go
     cfg = model.config
     params = trainable_parameters(model)
-    ranges = weak_timestep_ranges(cfg, options.budgets, options.plan_steps)
+    used = planned_weak_timesteps(cfg, options.budgets, options.plan_steps)
     if options.timesteps == "weak":
-        _check_planned(cfg, options)
+        _check_planned(cfg, options, used)
+    ranges = _ranges(used)
     x_train, y_train, x_eval, y_eval = _inputs(model, options, device)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=options.bf16 and device.type == "cuda")
